@@ -1,0 +1,95 @@
+"""``hf_ext``: lm-eval's HFLM with typed model_args and data parallel that really shards.
+
+Construction reads as config -> resolve device/dtype -> build (HFLM) -> adopt the launcher's ranks.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import Counter
+from typing import Any
+
+from lm_eval_ext.adapters import require
+from lm_eval_ext.config import HfExtConfig
+from lm_eval_ext.dist import prefer_cpu_collectives
+from lm_eval_ext.errors import install_excepthook
+
+torch = require("torch", "hf")
+require("transformers", "hf")
+require("accelerate", "hf")
+
+from lm_eval.models.huggingface import HFLM  # noqa: E402
+
+logger = logging.getLogger("lm_eval_ext.hf")
+install_excepthook()
+
+
+def resolve_device(requested: str) -> str:
+    if requested != "auto":
+        return requested
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def resolve_dtype(requested: str, device: str) -> str:
+    """``auto``: float32 on CPU (bf16 matmuls there are slow and less exact), bfloat16 on GPUs
+    that support it, else the checkpoint's own dtype."""
+    if requested != "auto":
+        return requested
+    if device.startswith("cpu"):
+        return "float32"
+    if torch.cuda.is_available() and torch.cuda.is_bf16_supported():
+        return "bfloat16"
+    return "auto"
+
+
+class HfExtLM(HFLM):
+    """Transformers backend for lm-eval-ext; a drop-in for ``hf`` (same model_args spellings)."""
+
+    def __init__(self, **model_args: Any) -> None:
+        config = HfExtConfig.from_model_args(model_args)
+        prefer_cpu_collectives(torch.cuda.is_available())
+        device = resolve_device(config.device)
+        dtype = resolve_dtype(config.dtype, device)
+        super().__init__(**config.hflm_kwargs(device=device, dtype=dtype))
+        self.ext_config = config
+        self._adopt_launcher_ranks()
+
+    def _adopt_launcher_ranks(self) -> None:
+        """Shard documents over every process of the launch, GPUs or not.
+
+        Stock HFLM sets rank/world_size only when it sees more than one GPU, so on CPU every
+        process evaluates everything; and it uses the *local* process index, which repeats across
+        nodes. We take accelerate's global process index whenever more than one process runs.
+        """
+        accelerator = getattr(self, "accelerator", None)
+        if accelerator is None or accelerator.num_processes <= 1:
+            return
+        self._rank = accelerator.process_index
+        self._world_size = accelerator.num_processes
+        if self._rank == 0:
+            logger.info("data parallel over %d processes (%s)", self._world_size, accelerator.distributed_type)
+
+    def _log_shard(self, request_type: str, requests: list) -> None:
+        docs = Counter((r.task_name, r.doc_id) for r in requests)
+        logger.info(
+            "rank %d/%d: %s: %d requests over %d documents",
+            self.rank, self.world_size, request_type, len(requests), len(docs),
+        )
+
+    def loglikelihood(self, requests, disable_tqdm: bool = False):
+        self._log_shard("loglikelihood", requests)
+        return super().loglikelihood(requests, disable_tqdm=disable_tqdm)
+
+    def loglikelihood_rolling(self, requests, disable_tqdm: bool = False):
+        self._log_shard("loglikelihood_rolling", requests)
+        return super().loglikelihood_rolling(requests, disable_tqdm=disable_tqdm)
+
+    def generate_until(self, requests, disable_tqdm: bool = False):
+        self._log_shard("generate_until", requests)
+        return super().generate_until(requests, disable_tqdm=disable_tqdm)
+
+    def get_model_info(self) -> dict:
+        info = super().get_model_info()
+        info["lm_eval_ext_model"] = "hf_ext"
+        info["data_parallel_size"] = self.world_size
+        return info

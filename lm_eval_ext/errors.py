@@ -1,0 +1,41 @@
+"""Errors for user mistakes: one message that names the field, the value and the fix.
+
+A :class:`UserError` reaching the top of a process is printed as that one message, without a
+traceback (see :func:`install_excepthook`); everything else keeps Python's normal report.
+"""
+
+from __future__ import annotations
+
+import difflib
+import sys
+from collections.abc import Iterable
+
+
+class UserError(ValueError):
+    """A mistake in the user's input: bad model_args, flags, files or environment."""
+
+
+class ConfigError(UserError):
+    """A ``model_args`` key or value that cannot be used."""
+
+
+def did_you_mean(name: str, choices: Iterable[str]) -> str:
+    """``" (did you mean 'x'?)"`` for the closest choice, or ``""``."""
+    close = difflib.get_close_matches(name, list(choices), n=1, cutoff=0.6)
+    return f" (did you mean '{close[0]}'?)" if close else ""
+
+
+def install_excepthook() -> None:
+    """Print an uncaught :class:`UserError` as one line instead of a traceback. Idempotent."""
+    if getattr(sys.excepthook, "_lm_eval_ext", False):
+        return
+    previous = sys.excepthook
+
+    def hook(exc_type, exc, tb):
+        if isinstance(exc, UserError):
+            sys.stderr.write(f"lm-eval-ext: error: {exc}\n")
+            return
+        previous(exc_type, exc, tb)
+
+    hook._lm_eval_ext = True  # type: ignore[attr-defined]
+    sys.excepthook = hook
