@@ -13,6 +13,7 @@ from lm_eval_ext.adapters import require
 from lm_eval_ext.config import HfExtConfig
 from lm_eval_ext.dist import prefer_cpu_collectives
 from lm_eval_ext.errors import install_excepthook
+from lm_eval_ext.logs import share_lm_eval_handlers
 
 torch = require("torch", "hf")
 require("transformers", "hf")
@@ -46,6 +47,7 @@ class HfExtLM(HFLM):
     """Transformers backend for lm-eval-ext; a drop-in for ``hf`` (same model_args spellings)."""
 
     def __init__(self, **model_args: Any) -> None:
+        share_lm_eval_handlers()
         config = HfExtConfig.from_model_args(model_args)
         prefer_cpu_collectives(torch.cuda.is_available())
         device = resolve_device(config.device)

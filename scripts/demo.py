@@ -1,0 +1,67 @@
+"""`make demo`: evaluate a real model with hf_ext on the shipped group; print plan, scores, time."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def print_plan(model: str) -> None:
+    try:
+        from lm_eval_ext.commands import plan as plan_command
+    except ImportError:
+        print("plan: (planner not available in this version)")
+        return
+    parser = argparse.ArgumentParser()
+    plan_command.add_arguments(parser)
+    plan_command.main(parser.parse_args(["--model_args", f"pretrained={model}"]))
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--model", default=str(ROOT / ".models" / "smollm2-135m"))
+    parser.add_argument("--tasks", default="ext_suite")
+    parser.add_argument("--model_args", default="", help="extra hf_ext model_args, k=v,...")
+    args = parser.parse_args()
+
+    import lm_eval
+    from lm_eval.tasks import TaskManager
+    from lm_eval.utils import make_table, setup_logging
+
+    from lm_eval_ext.tasks_dir import shipped_tasks_dir
+
+    setup_logging("WARNING")
+    print_plan(args.model)
+    model_args = f"pretrained={args.model}" + (f",{args.model_args}" if args.model_args else "")
+    started_s = time.perf_counter()
+    results = lm_eval.simple_evaluate(
+        model="hf_ext",
+        model_args=model_args,
+        tasks=args.tasks.split(","),
+        task_manager=TaskManager(include_path=[str(shipped_tasks_dir())], include_defaults=False),
+        log_samples=True,
+    )
+    wall_s = time.perf_counter() - started_s
+    num_requests = sum(
+        len(sample["resps"]) for samples in results["samples"].values() for sample in samples
+    )
+    print(make_table(results))
+    if "groups" in results:
+        print(make_table(results, "groups"))
+    report = results.get("config", {}).get("model_info", {}) or {}
+    for key in ("lm_eval_ext_plan", "cost_report", "request_cache"):
+        if key in report:
+            print(f"{key}: {json.dumps(report[key], indent=1, default=str)[:2000]}")
+    print(f"model: {args.model}")
+    print(f"wall time: {wall_s:.1f} s for {num_requests} requests "
+          f"({num_requests / wall_s:.1f} requests/s, model load included)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,55 @@
+"""Helpers shared by tests: run lm-eval in-process and compare per-sample outputs."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+
+def evaluate(model: str, model_args: str, tasks: list[str], task_manager, **kwargs) -> dict:
+    import lm_eval
+
+    return lm_eval.simple_evaluate(
+        model=model,
+        model_args=model_args,
+        tasks=tasks,
+        task_manager=task_manager,
+        log_samples=True,
+        **kwargs,
+    )
+
+
+def per_sample(results: dict) -> dict[tuple[str, int], list[Any]]:
+    """(task, doc_id) -> the model's raw responses for that document."""
+    return {
+        (task, sample["doc_id"]): sample["resps"]
+        for task, samples in results["samples"].items()
+        for sample in samples
+    }
+
+
+def assert_same_samples(expected: dict, actual: dict, atol: float) -> None:
+    """Loglikelihoods within ``atol``, is_greedy / generations / rolling values exactly equal."""
+    assert expected.keys() == actual.keys(), "different documents were evaluated"
+    for key, want in expected.items():
+        got = actual[key]
+        assert len(want) == len(got), key
+        for want_resp, got_resp in zip(want, got):
+            _assert_same_response(want_resp[0], got_resp[0], atol, key)
+
+
+def _assert_same_response(want, got, atol: float, key) -> None:
+    if isinstance(want, str):
+        assert want == got, f"{key}: generation {got!r} != stock {want!r}"
+    elif isinstance(want, (list, tuple)):  # (loglikelihood, is_greedy)
+        assert math.isclose(want[0], got[0], abs_tol=atol), f"{key}: {got[0]} != {want[0]}"
+        assert bool(want[1]) == bool(got[1]), f"{key}: is_greedy differs"
+    else:  # rolling loglikelihood: one float
+        assert math.isclose(float(want), float(got), abs_tol=atol), f"{key}: {got} != {want}"
+
+
+def metrics(results: dict) -> dict[str, dict[str, float]]:
+    return {
+        task: {k: v for k, v in values.items() if isinstance(v, float) and "stderr" not in k}
+        for task, values in results["results"].items()
+    }
