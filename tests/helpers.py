@@ -48,8 +48,11 @@ def _assert_same_response(want, got, atol: float, key) -> None:
         assert math.isclose(float(want), float(got), abs_tol=atol), f"{key}: {got} != {want}"
 
 
-def metrics(results: dict) -> dict[str, dict[str, float]]:
+def metrics(results: dict) -> dict[str, float]:
+    """``"task/metric,filter"`` -> value, for every float metric (stderrs left out)."""
     return {
-        task: {k: v for k, v in values.items() if isinstance(v, float) and "stderr" not in k}
+        f"{task}/{name}": value
         for task, values in results["results"].items()
+        for name, value in values.items()
+        if isinstance(value, float) and "stderr" not in name
     }
