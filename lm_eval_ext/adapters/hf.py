@@ -26,9 +26,15 @@ install_excepthook()
 
 
 def resolve_device(requested: str) -> str:
-    if requested != "auto":
-        return requested
-    return "cuda" if torch.cuda.is_available() else "cpu"
+    """``auto`` -> cuda when present, else cpu. A CUDA device on a machine without CUDA falls back
+    to cpu with a warning, as stock ``hf`` does: lm-eval's CLI passes ``device=cuda:0`` by default,
+    so refusing it would break every CPU run that did not spell ``--device cpu``."""
+    if requested == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if requested.startswith("cuda") and not torch.cuda.is_available():
+        logger.warning("device=%s requested but no CUDA device is visible; using cpu", requested)
+        return "cpu"
+    return requested
 
 
 def resolve_dtype(requested: str, device: str) -> str:

@@ -35,10 +35,21 @@ def test_hook_alone_imports_neither_torch_nor_lm_eval():
 def test_get_model_resolves_ours_and_keeps_builtins():
     out = _python(
         "from lm_eval.api.registry import get_model\n"
-        "print(get_model('hf_ext').__module__, get_model('hf').__name__, get_model('dummy').__name__,"
-        " get_model('vllm_ext').__module__)"
+        "print(get_model('hf_ext').__module__, get_model('hf').__name__, get_model('dummy').__name__)"
     )
-    assert out.split() == ["lm_eval_ext.adapters.hf", "HFLM", "DummyLM", "lm_eval_ext.adapters.vllm"]
+    assert out.split() == ["lm_eval_ext.adapters.hf", "HFLM", "DummyLM"]
+
+
+def test_vllm_ext_resolves_or_names_the_extra():
+    """With vLLM installed the name resolves to our class; without, the error names the extra."""
+    out = _python(
+        "from lm_eval.api.registry import get_model\n"
+        "try:\n    print(get_model('vllm_ext').__module__)\n"
+        "except ImportError as exc:\n    print('ImportError', exc)"
+    )
+    assert out == "lm_eval_ext.adapters.vllm" or (
+        out.startswith("ImportError") and "pip install 'lm-eval-ext[vllm]'" in out
+    ), out
 
 
 def test_entry_points_match_the_registry():
