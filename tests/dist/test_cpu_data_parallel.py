@@ -1,5 +1,6 @@
 """Two real gloo ranks on CPU: each evaluates half of the documents, rank 0 writes the merged
-results, and every per-sample result equals a single-process run (float32, 1e-5 absolute)."""
+results, and every per-sample result equals a single-process run (float32: 1e-5 absolute,
+1e-6 relative for rolling sums)."""
 
 from __future__ import annotations
 
@@ -54,7 +55,7 @@ def _parse(logged):
 
 def _assert_close(want, got, key):
     if isinstance(want, (int, float)) and not isinstance(want, bool):
-        assert got == pytest.approx(want, abs=1e-5), key
+        assert got == pytest.approx(want, abs=1e-5, rel=1e-6), key  # rel: rolling sums
     elif isinstance(want, (list, tuple)):
         assert len(want) == len(got), key
         for w, g in zip(want, got):
