@@ -11,6 +11,7 @@ from typing import Any
 
 from lm_eval_ext.model_facts import DTYPE_BYTES, ModelFacts
 from lm_eval_ext.units import GiB
+from lm_eval_ext.units import format_bytes as fmt
 
 #: CUDA context, cuBLAS workspaces and allocator fragmentation, per GPU (measured 0.5-0.9 GiB)
 RUNTIME_RESERVE_BYTES = 1 * GiB
@@ -140,6 +141,12 @@ def hf_headroom_bytes(model: ModelFacts, activation_tokens: int) -> int:
 def vllm_reserve_bytes(model: ModelFacts, activation_tokens: int) -> int:
     """Per-GPU reserve beside weights and the paged KV cache (vLLM profiles the same peak)."""
     return RUNTIME_RESERVE_BYTES + activation_tokens * activation_bytes_per_token(model)
+
+
+def describe_model(model: ModelFacts) -> str:
+    quant = f", {model.quantization.label}" if model.quantization else ""
+    return (f"{model.name} has {model.num_params / 1e9:.2f}B parameters: {fmt(model.weights_bytes)} "
+            f"of weights in {model.dtype}{quant}; its KV cache takes {model.kv_bytes_per_token:,} bytes per token.")
 
 
 def ceil_div(a: int, b: int) -> int:

@@ -43,7 +43,7 @@ from lm_eval_ext.hardware import Hardware
 from lm_eval_ext.model_facts import ModelFacts
 from lm_eval_ext.plan_types import (
     BACKENDS, CPU_RAM_FRACTION, HF_STRATEGIES, VLLM_STRATEGIES, Plan, PlanRequest, Strategy,
-    hf_headroom_bytes,
+    describe_model, hf_headroom_bytes,
 )
 from lm_eval_ext.units import format_bytes as fmt
 
@@ -77,12 +77,6 @@ def check_request(request: PlanRequest, hardware: Hardware) -> None:
     util = request.gpu_memory_utilization
     if util is not None and not 0 < util <= 1:
         raise UserError(f"gpu_memory_utilization={util} must be in (0, 1], e.g. 0.9")
-
-
-def describe_model(model: ModelFacts) -> str:
-    quant = f", {model.quantization.label}" if model.quantization else ""
-    return (f"{model.name} has {model.num_params / 1e9:.2f}B parameters: {fmt(model.weights_bytes)} "
-            f"of weights in {model.dtype}{quant}; its KV cache takes {model.kv_bytes_per_token:,} bytes per token.")
 
 
 # ---------------------------------------------------------------- transformers backend

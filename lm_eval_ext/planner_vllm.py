@@ -28,7 +28,7 @@ from lm_eval_ext.hardware import Hardware
 from lm_eval_ext.model_facts import DTYPE_BYTES, ModelFacts
 from lm_eval_ext.plan_types import (
     CPU_RAM_FRACTION, DEFAULT_GPU_MEMORY_UTILIZATION, MODEL_LEN_STEP_TOKENS, Plan, PlanRequest,
-    Strategy, ceil_div, vllm_reserve_bytes,
+    Strategy, ceil_div, describe_model, vllm_reserve_bytes,
 )
 from lm_eval_ext.units import format_bytes as fmt
 
@@ -170,8 +170,6 @@ def _strategy(tp: int, dp: int, pp: int) -> Strategy:
 
 def _build_plan(model: ModelFacts, hardware: Hardware, request: PlanRequest, layout: _Layout, dp: int,
                 util: float, reserve: int, warnings: list[str]) -> Plan:
-    from lm_eval_ext.planner import describe_model
-
     tp, pp = layout.tp, layout.pp
     per_gpu = ceil_div(model.weights_bytes, tp * pp)
     kv_gpu = kv_bytes_per_token_per_gpu(model, tp, pp)
