@@ -67,16 +67,17 @@ def check_devices(launch: LaunchEnv, hardware: Hardware, plan: Plan | None) -> l
     local_procs = launch.num_local_processes
     visible = f" (CUDA_VISIBLE_DEVICES={launch.cuda_visible_devices})" if launch.cuda_visible_devices is not None else ""
     out = []
-    if local_procs * per_process > num_visible:
-        out.append(Finding("error", "too_many_processes",
-                           f"{local_procs} processes per node x {per_process} GPU(s) each need "
-                           f"{local_procs * per_process} GPUs, but {num_visible} are visible{visible}; launch "
-                           f"at most {max(1, num_visible // per_process)} process(es) per node"))
-    elif launch.local_rank is not None and (launch.local_rank + 1) * per_process > num_visible:
+    # the rank without a device is the one that crashes; name it rather than the count
+    if launch.local_rank is not None and (launch.local_rank + 1) * per_process > num_visible:
         out.append(Finding("error", "local_rank_not_visible",
                            f"LOCAL_RANK={launch.local_rank} has no GPU of its own: only {num_visible} device(s) "
                            f"are visible{visible}, which gives 'invalid device ordinal'. A hand-set "
                            "CUDA_VISIBLE_DEVICES hides the others; unset it, or list one device per process"))
+    elif local_procs * per_process > num_visible:
+        out.append(Finding("error", "too_many_processes",
+                           f"{local_procs} processes per node x {per_process} GPU(s) each need "
+                           f"{local_procs * per_process} GPUs, but {num_visible} are visible{visible}; launch "
+                           f"at most {max(1, num_visible // per_process)} process(es) per node"))
     if launch.num_processes == 1 and num_visible > per_process and plan is not None \
             and plan.strategy in (Strategy.SINGLE, Strategy.DATA_PARALLEL) and plan.backend == "hf":
         wanted = num_visible // per_process
