@@ -119,10 +119,13 @@ def build_layout(config: Any, *, device: str, dtype: str, environ: Mapping[str, 
     facts = _load_facts(config, dtype)
     if facts is None:
         return Layout(None, device, None)
-    chosen = plan(facts, hardware, plan_request(config, hardware))
-    if device.startswith("cuda:") and chosen.gpus_per_replica > 1:
-        raise UserError(f"device={device} pins the model to one GPU, but {chosen.strategy.value} needs "
-                        f"{chosen.gpus_per_replica}; drop device (or use device=cuda) to split it")
+    try:
+        chosen = plan(facts, hardware, plan_request(config, hardware))
+    except UserError as exc:
+        if device.startswith("cuda:"):  # the pin hid the other GPUs from the planner: say so
+            raise UserError(f"{exc} (device={device} limits the plan to that one GPU; drop device "
+                            "or use device=cuda to let it use all visible GPUs)") from None
+        raise
     findings = preflight.check(hardware, chosen)
     preflight.raise_errors(findings)
     layout = layout_from_plan(chosen, device=device, hardware=hardware, offload_folder=config.offload_folder)
