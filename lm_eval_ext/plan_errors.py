@@ -12,7 +12,7 @@ from dataclasses import replace
 from lm_eval_ext.errors import UserError
 from lm_eval_ext.hardware import Gpu, Hardware
 from lm_eval_ext.model_facts import ModelFacts, Quantization
-from lm_eval_ext.plan_types import PlanRequest, hf_headroom_bytes
+from lm_eval_ext.plan_types import PlanRequest, hf_headroom_bytes, vllm_reserve_bytes
 from lm_eval_ext.units import GiB
 from lm_eval_ext.units import format_bytes as fmt
 
@@ -29,10 +29,12 @@ class NoFitError(UserError):
 
 
 def no_fit_error(model: ModelFacts, hardware: Hardware, request: PlanRequest, *, what: str) -> UserError:
-    headroom = hf_headroom_bytes(model, request.activation_tokens)
+    if request.backend == "vllm":
+        extra = f"{fmt(vllm_reserve_bytes(model, request.activation_tokens))} of reserve per GPU and the KV cache"
+    else:
+        extra = f"about {fmt(hf_headroom_bytes(model, request.activation_tokens))} of headroom per GPU"
     head = (f"{model.name} does not fit {hardware.describe()} with backend={request.backend}: {what}. "
-            f"It needs {fmt(model.weights_bytes)} of weights in {model.dtype} plus about {fmt(headroom)} "
-            "of headroom per GPU.")
+            f"It needs {fmt(model.weights_bytes)} of weights in {model.dtype} plus {extra}.")
     if _suggesting.get():  # planning a suggestion: the caller only needs to know it failed
         return NoFitError(head)
     token = _suggesting.set(True)

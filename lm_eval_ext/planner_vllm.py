@@ -177,7 +177,8 @@ def _build_plan(model: ModelFacts, hardware: Hardware, request: PlanRequest, lay
                f"vLLM may use {util:.0%} of a {fmt(min(g.total_bytes for g in hardware.gpus))} GPU; "
                f"{fmt(reserve)} of it is kept for runtime and activations.",
                f"tensor_parallel_size={tp} x pipeline_parallel_size={pp} puts {fmt(per_gpu)} of weights and "
-               f"{kv_gpu:,} bytes of KV per token on each GPU; smaller valid sizes leave no room for the context."
+               f"{kv_gpu:,} bytes of KV per token on each GPU"
+               + ("." if request.tensor_parallel_size else "; smaller valid sizes leave no room for the context.")
                if tp * pp > 1 else f"One GPU holds the weights ({fmt(per_gpu)}) and the KV cache."]
     if layout.max_model_len < model.max_position_embeddings and request.max_model_len is None:
         reasons.append(f"max_model_len is cut from {model.max_position_embeddings} to {layout.max_model_len} "
