@@ -126,8 +126,19 @@ def _num_nodes(environ: Mapping[str, str], launch: LaunchEnv) -> int:
     return _env_int(environ, "SLURM_NNODES") or 1
 
 
+def _free_and_total_bytes(torch, index: int) -> tuple[int, int]:
+    total_bytes = int(torch.cuda.get_device_properties(index).total_memory)
+    try:
+        # NVML reads usage without opening a CUDA context on every GPU from every rank
+        used_bytes = int(torch.cuda.device_memory_used(index))
+        return max(0, total_bytes - used_bytes), total_bytes
+    except Exception:  # no nvidia-ml-py: exact, but costs a context (~0.5 GiB) on that GPU
+        free_bytes, total_bytes = torch.cuda.mem_get_info(index)
+        return int(free_bytes), int(total_bytes)
+
+
 def detect_gpus() -> tuple[Gpu, ...]:
-    """Visible CUDA devices with their free memory now (``mem_get_info`` sees other processes)."""
+    """Visible CUDA devices with their free memory now (other processes' use included)."""
     try:
         import torch
     except ImportError:
@@ -136,9 +147,9 @@ def detect_gpus() -> tuple[Gpu, ...]:
         return ()
     gpus = []
     for index in range(torch.cuda.device_count()):
-        free_bytes, total_bytes = torch.cuda.mem_get_info(index)
+        free_bytes, total_bytes = _free_and_total_bytes(torch, index)
         major, _ = torch.cuda.get_device_capability(index)
-        gpus.append(Gpu(torch.cuda.get_device_name(index), int(total_bytes), int(free_bytes), major >= 8))
+        gpus.append(Gpu(torch.cuda.get_device_name(index), total_bytes, free_bytes, major >= 8))
     return tuple(gpus)
 
 

@@ -82,6 +82,9 @@ def check_request(request: PlanRequest, hardware: Hardware) -> None:
 # ---------------------------------------------------------------- transformers backend
 
 def plan_hf(model: ModelFacts, hardware: Hardware, request: PlanRequest) -> Plan:
+    if request.strategy in ("data_parallel", "hybrid") and request.num_processes == 1:
+        raise UserError(f"strategy={request.strategy} needs several processes, but one was started; "
+                        "launch with `accelerate launch --num_processes N -m lm_eval ...` (or strategy=auto)")
     if not hardware.gpus:
         return _hf_on_cpu(model, hardware, request)
     headroom = hf_headroom_bytes(model, request.activation_tokens)

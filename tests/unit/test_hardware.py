@@ -91,3 +91,27 @@ def test_detect_hardware_on_this_machine():
 
 def test_gpu_describe_shows_free_when_busy():
     assert Gpu("H100", 80 * GiB, 60 * GiB).describe() == "H100 (80.0 GiB, 60.0 GiB free)"
+
+
+def test_detect_gpus_reads_nvml_usage_and_falls_back_to_mem_get_info(monkeypatch):
+    """Fake CUDA runtime: device 0 answers through NVML, device 1 only through mem_get_info."""
+    import types
+
+    import torch
+
+    from lm_eval_ext.hardware import detect_gpus
+
+    def used(index):
+        if index == 1:
+            raise ModuleNotFoundError("nvidia-ml-py")
+        return 30 * GiB
+
+    cuda = torch.cuda
+    monkeypatch.setattr(cuda, "is_available", lambda: True)
+    monkeypatch.setattr(cuda, "device_count", lambda: 2)
+    monkeypatch.setattr(cuda, "get_device_properties", lambda i: types.SimpleNamespace(total_memory=80 * GiB))
+    monkeypatch.setattr(cuda, "device_memory_used", used)
+    monkeypatch.setattr(cuda, "mem_get_info", lambda i: (70 * GiB, 80 * GiB))
+    monkeypatch.setattr(cuda, "get_device_capability", lambda i: (9, 0) if i == 0 else (7, 5))
+    monkeypatch.setattr(cuda, "get_device_name", lambda i: f"GPU{i}")
+    assert detect_gpus() == (Gpu("GPU0", 80 * GiB, 50 * GiB, True), Gpu("GPU1", 80 * GiB, 70 * GiB, False))

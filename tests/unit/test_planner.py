@@ -254,6 +254,9 @@ def test_vllm_refusals(model, gpus, extra, message):
     ("", 1, {"num_processes": 64}, "use at most"),
     ("2x24GiB", 1, {"strategy": "cpu_offload", "num_processes": 2}, "cpu_offload runs one process per node"),
     ("4x24GiB", 1, {"activation_tokens": 0}, "activation_tokens=0 must be at least 1"),
+    ("4x24GiB", 1, {"strategy": "data_parallel", "num_processes": 1},
+     "strategy=data_parallel needs several processes, but one was started; launch with `accelerate launch"),
+    ("", 1, {"strategy": "hybrid", "num_processes": 1}, "strategy=hybrid needs several processes"),
 ])
 def test_hf_refusals(gpus, nodes, extra, message):
     with pytest.raises(UserError) as info:
