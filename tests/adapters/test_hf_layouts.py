@@ -6,30 +6,15 @@ what fits the RAM cap on CPU and the rest on disk). Splits over GPUs are in test
 
 from __future__ import annotations
 
-import os
-from pathlib import Path
-
 import pytest
 
-for _name in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE", "TRANSFORMERS_OFFLINE"):
-    os.environ.setdefault(_name, "1")
-
-REPO = Path(__file__).resolve().parents[2]
-TINY = Path(os.environ.get("LM_EVAL_EXT_TINY_MODEL", REPO.parent.parent / "main" / ".models" / "tiny-llama"))
-if not (TINY / "config.json").exists():
-    TINY = REPO / ".models" / "tiny-llama"
 LIMIT = 8
 
-pytestmark = pytest.mark.skipif(not (TINY / "config.json").exists(),
-                                reason=f"tiny model missing at {TINY}; build it with `make models`")
 
-
-def _evaluate(lm):
+def _evaluate(lm, task_manager):
     from lm_eval import simple_evaluate
-    from lm_eval.tasks import TaskManager
 
-    manager = TaskManager(include_path=[str(REPO / "tasks")], include_defaults=False)
-    return simple_evaluate(model=lm, tasks=["ext_arith_mc"], task_manager=manager, limit=LIMIT,
+    return simple_evaluate(model=lm, tasks=["ext_arith_mc"], task_manager=task_manager, limit=LIMIT,
                            log_samples=True, bootstrap_iters=0)
 
 
@@ -38,11 +23,11 @@ def _loglikelihoods(results) -> dict[int, list[float]]:
 
 
 @pytest.fixture(scope="module")
-def stock():
+def stock(tiny_model_path, task_manager):
     from lm_eval.models.huggingface import HFLM
 
-    lm = HFLM(pretrained=str(TINY), device="cpu", dtype="float32", batch_size=4)
-    return _loglikelihoods(_evaluate(lm))
+    lm = HFLM(pretrained=str(tiny_model_path), device="cpu", dtype="float32", batch_size=4)
+    return _loglikelihoods(_evaluate(lm, task_manager))
 
 
 @pytest.mark.parametrize("model_args, strategy, on_disk", [
@@ -50,15 +35,15 @@ def stock():
     ({"strategy": "single"}, "single", False),
     ({"strategy": "cpu_offload", "max_cpu_memory": "500000"}, "cpu_offload", True),
 ])
-def test_layout_matches_stock_hf(stock, tmp_path, model_args, strategy, on_disk):
+def test_layout_matches_stock_hf(stock, tiny_model_path, task_manager, tmp_path, model_args, strategy, on_disk):
     from lm_eval_ext.adapters.hf import HfExtLM
 
-    lm = HfExtLM(pretrained=str(TINY), device="cpu", dtype="float32", batch_size=4,
+    lm = HfExtLM(pretrained=str(tiny_model_path), device="cpu", dtype="float32", batch_size=4,
                  offload_folder=str(tmp_path / "offload"), **model_args)
     assert lm._layout.plan.strategy.value == strategy
     device_map = getattr(lm.model, "hf_device_map", {"": "cpu"})
     assert ("disk" in device_map.values()) == on_disk and "cpu" in device_map.values()
-    results = _evaluate(lm)
+    results = _evaluate(lm, task_manager)
     got = _loglikelihoods(results)
     assert got.keys() == stock.keys() and len(got) == LIMIT
     for doc_id, values in stock.items():
@@ -69,18 +54,18 @@ def test_layout_matches_stock_hf(stock, tmp_path, model_args, strategy, on_disk)
         assert results["config"]["lm_eval_ext_max_memory"] == {"cpu": 500000}
 
 
-def test_parallelize_on_cpu_is_refused_with_the_fix():
+def test_parallelize_on_cpu_is_refused_with_the_fix(tiny_model_path):
     from lm_eval_ext.adapters.hf import HfExtLM
     from lm_eval_ext.errors import UserError
 
     with pytest.raises(UserError, match="strategy=model_split splits a model over GPUs, and none is visible; "
                                         "on CPU use strategy=cpu_offload"):
-        HfExtLM(pretrained=str(TINY), device="cpu", dtype="float32", parallelize=True)
+        HfExtLM(pretrained=str(tiny_model_path), device="cpu", dtype="float32", parallelize=True)
 
 
-def test_unknown_strategy_is_refused():
+def test_unknown_strategy_is_refused(tiny_model_path):
     from lm_eval_ext.adapters.hf import HfExtLM
     from lm_eval_ext.errors import ConfigError
 
     with pytest.raises(ConfigError, match="strategy='tensor_parallel' is not valid; use one of: auto, single"):
-        HfExtLM(pretrained=str(TINY), strategy="tensor_parallel")
+        HfExtLM(pretrained=str(tiny_model_path), strategy="tensor_parallel")

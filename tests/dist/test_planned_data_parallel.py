@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 import textwrap
@@ -12,11 +11,6 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parents[2]
-TINY = Path(os.environ.get("LM_EVAL_EXT_TINY_MODEL", REPO.parent.parent / "main" / ".models" / "tiny-llama"))
-if not (TINY / "config.json").exists():
-    TINY = REPO / ".models" / "tiny-llama"
-
-pytestmark = pytest.mark.skipif(not (TINY / "config.json").exists(), reason=f"tiny model missing at {TINY}")
 
 SCRIPT = textwrap.dedent("""
     import json, sys
@@ -36,23 +30,22 @@ SCRIPT = textwrap.dedent("""
 """)
 
 
-def _run(argv: list[str], tmp_path: Path, model: str) -> dict:
+def _run(argv: list[str], tmp_path: Path, model: str, tiny: Path, base_env: dict) -> dict:
     script = tmp_path / "evaluate.py"
     script.write_text(SCRIPT)
     out = tmp_path / f"{model}.json"
-    env = {**os.environ, "PYTHONPATH": str(REPO), "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1",
-           "TRANSFORMERS_OFFLINE": "1", "ACCELERATE_USE_CPU": "true"}
+    env = {**base_env, "PYTHONPATH": str(REPO), "ACCELERATE_USE_CPU": "true"}
     env.pop("OMP_NUM_THREADS", None)  # the planner sets it: 2 cores / 2 processes
-    done = subprocess.run(argv + [str(script), model, str(TINY), str(REPO / "tasks"), str(out)],
+    done = subprocess.run(argv + [str(script), model, str(tiny), str(REPO / "tasks"), str(out)],
                           env=env, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
     return json.loads(out.read_text()) | {"log": done.stderr}
 
 
-def test_two_processes_plan_data_parallel_and_match_stock(tmp_path):
-    stock = _run([sys.executable], tmp_path, "hf")
+def test_two_processes_plan_data_parallel_and_match_stock(tmp_path, tiny_model_path, scratch_env):
+    stock = _run([sys.executable], tmp_path, "hf", tiny_model_path, scratch_env)
     torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2"]
-    ext = _run(torchrun, tmp_path, "hf_ext")
+    ext = _run(torchrun, tmp_path, "hf_ext", tiny_model_path, scratch_env)
     assert ext["plan"]["strategy"] == "data_parallel" and ext["plan"]["num_replicas"] == 2
     assert ext["plan"]["device"] == "cpu"
     assert sorted(ext["samples"]) == sorted(stock["samples"]) and len(stock["samples"]) == 8
