@@ -145,7 +145,9 @@ def vllm_reserve_bytes(model: ModelFacts, activation_tokens: int) -> int:
 
 def describe_model(model: ModelFacts) -> str:
     quant = f", {model.quantization.label}" if model.quantization else ""
-    return (f"{model.name} has {model.num_params / 1e9:.2f}B parameters: {fmt(model.weights_bytes)} "
+    count = model.num_params
+    size = f"{count / 1e9:.2f}B" if count >= 1e9 else f"{count / 1e6:.1f}M"
+    return (f"{model.name} has {size} parameters: {fmt(model.weights_bytes)} "
             f"of weights in {model.dtype}{quant}; its KV cache takes {model.kv_bytes_per_token:,} bytes per token.")
 
 

@@ -14,9 +14,11 @@ attention heads, divides or is a multiple of the KV heads, and fits the GPUs of 
 3. Only when one node cannot hold the model at all are pipeline stages added across nodes
    (``pipeline_parallel_size``, run by vLLM's Ray backend), again with the smallest ``tp``.
 
-Example: Llama-3-70B (131 GiB bf16, 80 layers, 8 KV heads) on 8 x 80 GiB: at 0.9 a card gives 72 GiB;
-tp=1 and tp=2 cannot hold the weights; tp=4 holds 32.9 GiB of weights per GPU and KV for 8,192 tokens
-at 80 KiB per token per GPU, so tensor_parallel 4 with data parallel 2.
+Example: Llama-3-70B (131 GiB bf16, 80 layers, 8 KV heads, 8,192-token window) on 8 x 80 GiB. At
+0.9 a card gives 72 GiB, 5.7 GiB of it reserved. tp=1 cannot hold the weights; tp=2 holds 65.7 GiB
+of weights but leaves KV room for only ~4,100 tokens at 160 KiB per token per GPU; tp=4 holds
+32.9 GiB of weights and KV for ~439,000 tokens at 80 KiB per token, so tensor_parallel 4 with data
+parallel 2 (and the full 8,192-token window).
 """
 
 from __future__ import annotations

@@ -137,6 +137,8 @@ def launch_hint(plan: Plan, pretrained: str, num_nodes: int) -> str:
     model = f"--model hf_ext --model_args pretrained={pretrained},strategy={plan.strategy.value} --tasks ..."
     if plan.num_processes <= 1:
         return f"lm_eval {model}"
+    if plan.device == "cpu":  # `accelerate launch --cpu` silently starts one process; torchrun does not
+        return f"ACCELERATE_USE_CPU=true torchrun --standalone --nproc-per-node {plan.num_processes} -m lm_eval {model}"
     machines = f" --num_machines {num_nodes}" if num_nodes > 1 else ""
     return f"accelerate launch --num_processes {plan.num_processes}{machines} -m lm_eval {model}"
 
@@ -144,8 +146,10 @@ def launch_hint(plan: Plan, pretrained: str, num_nodes: int) -> str:
 def render(plan: Plan, name: str, hardware: str, pretrained: str, num_nodes: int) -> str:
     rows: list[tuple[str, Any]] = [
         ("model", name), ("hardware", hardware), ("weights", f"{format_bytes(plan.weights_bytes)} ({plan.dtype})"),
-        ("replicas", f"{plan.num_replicas} x {plan.gpus_per_replica} GPU(s)"),
-        ("processes", plan.num_processes), ("headroom/GPU", format_bytes(plan.headroom_bytes)),
+        ("replicas", f"{plan.num_replicas} x {plan.gpus_per_replica} GPU(s)" if plan.device == "cuda"
+         else f"{plan.num_replicas} on CPU"),
+        ("processes", plan.num_processes),
+        ("headroom/GPU" if plan.device == "cuda" else "headroom/replica", format_bytes(plan.headroom_bytes)),
     ]
     if plan.backend == "vllm":
         rows += [("tensor x data x pipeline", f"{plan.tensor_parallel_size} x {plan.data_parallel_size} x "

@@ -113,3 +113,19 @@ def test_launch_hint_for_data_parallel(capsys):
     payload = json.loads(capsys.readouterr().out)
     assert payload["launch"].startswith("accelerate launch --num_processes 8 --num_machines 2 -m lm_eval --model hf_ext")
     assert payload["model"]["num_params"] == facts("llama-2-7b").num_params
+
+
+def test_cpu_data_parallel_hint_uses_torchrun(capsys):
+    from argparse import ArgumentParser
+
+    from lm_eval_ext.commands import plan as command
+
+    parser = ArgumentParser()
+    command.add_arguments(parser)
+    facts("gpt2")
+    args = parser.parse_args(["--model_args", f"pretrained={CONFIGS / 'gpt2'}", "--gpus", "none",
+                              "--num_processes", "2"])
+    command.main(args)
+    out = capsys.readouterr().out
+    assert "ACCELERATE_USE_CPU=true torchrun --standalone --nproc-per-node 2 -m lm_eval" in out
+    assert "2 on CPU" in out and "124.4M parameters" in out
