@@ -88,34 +88,45 @@ def check_devices(launch: LaunchEnv, hardware: Hardware, plan: Plan | None) -> l
     return out
 
 
-def _needed_per_gpu(plan: Plan) -> tuple[int, ...]:
+def _weights_per_gpu(plan: Plan) -> tuple[int, ...]:
     if plan.max_memory_per_gpu_bytes:
-        return tuple(b + plan.headroom_bytes for b in plan.max_memory_per_gpu_bytes)
-    return (plan.needs_bytes_per_gpu,) * max(1, plan.gpus_per_replica)
+        return plan.max_memory_per_gpu_bytes
+    return (plan.needs_bytes_per_gpu - plan.headroom_bytes,) * max(1, plan.gpus_per_replica)
+
+
+def _check_ram(hardware: Hardware, plan: Plan) -> list[Finding]:
+    need = hardware.launch.num_local_processes * (plan.weights_bytes + plan.headroom_bytes)
+    if plan.strategy != Strategy.CPU_OFFLOAD and need > hardware.cpu_ram_bytes:
+        return [Finding("error", "not_enough_ram",
+                        f"the plan needs {fmt(need)} of RAM ({hardware.launch.num_local_processes} replica(s)) "
+                        f"but the machine has {fmt(hardware.cpu_ram_bytes)}; use fewer processes or a smaller dtype")]
+    return []
 
 
 def check_memory(hardware: Hardware, plan: Plan) -> list[Finding]:
+    """Weights that do not fit the free memory fail for sure (error); a missing activation
+    headroom only risks an out-of-memory error later (warning), e.g. under a user's max_memory."""
     if plan.device == "cpu":
-        need = hardware.launch.num_local_processes * (plan.weights_bytes + plan.headroom_bytes)
-        if plan.strategy != Strategy.CPU_OFFLOAD and need > hardware.cpu_ram_bytes:
-            return [Finding("error", "not_enough_ram",
-                            f"the plan needs {fmt(need)} of RAM ({hardware.launch.num_local_processes} replica(s)) "
-                            f"but the machine has {fmt(hardware.cpu_ram_bytes)}; use fewer processes or a smaller dtype")]
-        return []
+        return _check_ram(hardware, plan)
     if plan.backend != "hf":
         return []  # vLLM checks its own budget against free memory at start-up
     out = []
     first = (hardware.launch.local_rank or 0) * max(1, plan.gpus_per_replica)
-    for offset, needed in enumerate(_needed_per_gpu(plan)):
+    for offset, weights in enumerate(_weights_per_gpu(plan)):
         index = first + offset
         if index >= len(hardware.gpus):
             break
         gpu = hardware.gpus[index]
-        if gpu.free_bytes < needed:
+        held = f"another process holds {fmt(gpu.total_bytes - gpu.free_bytes)} (see nvidia-smi)"
+        if gpu.free_bytes < weights:
             out.append(Finding("error", "not_enough_free_memory",
-                               f"GPU {index} ({gpu.name}) has {fmt(gpu.free_bytes)} free but the plan needs "
-                               f"{fmt(needed)} there (weights + headroom); another process holds "
-                               f"{fmt(gpu.total_bytes - gpu.free_bytes)} (see nvidia-smi): free it, or plan again"))
+                               f"GPU {index} ({gpu.name}) has {fmt(gpu.free_bytes)} free but the plan puts "
+                               f"{fmt(weights)} of weights there; {held}: free it, or plan again"))
+        elif gpu.free_bytes < weights + plan.headroom_bytes:
+            out.append(Finding("warning", "little_headroom",
+                               f"GPU {index} ({gpu.name}) keeps {fmt(gpu.free_bytes - weights)} beside the weights, "
+                               f"less than the planned {fmt(plan.headroom_bytes)} for activations; long batches "
+                               "may run out of memory (lower max_memory_per_gpu or the batch size)"))
     return out
 
 

@@ -111,6 +111,9 @@ def test_seed_30gb_on_two_24gb_cards_cannot_be_data_parallel():
     result = _plan("qwen2.5-14b", "auto", "24GiB,24GiB", 1, "hf", {})
     assert result.strategy == Strategy.MODEL_SPLIT and result.gpus_per_replica == 2
     assert len(result.max_memory_per_gpu_bytes) == 2
+    # the numbers of the worked example in planner.py's docstring
+    assert round(model.weights_bytes / GiB, 1) == 27.5 and round(result.headroom_bytes / GiB, 1) == 6.9
+    assert [round(b / GiB, 1) for b in result.max_memory_per_gpu_bytes] == [17.1, 17.1]
     with pytest.raises(UserError, match="strategy=data_parallel needs one GPU to hold the whole model"):
         _plan("qwen2.5-14b", "auto", "24GiB,24GiB", 1, "hf", {"strategy": "data_parallel"})
 

@@ -81,8 +81,18 @@ def test_plan_needs_more_memory_than_free():
     busy = replace(planned_on, gpus=(Gpu("A10", 24 * GiB, 9 * GiB),))
     findings = check(busy, result)
     assert _codes(findings) == ["not_enough_free_memory"]
-    assert "GPU 0 (A10) has 9.0 GiB free but the plan needs" in findings[0].message
+    assert "GPU 0 (A10) has 9.0 GiB free but the plan puts 12.6 GiB of weights there" in findings[0].message
     assert "another process holds 15.0 GiB (see nvidia-smi)" in findings[0].message
+
+
+def test_user_max_memory_leaving_little_headroom_only_warns():
+    model = facts("qwen2.5-14b")
+    hardware = describe_hardware("24GiB,24GiB")
+    result = plan(model, hardware, PlanRequest(num_processes=1, max_memory_per_gpu_bytes=22 * GiB))
+    findings = check(hardware, result)
+    assert _codes(findings) == ["little_headroom", "little_headroom"]
+    assert all(f.level == "warning" for f in findings)
+    assert "GPU 0 (GPU) keeps 2.0 GiB beside the weights, less than the planned 6.9 GiB" in findings[0].message
 
 
 def test_cpu_plan_needs_more_ram_than_the_machine_has():
