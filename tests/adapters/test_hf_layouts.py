@@ -1,25 +1,26 @@
 """hf_ext builds the planned layout on CPU and scores exactly like stock ``hf`` (float32, 1e-5).
 
 CPU-buildable strategies: ``single`` (auto on a CPU machine) and ``cpu_offload`` (accelerate puts
-what fits the RAM cap on CPU and the rest on disk). Splits over GPUs are in tests/gpu.
+what fits the RAM cap on CPU and the rest on disk); ``data_parallel`` over two processes is in
+tests/dist. Splits over GPUs are in tests/gpu. All three shipped task kinds run: multiple choice,
+generation and rolling loglikelihood.
 """
 
 from __future__ import annotations
 
 import pytest
 
-LIMIT = 8
+from helpers import assert_same_samples, per_sample
+
+TASKS = ["ext_arith_mc", "ext_copy_gen", "ext_prose_rolling"]
+LIMIT = 6
 
 
 def _evaluate(lm, task_manager):
     from lm_eval import simple_evaluate
 
-    return simple_evaluate(model=lm, tasks=["ext_arith_mc"], task_manager=task_manager, limit=LIMIT,
+    return simple_evaluate(model=lm, tasks=TASKS, task_manager=task_manager, limit=LIMIT,
                            log_samples=True, bootstrap_iters=0)
-
-
-def _loglikelihoods(results) -> dict[int, list[float]]:
-    return {s["doc_id"]: [float(r[0][0]) for r in s["resps"]] for s in results["samples"]["ext_arith_mc"]}
 
 
 @pytest.fixture(scope="module")
@@ -27,7 +28,7 @@ def stock(tiny_model_path, task_manager):
     from lm_eval.models.huggingface import HFLM
 
     lm = HFLM(pretrained=str(tiny_model_path), device="cpu", dtype="float32", batch_size=4)
-    return _loglikelihoods(_evaluate(lm, task_manager))
+    return per_sample(_evaluate(lm, task_manager))
 
 
 @pytest.mark.parametrize("model_args, strategy, on_disk", [
@@ -44,10 +45,8 @@ def test_layout_matches_stock_hf(stock, tiny_model_path, task_manager, tmp_path,
     device_map = getattr(lm.model, "hf_device_map", {"": "cpu"})
     assert ("disk" in device_map.values()) == on_disk and "cpu" in device_map.values()
     results = _evaluate(lm, task_manager)
-    got = _loglikelihoods(results)
-    assert got.keys() == stock.keys() and len(got) == LIMIT
-    for doc_id, values in stock.items():
-        assert got[doc_id] == pytest.approx(values, abs=1e-5)
+    assert len(stock) == LIMIT * len(TASKS)
+    assert_same_samples(stock, per_sample(results), atol=1e-5)
     recorded = results["config"]["lm_eval_ext_plan"]
     assert recorded["strategy"] == strategy and recorded["weights_bytes"] == lm._layout.plan.weights_bytes
     if on_disk:
