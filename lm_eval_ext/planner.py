@@ -36,8 +36,6 @@ parallel is impossible because each replica would need the whole 27.5 GiB. Llama
 
 from __future__ import annotations
 
-import logging
-
 from lm_eval_ext.errors import UserError
 from lm_eval_ext.hardware import Hardware
 from lm_eval_ext.model_facts import ModelFacts
@@ -46,8 +44,6 @@ from lm_eval_ext.plan_types import (
     describe_model, hf_headroom_bytes,
 )
 from lm_eval_ext.units import format_bytes as fmt
-
-logger = logging.getLogger(__name__)
 
 
 def plan(model: ModelFacts, hardware: Hardware, request: PlanRequest) -> Plan:
@@ -153,6 +149,11 @@ def _hybrid_slice(model: ModelFacts, hardware: Hardware, request: PlanRequest,
 
 
 def _num_processes_per_node(hardware: Hardware, request: PlanRequest, slice_size: int) -> int:
+    if request.strategy == "single":
+        if (request.num_processes or 1) > 1 or hardware.num_nodes > 1:
+            raise UserError("strategy=single runs one process on one GPU; for several processes or nodes "
+                            "use strategy=data_parallel (or auto)")
+        return 1
     slices = hardware.num_gpus_per_node // slice_size
     if request.num_processes is None:
         return slices

@@ -147,6 +147,12 @@ def test_free_memory_not_total_decides():
     assert result.strategy == Strategy.MODEL_SPLIT
 
 
+def test_explicit_single_uses_one_gpu_even_when_more_are_there():
+    result = _plan("llama-2-7b", "bfloat16", "4x24GiB", 1, "hf", {"strategy": "single"})
+    assert (result.strategy, result.num_replicas, result.num_processes) == (Strategy.SINGLE, 1, 1)
+    assert "3 GPU(s) per node stay idle" in result.warnings[0]
+
+
 def test_user_max_memory_per_gpu_wins():
     result = _plan("llama-2-7b", "bfloat16", "4x24GiB", 1, "hf", {"max_memory_per_gpu_bytes": 8 * GiB})
     assert result.strategy == Strategy.HYBRID and result.max_memory_per_gpu_bytes == (8 * GiB, 8 * GiB)
@@ -260,6 +266,7 @@ def test_vllm_refusals(model, gpus, extra, message):
     ("4x24GiB", 1, {"strategy": "data_parallel", "num_processes": 1},
      "strategy=data_parallel needs several processes, but one was started; launch with `accelerate launch"),
     ("", 1, {"strategy": "hybrid", "num_processes": 1}, "strategy=hybrid needs several processes"),
+    ("4x24GiB", 2, {"strategy": "single"}, "strategy=single runs one process on one GPU"),
 ])
 def test_hf_refusals(gpus, nodes, extra, message):
     with pytest.raises(UserError) as info:
