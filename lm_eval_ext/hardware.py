@@ -113,7 +113,15 @@ def read_launch_env(environ: Mapping[str, str] = os.environ) -> LaunchEnv:
     )
 
 
-def _cpu_ram_bytes() -> int:
+def _cpu_ram_bytes(meminfo: str = "/proc/meminfo") -> int:
+    """RAM available now (like a GPU's free memory: other processes' use excluded), else total."""
+    try:
+        with open(meminfo) as handle:
+            for line in handle:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
     try:
         return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
     except (ValueError, OSError, AttributeError):

@@ -115,3 +115,12 @@ def test_detect_gpus_reads_nvml_usage_and_falls_back_to_mem_get_info(monkeypatch
     monkeypatch.setattr(cuda, "get_device_capability", lambda i: (9, 0) if i == 0 else (7, 5))
     monkeypatch.setattr(cuda, "get_device_name", lambda i: f"GPU{i}")
     assert detect_gpus() == (Gpu("GPU0", 80 * GiB, 50 * GiB, True), Gpu("GPU1", 80 * GiB, 70 * GiB, False))
+
+
+def test_cpu_ram_is_what_is_available(tmp_path):
+    from lm_eval_ext.hardware import _cpu_ram_bytes
+
+    meminfo = tmp_path / "meminfo"
+    meminfo.write_text("MemTotal:       24000000 kB\nMemFree:         1000000 kB\nMemAvailable:   20000000 kB\n")
+    assert _cpu_ram_bytes(str(meminfo)) == 20000000 * 1024
+    assert _cpu_ram_bytes(str(tmp_path / "missing")) > 0  # falls back to the machine's total
