@@ -161,6 +161,9 @@ class HfExtConfig:
     think_end_token: str | None = arg(optional(as_str), None, "end-of-thinking token")
     enable_thinking: bool | None = arg(optional(as_bool), None, "chat template thinking switch")
     attn_implementation: str | None = arg(optional(as_str), None, "eager, sdpa, flash_attention_2")
+    # planner (lm_eval_ext.layout); not an HFLM argument, so hflm_kwargs drops it
+    strategy: str = arg(one_of("auto", "single", "data_parallel", "model_split", "hybrid", "cpu_offload"),
+                        "auto", "parallel layout; auto plans it from the model's size and free GPU memory")
 
     @classmethod
     def from_model_args(cls, args: Mapping[str, Any]) -> HfExtConfig:
@@ -170,6 +173,7 @@ class HfExtConfig:
         """Keyword arguments for lm-eval's HFLM, with ``device``/``dtype`` already resolved."""
         kwargs = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
         kwargs.update(device=device, dtype=dtype)
+        del kwargs["strategy"]  # consumed by the planner, unknown to HFLM
         if kwargs["attn_implementation"] is None:
             del kwargs["attn_implementation"]  # HFLM forwards extra kwargs to from_pretrained
         return kwargs

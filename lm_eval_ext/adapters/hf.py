@@ -13,6 +13,7 @@ from lm_eval_ext.adapters import require
 from lm_eval_ext.config import HfExtConfig
 from lm_eval_ext.dist import prefer_cpu_collectives
 from lm_eval_ext.errors import install_excepthook
+from lm_eval_ext.layout import build_layout
 from lm_eval_ext.logs import share_lm_eval_handlers
 
 torch = require("torch", "hf")
@@ -58,7 +59,8 @@ class HfExtLM(HFLM):
         prefer_cpu_collectives(torch.cuda.is_available())
         device = resolve_device(config.device)
         dtype = resolve_dtype(config.dtype, device)
-        super().__init__(**config.hflm_kwargs(device=device, dtype=dtype))
+        self._layout = build_layout(config, device=device, dtype=dtype)  # plan -> device / device_map
+        super().__init__(**{**config.hflm_kwargs(device=device, dtype=dtype), **self._layout.hflm_overrides()})
         self.ext_config = config
         self._adopt_launcher_ranks()
 
@@ -76,6 +78,12 @@ class HfExtLM(HFLM):
         self._world_size = accelerator.num_processes
         if self._rank == 0:
             logger.info("data parallel over %d processes (%s)", self._world_size, accelerator.distributed_type)
+
+    def _get_accelerate_args(self, *args, **kwargs) -> dict:
+        """The planned device_map and max_memory, instead of lm-eval's parallelize defaults."""
+        if self._layout.accelerate_args is not None:
+            return dict(self._layout.accelerate_args)
+        return super()._get_accelerate_args(*args, **kwargs)
 
     def _log_shard(self, request_type: str, requests: list) -> None:
         docs = Counter((r.task_name, r.doc_id) for r in requests)
@@ -100,4 +108,5 @@ class HfExtLM(HFLM):
         info = super().get_model_info()
         info["lm_eval_ext_model"] = "hf_ext"
         info["data_parallel_size"] = self.world_size
+        info.update(self._layout.model_info())
         return info

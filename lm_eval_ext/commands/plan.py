@@ -1,0 +1,171 @@
+"""``lm-eval-ext plan``: which layout, why, with which sizes; reads the config only, never weights.
+
+Examples::
+
+    lm-eval-ext plan --model_args pretrained=Qwen/Qwen2.5-14B --gpus 24GiB,24GiB
+    lm-eval-ext plan --model_args pretrained=./llama-70b,dtype=bfloat16 --gpus 8x80GiB --nodes 2 \\
+        --backend vllm --json
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import json
+import sys
+from typing import Any
+
+from lm_eval_ext.errors import UserError, did_you_mean
+from lm_eval_ext.plan_types import BACKENDS, Plan, PlanRequest
+from lm_eval_ext.units import format_bytes, parse_bytes
+
+#: model_args keys the planner reads; other keys that hf_ext or vllm_ext accept pass unread
+PLAN_KEYS = ("pretrained", "dtype", "revision", "subfolder", "trust_remote_code", "strategy",
+             "max_model_len", "tensor_parallel_size", "data_parallel_size", "pipeline_parallel_size",
+             "gpu_memory_utilization", "max_memory_per_gpu", "max_cpu_memory")
+PASSED_KEYS = ("batch_size", "max_batch_size", "max_length", "device", "tokenizer", "backend",
+               "truncation", "logits_cache", "use_fast_tokenizer", "add_bos_token", "prefix_token_id",
+               "softmax_dtype", "parallelize", "offload_folder", "peft", "delta", "gguf_file",
+               "think_end_token", "enable_thinking", "attn_implementation", "seed", "swap_space",
+               "enforce_eager", "max_num_seqs", "quantization", "lora_local_path")
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--model_args", required=True,
+                        help="pretrained=PATH_OR_ID[,dtype=auto|bfloat16|...][,strategy=...] (as for lm_eval)")
+    parser.add_argument("--gpus", default=None,
+                        help="describe GPUs per node instead of detecting them: 4x80GiB or 24GiB,24GiB; "
+                             "'none' plans for CPU only")
+    parser.add_argument("--nodes", type=int, default=1, help="number of alike nodes (default 1)")
+    parser.add_argument("--backend", choices=BACKENDS, default="hf",
+                        help="hf (default), vllm, or auto to recommend one")
+    parser.add_argument("--num_processes", type=int, default=None,
+                        help="processes you will launch (all nodes); default: the planner proposes")
+    parser.add_argument("--cpu_ram", default=None, help="host RAM per node for a described machine, e.g. 512GiB")
+    parser.add_argument("--activation_tokens", type=int, default=4096,
+                        help="tokens in flight per forward pass, sizes the headroom (default 4096)")
+    parser.add_argument("--json", action="store_true", help="print the plan as one JSON object")
+
+
+def parse_model_args(text: str) -> dict[str, str]:
+    args: dict[str, str] = {}
+    for part in filter(None, (p.strip() for p in text.split(","))):
+        key, sep, value = part.partition("=")
+        if not sep or not key.strip():
+            raise UserError(f"--model_args entry {part!r} is not key=value; write e.g. pretrained=gpt2,dtype=bfloat16")
+        key = key.strip()
+        if key not in PLAN_KEYS and key not in PASSED_KEYS:
+            raise UserError(f"unknown --model_args key '{key}'{did_you_mean(key, PLAN_KEYS + PASSED_KEYS)}; "
+                            f"the planner reads: {', '.join(PLAN_KEYS)}")
+        args[key] = value.strip()
+    if "pretrained" not in args:
+        raise UserError("--model_args needs pretrained=PATH_OR_HUB_ID")
+    return args
+
+
+def _int(args: dict[str, str], key: str) -> int | None:
+    if key not in args or args[key].lower() in ("", "none", "auto"):
+        return None
+    try:
+        return int(args[key])
+    except ValueError:
+        raise UserError(f"{key}={args[key]!r} must be an integer") from None
+
+
+def build_request(args: argparse.Namespace, model_args: dict[str, str]) -> PlanRequest:
+    util = model_args.get("gpu_memory_utilization")
+    try:
+        utilization = float(util) if util not in (None, "", "auto") else None
+    except ValueError:
+        raise UserError(f"gpu_memory_utilization={util!r} must be a number such as 0.9") from None
+    cap = model_args.get("max_memory_per_gpu")
+    ram_cap = model_args.get("max_cpu_memory")
+    return PlanRequest(
+        backend=args.backend, strategy=model_args.get("strategy", "auto"), num_processes=args.num_processes,
+        activation_tokens=args.activation_tokens, max_model_len=_int(model_args, "max_model_len"),
+        gpu_memory_utilization=utilization,
+        tensor_parallel_size=_int(model_args, "tensor_parallel_size"),
+        data_parallel_size=_int(model_args, "data_parallel_size"),
+        pipeline_parallel_size=_int(model_args, "pipeline_parallel_size"),
+        max_memory_per_gpu_bytes=parse_bytes(cap, what="max_memory_per_gpu") if cap else None,
+        max_cpu_memory_bytes=parse_bytes(ram_cap, what="max_cpu_memory") if ram_cap else None,
+        vllm_available=importlib.util.find_spec("vllm") is not None,
+    )
+
+
+def _hardware(args: argparse.Namespace):
+    from lm_eval_ext.hardware import describe_hardware, detect_hardware
+
+    ram = parse_bytes(args.cpu_ram, what="--cpu_ram") if args.cpu_ram else None
+    if args.gpus is not None:
+        spec = "" if args.gpus.strip().lower() in ("none", "0", "cpu") else args.gpus
+        return describe_hardware(spec, num_nodes=args.nodes, cpu_ram_bytes=ram)
+    detected = detect_hardware()
+    if args.nodes != 1 or ram:
+        from dataclasses import replace
+
+        detected = replace(detected, num_nodes=args.nodes, cpu_ram_bytes=ram or detected.cpu_ram_bytes)
+    return detected
+
+
+def main(args: argparse.Namespace) -> int:
+    from lm_eval_ext.model_facts import load_model_facts
+    from lm_eval_ext.planner import plan
+
+    model_args = parse_model_args(args.model_args)
+    trust = model_args.get("trust_remote_code", "false").lower() in ("true", "1", "yes")
+    facts = load_model_facts(model_args["pretrained"], model_args.get("dtype", "auto"),
+                             revision=model_args.get("revision"), subfolder=model_args.get("subfolder", ""),
+                             trust_remote_code=trust)
+    hardware = _hardware(args)
+    result = plan(facts, hardware, build_request(args, model_args))
+    if args.json:
+        payload = {**result.to_json(), "model": facts.to_json(), "hardware": hardware.describe(),
+                   "launch": launch_hint(result, model_args["pretrained"], hardware.num_nodes)}
+        _write(json.dumps(payload, indent=2) + "\n")
+    else:
+        _write(render(result, facts.name, hardware.describe(), model_args["pretrained"], hardware.num_nodes))
+    return 0
+
+
+def launch_hint(plan: Plan, pretrained: str, num_nodes: int) -> str:
+    if plan.backend == "vllm":
+        sizes = (f"tensor_parallel_size={plan.tensor_parallel_size},data_parallel_size={plan.data_parallel_size}"
+                 f",pipeline_parallel_size={plan.pipeline_parallel_size}")
+        length = f",max_model_len={plan.max_model_len}" if plan.max_model_len else ""
+        return f"lm_eval --model vllm_ext --model_args pretrained={pretrained},{sizes}{length} --tasks ..."
+    model = f"--model hf_ext --model_args pretrained={pretrained},strategy={plan.strategy.value} --tasks ..."
+    if plan.num_processes <= 1:
+        return f"lm_eval {model}"
+    if plan.device == "cpu":  # `accelerate launch --cpu` silently starts one process; torchrun does not
+        return f"ACCELERATE_USE_CPU=true torchrun --standalone --nproc-per-node {plan.num_processes} -m lm_eval {model}"
+    machines = f" --num_machines {num_nodes}" if num_nodes > 1 else ""
+    return f"accelerate launch --num_processes {plan.num_processes}{machines} -m lm_eval {model}"
+
+
+def render(plan: Plan, name: str, hardware: str, pretrained: str, num_nodes: int) -> str:
+    rows: list[tuple[str, Any]] = [
+        ("model", name), ("hardware", hardware), ("weights", f"{format_bytes(plan.weights_bytes)} ({plan.dtype})"),
+        ("replicas", f"{plan.num_replicas} x {plan.gpus_per_replica} GPU(s)" if plan.device == "cuda"
+         else f"{plan.num_replicas} on CPU"),
+        ("processes", plan.num_processes),
+        ("headroom/GPU" if plan.device == "cuda" else "headroom/replica", format_bytes(plan.headroom_bytes)),
+    ]
+    if plan.backend == "vllm":
+        rows += [("tensor x data x pipeline", f"{plan.tensor_parallel_size} x {plan.data_parallel_size} x "
+                                              f"{plan.pipeline_parallel_size}"),
+                 ("max_model_len", plan.max_model_len), ("gpu_memory_utilization", plan.gpu_memory_utilization)]
+    if plan.max_memory_per_gpu_bytes:
+        rows.append(("max_memory/GPU", ", ".join(format_bytes(b) for b in plan.max_memory_per_gpu_bytes)))
+    if plan.max_cpu_memory_bytes:
+        rows.append(("max_cpu_memory", format_bytes(plan.max_cpu_memory_bytes)))
+    rows.append(("launch", launch_hint(plan, pretrained, num_nodes)))
+    lines = [f"plan: {plan.backend} {plan.strategy.value}"] + [f"  {k:<24} {v}" for k, v in rows]
+    lines += ["why:"] + [f"  - {r}" for r in plan.reasons]
+    if plan.warnings:
+        lines += ["warnings:"] + [f"  - {w}" for w in plan.warnings]
+    return "\n".join(lines) + "\n"
+
+
+def _write(text: str) -> None:
+    sys.stdout.write(text)  # the command's output itself, not a diagnostic

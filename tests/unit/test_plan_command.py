@@ -1,0 +1,131 @@
+"""``lm-eval-ext plan`` end to end, as a subprocess: every planning-table case, under 5 s each."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from planner_fixtures import CONFIGS, facts
+from test_planner import TABLE
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def run_cli(*args: str) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    return subprocess.run([sys.executable, "-m", "lm_eval_ext.cli", "plan", *args], env=env,
+                          capture_output=True, text=True, timeout=120)
+
+
+def _argv(name, dtype, gpus, nodes, backend, extra):
+    model_args = f"pretrained={CONFIGS / name}" + (f",dtype={dtype}" if dtype != "auto" else "")
+    argv = ["--model_args", model_args, "--gpus", gpus or "none", "--nodes", str(nodes), "--backend", backend, "--json"]
+    if "num_processes" in extra:
+        argv += ["--num_processes", str(extra["num_processes"])]
+    return argv
+
+
+def test_every_table_case_through_the_cli_under_5s():
+    for name, dtype, *_ in TABLE:
+        facts(name, dtype)  # fills the shared parameter-count cache, as a first `plan` run would
+    slowest = 0.0
+    vllm_installed = importlib.util.find_spec("vllm") is not None
+    for case in TABLE:
+        name, dtype, gpus, nodes, backend, extra, *expected = case
+        if backend == "auto" and not vllm_installed:
+            continue  # the CLI then recommends hf by design; test_planner covers auto both ways
+        start = time.perf_counter()
+        done = run_cli(*_argv(name, dtype, gpus, nodes, backend, extra))
+        elapsed = time.perf_counter() - start
+        assert done.returncode == 0, done.stderr
+        payload = json.loads(done.stdout)
+        got = [payload[k] for k in ("backend", "strategy", "num_replicas", "gpus_per_replica",
+                                    "tensor_parallel_size", "pipeline_parallel_size", "max_model_len")]
+        assert got == expected, name
+        assert elapsed < 5, f"{name}: {elapsed:.1f}s"
+        slowest = max(slowest, elapsed)
+    print(f"slowest plan --json: {slowest:.2f}s")
+
+
+def test_cli_never_imports_torch_on_a_warm_cache():
+    facts("llama-3-8b")
+    code = ("import sys, lm_eval_ext.cli as c; c.main(['plan', '--model_args', 'pretrained=%s', '--gpus', "
+            "'8x80GiB', '--json']); print('TORCH' if 'torch' in sys.modules else 'NO_TORCH', file=sys.stderr)"
+            % (CONFIGS / "llama-3-8b"))
+    done = subprocess.run([sys.executable, "-c", code], env={**os.environ, "PYTHONPATH": str(REPO)},
+                          capture_output=True, text=True, timeout=120)
+    assert "NO_TORCH" in done.stderr, done.stderr
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--model_args", "dtype=bfloat16"], "--model_args needs pretrained=PATH_OR_HUB_ID"),
+    (["--model_args", "pretrained=x,tensor_paralel_size=2"], "unknown --model_args key 'tensor_paralel_size' "
+                                                              "(did you mean 'tensor_parallel_size'?)"),
+    (["--model_args", "pretrained"], "--model_args entry 'pretrained' is not key=value"),
+    (["--model_args", f"pretrained={CONFIGS / 'gpt2'}", "--gpus", "4xlots"], "--gpus='lots' is not a memory size"),
+    (["--model_args", f"pretrained={CONFIGS / 'gpt2'},max_model_len=long", "--gpus", "1x24GiB"],
+     "max_model_len='long' must be an integer"),
+    (["--model_args", f"pretrained={CONFIGS / 'gpt2'},gpu_memory_utilization=most", "--gpus", "1x24GiB"],
+     "gpu_memory_utilization='most' must be a number"),
+    (["--model_args", f"pretrained={CONFIGS / 'llama-3-70b'}", "--gpus", "1x24GiB", "--backend", "vllm"],
+     "Smallest changes that fit:"),
+])
+def test_cli_errors_are_one_line_with_exit_2(argv, message):
+    done = run_cli(*argv)
+    assert done.returncode == 2
+    assert message in done.stderr
+    assert "Traceback" not in done.stderr and len(done.stderr.strip().splitlines()) == 1
+
+
+def test_human_output(capsys):
+    from argparse import ArgumentParser
+
+    from lm_eval_ext.commands import plan as command
+
+    parser = ArgumentParser()
+    command.add_arguments(parser)
+    facts("qwen2.5-14b")
+    args = parser.parse_args(["--model_args", f"pretrained={CONFIGS / 'qwen2.5-14b'}", "--gpus", "24GiB,24GiB"])
+    assert command.main(args) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("plan: hf model_split\n")
+    assert "max_memory/GPU           17.1 GiB, 17.1 GiB" in out
+    assert "data parallel over single GPUs is impossible" in out
+
+
+def test_launch_hint_for_data_parallel(capsys):
+    from argparse import ArgumentParser
+
+    from lm_eval_ext.commands import plan as command
+
+    parser = ArgumentParser()
+    command.add_arguments(parser)
+    facts("llama-2-7b", "bfloat16")
+    args = parser.parse_args(["--model_args", f"pretrained={CONFIGS / 'llama-2-7b'},dtype=bfloat16",
+                              "--gpus", "4x24GiB", "--nodes", "2", "--json"])
+    command.main(args)
+    payload = json.loads(capsys.readouterr().out)
+    assert payload["launch"].startswith("accelerate launch --num_processes 8 --num_machines 2 -m lm_eval --model hf_ext")
+    assert payload["model"]["num_params"] == facts("llama-2-7b").num_params
+
+
+def test_cpu_data_parallel_hint_uses_torchrun(capsys):
+    from argparse import ArgumentParser
+
+    from lm_eval_ext.commands import plan as command
+
+    parser = ArgumentParser()
+    command.add_arguments(parser)
+    facts("gpt2")
+    args = parser.parse_args(["--model_args", f"pretrained={CONFIGS / 'gpt2'}", "--gpus", "none",
+                              "--num_processes", "2"])
+    command.main(args)
+    out = capsys.readouterr().out
+    assert "ACCELERATE_USE_CPU=true torchrun --standalone --nproc-per-node 2 -m lm_eval" in out
+    assert "2 on CPU" in out and "124.4M parameters" in out
