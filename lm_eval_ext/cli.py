@@ -13,6 +13,7 @@ from lm_eval_ext.errors import UserError
 #: subcommand -> one-line help. Add a line here when a ``commands`` module lands.
 COMMANDS: dict[str, str] = {
     "run": "register hf_ext/vllm_ext, add tasks/ to the include path, then run lm-eval's CLI",
+    "cache": "request cache: stats, verify (integrity + recompute a sample), clear, export",
 }
 
 

@@ -136,8 +136,10 @@ class HfRequestCacheMixin(RequestCacheMixin):
 
 
 def _resolved_dtype(requested: Any, config: Any) -> str:
+    """The dtype the weights are computed in, spelled ``float32``/``bfloat16``: ``auto`` means the
+    checkpoint's own dtype, and transformers' default (float32) when the config names none."""
     if requested in (None, "auto"):
-        return str(getattr(config, "dtype", None) or getattr(config, "torch_dtype", None) or "auto")
+        requested = getattr(config, "dtype", None) or getattr(config, "torch_dtype", None) or "float32"
     return str(requested).replace("torch.", "")
 
 
