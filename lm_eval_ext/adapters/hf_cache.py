@@ -60,6 +60,13 @@ class HfRequestCacheMixin(RequestCacheMixin):
         self._model = DeferredModel(self._config)
 
     @property
+    def model(self):
+        # HFLM unwraps through accelerate under data parallel, which inspects nn.Module internals
+        if isinstance(getattr(self, "_model", None), DeferredModel):
+            return self._model
+        return super().model
+
+    @property
     def model_loaded(self) -> bool:
         return not isinstance(getattr(self, "_model", None), DeferredModel)
 
@@ -78,6 +85,11 @@ class HfRequestCacheMixin(RequestCacheMixin):
                 self.model.to(placeholder.moved_to)
             except ValueError:  # quantized or device_map models refuse .to(), as in HFLM
                 logger.debug("model could not be moved to %s", placeholder.moved_to)
+
+    def request_cache_report(self) -> dict:
+        report = super().request_cache_report()
+        report["model_loaded"] = self.model_loaded
+        return report
 
     def _cache_flush_every(self) -> int:
         return self.batch_size if isinstance(self.batch_size, int) else 1

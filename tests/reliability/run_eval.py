@@ -11,6 +11,32 @@ import sys
 from pathlib import Path
 
 
+def evaluate(model_args: str, tasks_dir: str, out: str, *, tasks: str = "ext_suite",
+             limit: int | None = None, batch_size: str = "1") -> None:
+    import lm_eval
+    from lm_eval.tasks import TaskManager
+
+    results = lm_eval.simple_evaluate(
+        model="hf_ext",
+        model_args=model_args,
+        tasks=tasks.split(","),
+        task_manager=TaskManager(include_path=tasks_dir, include_defaults=False),
+        limit=limit,
+        batch_size=batch_size,
+        log_samples=True,
+    )
+    if results is None:  # ranks other than 0
+        return
+    samples = {
+        f"{task}/{sample['doc_id']}": sample["resps"]
+        for task, rows in results["samples"].items()
+        for sample in rows
+    }
+    report = {"samples": samples, "request_cache": results["config"].get("request_cache"),
+              "results": results["results"]}
+    Path(out).write_text(json.dumps(report, sort_keys=True))
+
+
 def main() -> int:
     parser = argparse.ArgumentParser()
     parser.add_argument("--model-args", required=True)
@@ -20,29 +46,8 @@ def main() -> int:
     parser.add_argument("--batch-size", default="1")
     parser.add_argument("--out", required=True)
     args = parser.parse_args()
-
-    import lm_eval
-    from lm_eval.tasks import TaskManager
-
-    results = lm_eval.simple_evaluate(
-        model="hf_ext",
-        model_args=args.model_args,
-        tasks=args.tasks.split(","),
-        task_manager=TaskManager(include_path=args.tasks_dir, include_defaults=False),
-        limit=args.limit,
-        batch_size=args.batch_size,
-        log_samples=True,
-    )
-    if results is None:  # ranks other than 0
-        return 0
-    samples = {
-        f"{task}/{sample['doc_id']}": sample["resps"]
-        for task, rows in results["samples"].items()
-        for sample in rows
-    }
-    report = {"samples": samples, "request_cache": results["config"].get("request_cache"),
-              "results": results["results"]}
-    Path(args.out).write_text(json.dumps(report, sort_keys=True))
+    evaluate(args.model_args, args.tasks_dir, args.out, tasks=args.tasks, limit=args.limit,
+             batch_size=args.batch_size)
     return 0
 
 

@@ -1,0 +1,141 @@
+"""The request cache under real evaluations of the tiny model: kill -9 and resume, two ranks
+then one, two models in one cache directory."""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import socket
+import sqlite3
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from forking import REPO, TASKS_DIR, preload, run_forked, tiny_model
+
+pytestmark = pytest.mark.skipif(
+    not (tiny_model() / "config.json").exists(), reason="tiny model not built: run `make models`"
+)
+LIMIT = 6  # documents per task: 24 loglikelihood + 6 generate_until + 6 rolling requests
+TOTAL_REQUESTS = 36
+ENV = {"HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _preloaded():
+    os.environ.update(ENV)
+    preload()
+
+
+def evaluate(model_args: str, out: Path, batch_size: str = "1"):
+    def target():
+        from run_eval import evaluate as run
+
+        run(model_args, str(TASKS_DIR), str(out), limit=LIMIT, batch_size=batch_size)
+
+    return target
+
+
+def read(out: Path) -> dict:
+    return json.loads(out.read_text())
+
+
+def stored_entries(cache_dir: Path) -> int:
+    path = cache_dir / "requests.sqlite"
+    if not path.exists():
+        return 0
+    with sqlite3.connect(path) as db:
+        return db.execute("SELECT COUNT(*) FROM entries").fetchone()[0]
+
+
+def run_ok(target, tmp_path: Path, name: str):
+    outcome = run_forked(target, log_path=tmp_path / f"{name}.log")
+    assert outcome.returncode == 0, (tmp_path / f"{name}.log").read_text()[-3000:]
+    return outcome
+
+
+def test_kill_nine_ten_times_then_resume_gives_the_uninterrupted_results(tmp_path):
+    model = tiny_model()
+    baseline = run_ok(evaluate(f"pretrained={model},cache=off", tmp_path / "base.json"), tmp_path, "base")
+    cache_dir = tmp_path / "cache"
+    args = f"pretrained={model},cache_dir={cache_dir}"
+    seed = int(os.environ.get("LM_EVAL_EXT_KILL_SEED", random.randrange(10**6)))
+    rng = random.Random(seed)
+    progress = []
+    for attempt in range(10):
+        delay_s = rng.uniform(0.1, baseline.wall_s)
+        outcome = run_forked(evaluate(args, tmp_path / "partial.json"), log_path=tmp_path / f"kill{attempt}.log",
+                             kill_after_s=delay_s)
+        assert outcome.killed or outcome.returncode == 0, (tmp_path / f"kill{attempt}.log").read_text()[-3000:]
+        progress.append((round(delay_s, 2), outcome.killed, stored_entries(cache_dir)))
+    assert any(0 < n < TOTAL_REQUESTS for _, killed, n in progress if killed), f"seed {seed}: {progress}"
+    print(f"kill -9 progress (seed {seed}; delay_s, killed, stored entries): {progress}")
+    stored_before = stored_entries(cache_dir)
+
+    run_ok(evaluate(args, tmp_path / "resumed.json"), tmp_path, "resumed")
+    resumed, base = read(tmp_path / "resumed.json"), read(tmp_path / "base.json")
+    assert resumed["samples"] == base["samples"], f"seed {seed}: {progress}"
+    totals = resumed["request_cache"]["totals"]
+    assert totals["hits"] == stored_before, f"seed {seed}: {progress}"
+    assert totals["misses"] == TOTAL_REQUESTS - stored_before  # nothing stored was computed again
+    assert stored_entries(cache_dir) == TOTAL_REQUESTS
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def test_two_ranks_then_one_rank_hits_everything_without_loading_weights(tmp_path):
+    cache_dir = tmp_path / "cache"
+    launch = [
+        sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
+        "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
+        "--main_process_port", str(_free_port()),
+        str(Path(__file__).with_name("run_eval.py")), "--model-args",
+        f"pretrained={tiny_model()},cache_dir={cache_dir}", "--tasks-dir", str(TASKS_DIR),
+        "--limit", str(LIMIT), "--batch-size", "4", "--out", str(tmp_path / "two.json"),
+    ]
+    env = {**os.environ, **ENV, "ACCELERATE_USE_CPU": "true", "OMP_NUM_THREADS": "1"}
+    done = subprocess.run(launch, env=env, capture_output=True, text=True, timeout=400, cwd=REPO)
+    assert done.returncode == 0, done.stderr[-4000:]
+    two = read(tmp_path / "two.json")
+    assert two["request_cache"]["scope"] == "rank 0 of 2"
+    assert stored_entries(cache_dir) == TOTAL_REQUESTS
+
+    run_ok(evaluate(f"pretrained={tiny_model()},cache_dir={cache_dir}", tmp_path / "one.json"), tmp_path, "one")
+    one = read(tmp_path / "one.json")
+    assert one["request_cache"]["totals"]["hits"] == TOTAL_REQUESTS
+    assert one["request_cache"]["totals"]["misses"] == 0
+    assert one["request_cache"]["model_loaded"] is False
+    assert one["samples"] == two["samples"]
+
+
+def _perturbed_copy(source: Path, target: Path):
+    def build():
+        import torch
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        model = AutoModelForCausalLM.from_pretrained(source)
+        with torch.no_grad():  # same architecture, tokenizer and file layout: only weights differ
+            model.lm_head.weight.mul_(1.5)
+        model.save_pretrained(target)
+        AutoTokenizer.from_pretrained(source).save_pretrained(target)
+
+    return build
+
+
+def test_two_models_in_one_cache_directory_never_share_answers(tmp_path):
+    other = tmp_path / "other-model"
+    run_ok(_perturbed_copy(tiny_model(), other), tmp_path, "build")
+    cache_dir = tmp_path / "cache"
+    run_ok(evaluate(f"pretrained={tiny_model()},cache_dir={cache_dir}", tmp_path / "a.json"), tmp_path, "a")
+    run_ok(evaluate(f"pretrained={other},cache_dir={cache_dir}", tmp_path / "b.json"), tmp_path, "b")
+    first, second = read(tmp_path / "a.json"), read(tmp_path / "b.json")
+    assert second["request_cache"]["totals"]["hits"] == 0
+    assert second["request_cache"]["model_fingerprint"] != first["request_cache"]["model_fingerprint"]
+    assert second["samples"] != first["samples"]
+    assert stored_entries(cache_dir) == 2 * TOTAL_REQUESTS
