@@ -89,22 +89,48 @@ def _free_port() -> int:
         return sock.getsockname()[1]
 
 
-def test_two_ranks_then_one_rank_hits_everything_without_loading_weights(tmp_path):
-    cache_dir = tmp_path / "cache"
+def launch_two_ranks(cache_dir: Path, out: Path) -> dict:
     launch = [
         sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
         "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
         "--main_process_port", str(_free_port()),
         str(Path(__file__).with_name("run_eval.py")), "--model-args",
         f"pretrained={tiny_model()},cache_dir={cache_dir}", "--tasks-dir", str(TASKS_DIR),
-        "--limit", str(LIMIT), "--batch-size", "4", "--out", str(tmp_path / "two.json"),
+        "--limit", str(LIMIT), "--batch-size", "4", "--out", str(out),
     ]
     env = {**os.environ, **ENV, "ACCELERATE_USE_CPU": "true", "OMP_NUM_THREADS": "1"}
     done = subprocess.run(launch, env=env, capture_output=True, text=True, timeout=400, cwd=REPO)
     assert done.returncode == 0, done.stderr[-4000:]
-    two = read(tmp_path / "two.json")
+    return read(out)
+
+
+def forget_rolling_documents_of_rank_one(cache_dir: Path) -> int:
+    """Rank 1 of 2 evaluates documents 1, 3, 5: drop their rolling entries only."""
+    from lm_eval_ext.request_keys import canonical_json
+
+    rows = (TASKS_DIR / "data" / "prose_test.jsonl").read_text().splitlines()
+    texts = [json.loads(rows[doc])["text"] for doc in range(1, LIMIT, 2)]
+    with sqlite3.connect(cache_dir / "requests.sqlite") as db:
+        return sum(
+            db.execute("DELETE FROM entries WHERE request_type = 'loglikelihood_rolling' AND args_json = ?",
+                       (canonical_json([text]),)).rowcount
+            for text in texts
+        )
+
+
+def test_two_ranks_then_one_rank_hits_everything_without_loading_weights(tmp_path):
+    cache_dir = tmp_path / "cache"
+    two = launch_two_ranks(cache_dir, tmp_path / "two.json")
     assert two["request_cache"]["scope"] == "rank 0 of 2"
     assert stored_entries(cache_dir) == TOTAL_REQUESTS
+
+    # Rank 0 now has nothing to compute for rolling loglikelihood while rank 1 has 3 requests:
+    # HFLM gathers window counts across ranks there, so rank 0 must still join (or both hang).
+    assert forget_rolling_documents_of_rank_one(cache_dir) == LIMIT // 2
+    again = launch_two_ranks(cache_dir, tmp_path / "again.json")
+    rolling = again["request_cache"]["tasks"]["ext_prose_rolling"]["loglikelihood_rolling"]
+    assert (rolling["hits"], rolling["misses"]) == (LIMIT // 2, 0)
+    assert again["samples"] == two["samples"]
 
     run_ok(evaluate(f"pretrained={tiny_model()},cache_dir={cache_dir}", tmp_path / "one.json"), tmp_path, "one")
     one = read(tmp_path / "one.json")

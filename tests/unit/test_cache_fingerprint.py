@@ -65,13 +65,19 @@ def test_checkpoint_digest_follows_content_not_location(tmp_path):
     assert fp.hash_checkpoint(moved, tmp_path) != fp.hash_checkpoint(first, tmp_path)
 
 
-def test_large_safetensors_are_sampled_and_still_tell_fine_tunes_apart(tmp_path, monkeypatch):
+def test_large_safetensors_are_sampled_and_still_tell_one_retrained_tensor_apart(tmp_path, monkeypatch):
     monkeypatch.setattr(fp, "FULL_HASH_LIMIT_BYTES", 0)
-    size = fp.SAMPLE_BLOCK_BYTES * 8
-    one = _checkpoint(tmp_path / "one", bytes(size))
-    two = _checkpoint(tmp_path / "two", bytes(size // 2) + b"\x07" * (size // 2))
-    assert fp.hash_file(one / "model.safetensors").startswith("sampled:")
-    assert fp.hash_checkpoint(one, None) != fp.hash_checkpoint(two, None)
+    block = fp.SAMPLE_BLOCK_BYTES
+    header = {"big": {"dtype": "F32", "shape": [100 * block // 4], "data_offsets": [0, 100 * block]},
+              "head": {"dtype": "F32", "shape": [block // 4], "data_offsets": [100 * block, 101 * block]}}
+    paths = []
+    for name, head in (("one", b"\x00"), ("two", b"\x07")):  # only the small last tensor differs
+        (tmp_path / name).mkdir()
+        _safetensors(tmp_path / name / "model.safetensors", bytes(100 * block) + head * block, header)
+        paths.append(tmp_path / name / "model.safetensors")
+    assert fp.hash_file(paths[0]).startswith("sampled:")
+    assert fp.hash_file(paths[0]) != fp.hash_file(paths[1])
+    assert fp.hash_file(paths[0]) == fp.hash_file(paths[0])
 
 
 def test_digests_are_remembered_per_path_mtime_and_size(tmp_path):
