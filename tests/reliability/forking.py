@@ -43,8 +43,10 @@ class Outcome:
     wall_s: float
 
 
-def run_forked(target, *, log_path: Path, kill_after_s: float | None = None,
+def run_forked(target, *, log_path: Path, kill_after_s: float | None = None, kill_when=None,
                env: dict | None = None, timeout_s: float = 300) -> Outcome:
+    """Run ``target`` in a child; SIGKILL it after ``kill_after_s`` or once ``kill_when()`` is true
+    (polled every 10 ms)."""
     started = time.monotonic()
     pid = os.fork()
     if pid == 0:  # child
@@ -70,7 +72,7 @@ def run_forked(target, *, log_path: Path, kill_after_s: float | None = None,
         elapsed = time.monotonic() - started
         if done:
             return Outcome(os.waitstatus_to_exitcode(status), False, elapsed)
-        if kill_after_s is not None and elapsed >= kill_after_s:
+        if (kill_after_s is not None and elapsed >= kill_after_s) or (kill_when is not None and kill_when()):
             os.kill(pid, signal.SIGKILL)
             os.waitpid(pid, 0)
             return Outcome(-signal.SIGKILL, True, elapsed)
