@@ -18,6 +18,7 @@ from typing import Any
 
 import torch
 from lm_eval.models.huggingface import HFLM
+from lm_eval.models.utils import resolve_max_length
 
 from lm_eval_ext.cached_lm import CacheMode, RequestCacheMixin
 from lm_eval_ext.fingerprint import ModelIdentity, digest_text, hash_checkpoint, hash_tokenizer, sorted_settings
@@ -59,12 +60,28 @@ class HfRequestCacheMixin(RequestCacheMixin):
         self._cache_deferred_load = (args, kwargs)
         self._model = DeferredModel(self._config)
 
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        self._cache_in_hflm_init = True  # HFLM.__init__ may look at the placeholder
+        super().__init__(*args, **kwargs)
+        self._cache_in_hflm_init = False
+
     @property
     def model(self):
-        # HFLM unwraps through accelerate under data parallel, which inspects nn.Module internals
+        """The model; after construction, reading it loads deferred weights (whoever asks for the
+        model needs them). HFLM's own accesses during ``__init__`` see the placeholder, which also
+        keeps accelerate's unwrap (it inspects nn.Module internals) away from it."""
         if isinstance(getattr(self, "_model", None), DeferredModel):
-            return self._model
+            if getattr(self, "_cache_in_hflm_init", False):
+                return self._model
+            self._cache_prepare_compute()
         return super().model
+
+    @property
+    def max_length(self) -> int:
+        # HFLM reads self.model.config for this; the config alone answers it without weights
+        if not self._max_length and isinstance(getattr(self, "_model", None), DeferredModel):
+            return resolve_max_length(self._config, self.tokenizer, default=self._DEFAULT_MAX_LENGTH)
+        return super().max_length
 
     @property
     def model_loaded(self) -> bool:
@@ -76,7 +93,7 @@ class HfRequestCacheMixin(RequestCacheMixin):
             return
         args, kwargs = self._cache_deferred_load
         logger.info("request cache: loading model weights for the first uncached request")
-        HFLM._create_model(self, *args, **kwargs)
+        HFLM._create_model(self, *args, **kwargs)  # replaces the placeholder in self._model
         if isinstance(self.model, torch.nn.Module):
             self.model.eval()
             self.model.tie_weights()

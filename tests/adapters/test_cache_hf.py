@@ -1,0 +1,38 @@
+"""hf_ext with the request cache: weights load only when needed; the fingerprint ignores layout."""
+
+from __future__ import annotations
+
+import torch
+
+from lm_eval_ext.fingerprint import fingerprint
+
+
+def build(tiny_model_path, tmp_path, **extra):
+    from lm_eval_ext.adapters.hf import HfExtLM
+
+    return HfExtLM(pretrained=str(tiny_model_path), cache_dir=str(tmp_path), **extra)
+
+
+def test_weights_wait_until_someone_needs_them(tiny_model_path, tmp_path):
+    lm = build(tiny_model_path, tmp_path)
+    assert not lm.model_loaded
+    assert lm.max_length == 1024  # answered from the config
+    lm._cache_model_identity()
+    assert not lm.model_loaded
+    assert lm.model.dtype == torch.float32 and not lm.model.training  # reading the model loads it
+    assert lm.model_loaded and isinstance(lm.model, torch.nn.Module)
+
+
+def test_cache_off_loads_at_construction(tiny_model_path, tmp_path):
+    assert build(tiny_model_path, tmp_path, cache="off").model_loaded
+
+
+def test_fingerprint_ignores_batching_but_not_what_changes_outputs(tiny_model_path, tmp_path):
+    def fp(**extra):
+        return fingerprint(build(tiny_model_path, tmp_path, **extra)._cache_model_identity())
+
+    base = fp()
+    assert fp(batch_size=8, cache="off") == base
+    assert fp(max_length=512) != base
+    assert fp(dtype="bfloat16") != base
+    assert fp(add_bos_token=True) != base
