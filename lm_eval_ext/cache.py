@@ -75,6 +75,9 @@ def default_cache_dir(environ: Mapping[str, str] = os.environ) -> Path:
     return Path(base) / "lm_eval_ext"
 
 
+_NOT_WRITABLE_HINT = "pass cache_dir=A_WRITABLE_DIR, cache=read to only read it, or cache=off"
+
+
 def _move_aside_hint(path: Path) -> str:
     return (
         f"move it aside (mv '{path}' '{path}.bad'; also any '{path.name}-wal'/'-shm' next to it) "
@@ -122,7 +125,10 @@ class RequestStore:
         path = directory / DB_FILE
         if not path.exists() and not create:
             raise UserError(f"no request cache at {path}; run an evaluation with cache enabled first")
-        directory.mkdir(parents=True, exist_ok=True)
+        try:
+            directory.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise UserError(f"cannot create cache directory {directory} ({exc.strerror}); " + _NOT_WRITABLE_HINT) from None
         if path.exists():
             check_database_header(path)
         try:
@@ -179,6 +185,8 @@ class RequestStore:
         except sqlite3.DatabaseError as exc:
             if isinstance(exc, sqlite3.OperationalError) and "locked" in str(exc):
                 raise
+            if isinstance(exc, sqlite3.OperationalError) and ("readonly" in str(exc) or "unable to open" in str(exc)):
+                raise UserError(f"cannot write the request cache {self.path} ({exc}); " + _NOT_WRITABLE_HINT) from None
             raise CacheFileError(
                 f"cache database {self.path} is damaged or not a cache ({exc}); " + _move_aside_hint(self.path)
             ) from None

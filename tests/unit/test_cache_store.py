@@ -2,6 +2,7 @@
 
 import hashlib
 import math
+import os
 import sqlite3
 import struct
 import subprocess
@@ -12,6 +13,7 @@ import time
 import pytest
 
 from lm_eval_ext.cache import DB_FILE, CacheFileError, Entry, RequestStore, default_cache_dir
+from lm_eval_ext.errors import UserError
 from lm_eval_ext.request_keys import CachedValueError, decode_value, encode_value, is_cacheable, request_key
 
 
@@ -93,6 +95,24 @@ def test_arguments_json_cannot_carry_are_not_cached():
 def test_values_of_the_wrong_shape_are_refused(request_type, text, message):
     with pytest.raises(CachedValueError, match=message):
         decode_value(request_type, text)
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root ignores file permissions")
+def test_unwritable_cache_directory_names_the_fix(tmp_path):
+    RequestStore.open(tmp_path).close()
+    (tmp_path / DB_FILE).chmod(0o444)
+    tmp_path.chmod(0o555)
+    try:
+        with pytest.raises(UserError, match="cache_dir=A_WRITABLE_DIR, cache=read"):
+            RequestStore.open(tmp_path).put_many([entry(1)])
+    finally:
+        tmp_path.chmod(0o755)
+
+
+def test_cache_directory_that_cannot_be_created_names_the_fix(tmp_path):
+    (tmp_path / "file").write_text("")
+    with pytest.raises(UserError, match="cannot create cache directory .* cache=off"):
+        RequestStore.open(tmp_path / "file" / "sub")
 
 
 def test_default_cache_dir_prefers_the_environment_variable(tmp_path):
