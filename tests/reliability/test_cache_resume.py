@@ -49,7 +49,10 @@ def stored_entries(cache_dir: Path) -> int:
     if not path.exists():
         return 0
     with sqlite3.connect(path) as db:
-        return db.execute("SELECT COUNT(*) FROM entries").fetchone()[0]
+        try:
+            return db.execute("SELECT COUNT(*) FROM entries").fetchone()[0]
+        except sqlite3.OperationalError:  # the child has created the file but not yet its tables
+            return 0
 
 
 def run_ok(target, tmp_path: Path, name: str):
