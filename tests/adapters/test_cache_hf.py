@@ -19,6 +19,8 @@ def test_weights_wait_until_someone_needs_them(tiny_model_path, tmp_path):
     assert lm.max_length == 1024  # answered from the config
     lm._cache_model_identity()
     assert not lm.model_loaded
+    lm._model.to(torch.device("cpu"))  # what HFLM.__init__ does on a GPU machine; replayed at load
+    assert lm._model.moved_to == torch.device("cpu") and not lm.model_loaded
     assert lm.model.dtype == torch.float32 and not lm.model.training  # reading the model loads it
     assert lm.model_loaded and isinstance(lm.model, torch.nn.Module)
 
