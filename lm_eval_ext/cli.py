@@ -14,6 +14,7 @@ from lm_eval_ext.errors import UserError
 COMMANDS: dict[str, str] = {
     "run": "register hf_ext/vllm_ext, add tasks/ to the include path, then run lm-eval's CLI",
     "plan": "dry run: the parallel layout for a model on real or described GPUs, and why (no weights loaded)",
+    "cache": "request cache: stats, verify (integrity + recompute a sample), clear, export",
 }
 
 

@@ -80,6 +80,14 @@ def one_of(*choices: str) -> Callable[[str, Any], str]:
     return parse_choice
 
 
+def cache_mode(name: str, value: Any) -> str:
+    """off | read | write | readwrite; ``true``/``false`` (lm-eval turns them into bools) mean
+    readwrite/off."""
+    if isinstance(value, bool):
+        return "readwrite" if value else "off"
+    return one_of("off", "read", "write", "readwrite")(name, value)
+
+
 def batch_size(name: str, value: Any) -> int | str:
     """``8``, ``"auto"`` or lm-eval's ``"auto:N"`` (N re-probes per run); kept in lm-eval's form."""
     text = str(value).strip()
@@ -96,9 +104,10 @@ def _is_float(text: str) -> bool:
     return True
 
 
-def arg(parse: Callable[[str, Any], Any], default: Any = None, doc: str = "") -> Any:
-    """A config field: its parser, default and one-line meaning (shown in error messages)."""
-    return field(default=default, metadata={"parse": parse, "doc": doc})
+def arg(parse: Callable[[str, Any], Any], default: Any = None, doc: str = "", *, hflm: bool = True) -> Any:
+    """A config field: its parser, default and one-line meaning (shown in error messages).
+    ``hflm=False`` marks lm-eval-ext's own fields, which are not forwarded to HFLM."""
+    return field(default=default, metadata={"parse": parse, "doc": doc, "hflm": hflm})
 
 
 def parse_fields(cls: type[T], args: Mapping[str, Any], *, what: str) -> T:
@@ -161,9 +170,15 @@ class HfExtConfig:
     think_end_token: str | None = arg(optional(as_str), None, "end-of-thinking token")
     enable_thinking: bool | None = arg(optional(as_bool), None, "chat template thinking switch")
     attn_implementation: str | None = arg(optional(as_str), None, "eager, sdpa, flash_attention_2")
-    # planner (lm_eval_ext.layout); not an HFLM argument, so hflm_kwargs drops it
+    # planner (lm_eval_ext.layout)
     strategy: str = arg(one_of("auto", "single", "data_parallel", "model_split", "hybrid", "cpu_offload"),
-                        "auto", "parallel layout; auto plans it from the model's size and free GPU memory")
+                        "auto", "parallel layout; auto plans it from the model's size and free GPU memory",
+                        hflm=False)
+    cache: str = arg(cache_mode, "readwrite", "request cache: off, read, write or readwrite", hflm=False)
+    cache_dir: str | None = arg(
+        optional(as_str), None,
+        "request cache directory (default $LM_EVAL_EXT_CACHE_DIR, else ~/.cache/lm_eval_ext)", hflm=False,
+    )
 
     @classmethod
     def from_model_args(cls, args: Mapping[str, Any]) -> HfExtConfig:
@@ -171,9 +186,10 @@ class HfExtConfig:
 
     def hflm_kwargs(self, *, device: str, dtype: str) -> dict[str, Any]:
         """Keyword arguments for lm-eval's HFLM, with ``device``/``dtype`` already resolved."""
-        kwargs = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+        kwargs = {
+            f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.metadata.get("hflm", True)
+        }
         kwargs.update(device=device, dtype=dtype)
-        del kwargs["strategy"]  # consumed by the planner, unknown to HFLM
         if kwargs["attn_implementation"] is None:
             del kwargs["attn_implementation"]  # HFLM forwards extra kwargs to from_pretrained
         return kwargs

@@ -19,6 +19,13 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 sys.path.insert(0, str(ROOT / "scripts"))
 
 
+@pytest.fixture(autouse=True)
+def _isolated_request_cache(tmp_path_factory, monkeypatch):
+    """hf_ext caches requests by default: give every test its own empty cache directory, so no
+    test reads the user's cache or another test's answers (which would make comparisons vacuous)."""
+    monkeypatch.setenv("LM_EVAL_EXT_CACHE_DIR", str(tmp_path_factory.mktemp("request-cache")))
+
+
 @pytest.fixture(scope="session")
 def tiny_model_path() -> Path:
     """The 2-layer random Llama; built in seconds if `make models` has not run."""

@@ -10,6 +10,7 @@ from collections import Counter
 from typing import Any
 
 from lm_eval_ext.adapters import require
+from lm_eval_ext.adapters.hf_cache import HfRequestCacheMixin
 from lm_eval_ext.config import HfExtConfig
 from lm_eval_ext.dist import prefer_cpu_collectives
 from lm_eval_ext.errors import install_excepthook
@@ -50,7 +51,7 @@ def resolve_dtype(requested: str, device: str) -> str:
     return "auto"
 
 
-class HfExtLM(HFLM):
+class HfExtLM(HfRequestCacheMixin, HFLM):
     """Transformers backend for lm-eval-ext; a drop-in for ``hf`` (same model_args spellings)."""
 
     def __init__(self, **model_args: Any) -> None:
@@ -59,6 +60,7 @@ class HfExtLM(HFLM):
         prefer_cpu_collectives(torch.cuda.is_available())
         device = resolve_device(config.device)
         dtype = resolve_dtype(config.dtype, device)
+        self._init_request_cache(mode=config.cache, cache_dir=config.cache_dir)
         self._layout = build_layout(config, device=device, dtype=dtype)  # plan -> device / device_map
         super().__init__(**{**config.hflm_kwargs(device=device, dtype=dtype), **self._layout.hflm_overrides()})
         self.ext_config = config

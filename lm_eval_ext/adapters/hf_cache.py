@@ -1,0 +1,208 @@
+"""Request cache for ``hf_ext``: HF model identity, and weights loaded only on the first miss.
+
+HFLM builds its model in ``__init__`` through ``self._create_model(...)`` and afterwards touches
+``self.model`` only behind ``isinstance(self.model, torch.nn.Module)`` (eval, tie_weights) and in
+``self.model.to(device)``. Overriding ``_create_model`` to keep its arguments and install a
+:class:`DeferredModel` placeholder therefore defers the load; :meth:`_cache_prepare_compute`
+replays it later and then does what HFLM's ``__init__`` would have done (eval, tie_weights, to).
+A fully cached run thus loads only config and tokenizer.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import re
+from typing import Any
+
+import torch
+from lm_eval.models.huggingface import HFLM
+from lm_eval.models.utils import resolve_max_length
+
+from lm_eval_ext.cached_lm import CacheMode, RequestCacheMixin
+from lm_eval_ext.fingerprint import ModelIdentity, digest_text, hash_checkpoint, hash_tokenizer, sorted_settings
+
+logger = logging.getLogger("lm_eval_ext.cache")
+_COMMIT = re.compile(r"^[0-9a-f]{40}$")
+
+
+class DeferredModel:
+    """Stands where the model will be: knows the config, remembers ``.to(device)``; anything else
+    means some code needs the weights before the first miss, which is a bug to fix there."""
+
+    def __init__(self, config: Any) -> None:
+        self.config = config
+        self.moved_to: Any = None
+
+    def to(self, device: Any) -> DeferredModel:
+        self.moved_to = device
+        return self
+
+    def __getattr__(self, name: str) -> Any:
+        raise AttributeError(
+            f"model weights are not loaded yet (the request cache loads them on the first miss); "
+            f"'{name}' was read before that: call self._cache_prepare_compute() first"
+        )
+
+
+class HfRequestCacheMixin(RequestCacheMixin):
+    """Mixed into HfExtLM before HFLM."""
+
+    def _create_model(self, *args: Any, **kwargs: Any) -> None:
+        self._cache_create_kwargs = kwargs
+        defer = self._cache_mode is not CacheMode.OFF and not kwargs.get("peft")
+        # PEFT resizes embeddings to len(tokenizer) at load time, and HFLM may add a pad token
+        # right after: loading later could see another length, so PEFT models load eagerly.
+        if not defer:
+            HFLM._create_model(self, *args, **kwargs)
+            return
+        self._cache_deferred_load = (args, kwargs)
+        self._model = DeferredModel(self._config)
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        self._cache_in_hflm_init = True  # HFLM.__init__ may look at the placeholder
+        super().__init__(*args, **kwargs)
+        self._cache_in_hflm_init = False
+
+    @property
+    def model(self):
+        """The model; after construction, reading it loads deferred weights (whoever asks for the
+        model needs them). HFLM's own accesses during ``__init__`` see the placeholder, which also
+        keeps accelerate's unwrap (it inspects nn.Module internals) away from it."""
+        if isinstance(getattr(self, "_model", None), DeferredModel):
+            if getattr(self, "_cache_in_hflm_init", False):
+                return self._model
+            self._cache_prepare_compute()
+        return super().model
+
+    @property
+    def max_length(self) -> int:
+        # HFLM reads self.model.config for this; the config alone answers it without weights
+        if not self._max_length and isinstance(getattr(self, "_model", None), DeferredModel):
+            return resolve_max_length(self._config, self.tokenizer, default=self._DEFAULT_MAX_LENGTH)
+        return super().max_length
+
+    @property
+    def model_loaded(self) -> bool:
+        return not isinstance(getattr(self, "_model", None), DeferredModel)
+
+    def _cache_prepare_compute(self) -> None:
+        placeholder = getattr(self, "_model", None)
+        if not isinstance(placeholder, DeferredModel):
+            return
+        args, kwargs = self._cache_deferred_load
+        logger.info("request cache: loading model weights for the first uncached request")
+        HFLM._create_model(self, *args, **kwargs)  # replaces the placeholder in self._model
+        if isinstance(self.model, torch.nn.Module):
+            self.model.eval()
+            self.model.tie_weights()
+        if placeholder.moved_to is not None:
+            try:
+                self.model.to(placeholder.moved_to)
+            except ValueError:  # quantized or device_map models refuse .to(), as in HFLM
+                logger.debug("model could not be moved to %s", placeholder.moved_to)
+
+    def request_cache_report(self) -> dict:
+        report = super().request_cache_report()
+        report["model_loaded"] = self.model_loaded
+        return report
+
+    def _cache_flush_every(self) -> int:
+        return self.batch_size if isinstance(self.batch_size, int) else 1
+
+    def _cache_compute_is_collective(self, request_type: str) -> bool:
+        # rolling loglikelihood gathers window counts, batch_size=auto gathers probed sizes
+        auto = str(self.batch_size).startswith("auto")
+        return self.world_size > 1 and (request_type == "loglikelihood_rolling" or auto)
+
+    def _cache_any_rank(self, flag: bool) -> bool:
+        if self.world_size <= 1:
+            return flag
+        gathered = self.all_gather(torch.tensor([int(flag)], device=self.device))
+        return bool(gathered.max().item())
+
+    def _cache_model_label(self) -> str:
+        return str(self.pretrained)
+
+    def _cache_model_identity(self) -> ModelIdentity:
+        kwargs = getattr(self, "_cache_create_kwargs", {})
+        weights, revision = _weights_identity(kwargs, self._cache_dir)
+        template = getattr(self.tokenizer, "chat_template", None)
+        if isinstance(template, dict):
+            template = json.dumps(template, sort_keys=True)
+        return ModelIdentity(
+            backend="hf",
+            model_type=str(self.backend),
+            weights=weights,
+            revision=revision,
+            dtype=_resolved_dtype(kwargs.get("dtype"), self._config),
+            tokenizer=hash_tokenizer(self.tokenizer),
+            chat_template=digest_text(template),
+            max_length=int(self.max_length),
+            adapters=_adapter_identities(kwargs, self._cache_dir),
+            settings=sorted_settings(self._cache_output_settings(kwargs)),
+        )
+
+    def _cache_output_settings(self, kwargs: dict) -> dict[str, Any]:
+        """Options that change outputs, beyond weights, dtype, tokenizer and max length."""
+        quantization = getattr(self._config, "quantization_config", None)
+        return {
+            "add_bos_token": self.add_bos_token,
+            "prefix_token_id": self.custom_prefix_token_id,
+            "softmax_dtype": str(self.softmax_dtype),
+            "mixed_precision_dtype": str(self.mixed_precision_dtype),
+            "truncation": bool(self.truncation),
+            "max_gen_toks": int(self.max_gen_toks),
+            "think_end_token": self.think_end_token,
+            "enable_thinking": self.enable_thinking,
+            "chat_template_args": json.dumps(self.chat_template_args, sort_keys=True, default=str),
+            "attn_implementation": kwargs.get("attn_implementation"),
+            "quantization": json.dumps(quantization, sort_keys=True, default=str) if quantization else None,
+            "load_in_4bit": kwargs.get("load_in_4bit"),
+            "load_in_8bit": kwargs.get("load_in_8bit"),
+        }
+
+
+def _resolved_dtype(requested: Any, config: Any) -> str:
+    """The dtype the weights are computed in, spelled ``float32``/``bfloat16``: ``auto`` means the
+    checkpoint's own dtype, and transformers' default (float32) when the config names none."""
+    if requested in (None, "auto"):
+        requested = getattr(config, "dtype", None) or getattr(config, "torch_dtype", None) or "float32"
+    return str(requested).replace("torch.", "")
+
+
+def _local_or_hub(name: str, revision: str | None, subfolder: str, memo_dir) -> tuple[str, str | None]:
+    """``(weights digest, revision)`` for a local path or a hub id (snapshot digest if downloaded)."""
+    if os.path.exists(name):
+        return hash_checkpoint(os.path.join(name, subfolder) if subfolder else name, memo_dir), None
+    try:
+        from huggingface_hub import snapshot_download
+
+        local = snapshot_download(name, revision=revision, local_files_only=True)
+        commit = os.path.basename(local.rstrip("/"))
+        return hash_checkpoint(os.path.join(local, subfolder) if subfolder else local, memo_dir), commit
+    except Exception:  # not downloaded yet: identify by hub id and revision (pin a commit to be safe)
+        if not (revision and _COMMIT.match(revision)):
+            logger.warning(
+                "request cache: %s is identified by hub revision '%s' only; pin revision=<commit> "
+                "so that a moved branch cannot serve stale answers", name, revision,
+            )
+        return f"hub:{name}", revision
+
+
+def _weights_identity(kwargs: dict, memo_dir) -> tuple[str, str | None]:
+    name, revision = str(kwargs.get("pretrained")), kwargs.get("revision")
+    gguf = kwargs.get("gguf_file")
+    if gguf and os.path.exists(os.path.join(name, gguf)):
+        return hash_checkpoint(os.path.join(name, gguf), memo_dir), None
+    return _local_or_hub(name, revision, kwargs.get("subfolder") or "", memo_dir)
+
+
+def _adapter_identities(kwargs: dict, memo_dir) -> tuple[tuple[str, str], ...]:
+    adapters = []
+    for kind in ("peft", "delta"):
+        if kwargs.get(kind):
+            digest, revision = _local_or_hub(str(kwargs[kind]), kwargs.get("revision"), "", memo_dir)
+            adapters.append((kind, f"{digest}@{revision}" if revision else digest))
+    return tuple(adapters)

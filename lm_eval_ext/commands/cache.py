@@ -1,0 +1,152 @@
+"""``lm-eval-ext cache stats|verify|clear|export``: inspect and maintain the request cache.
+
+``verify`` first checks the file (SQLite integrity, every value's shape, every key recomputed from
+its stored arguments), then, given ``--model-args``, recomputes a random sample of that model's
+entries with the model and reports each mismatch.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import random
+import sys
+from pathlib import Path
+
+from lm_eval_ext.cache import DB_FILE, RequestStore, default_cache_dir
+from lm_eval_ext.errors import UserError
+from lm_eval_ext.request_keys import CachedValueError, decode_value, request_key
+
+
+def emit(text: str = "") -> None:
+    """The command's output (stdout); diagnostics go to logging."""
+    sys.stdout.write(text + "\n")
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--cache-dir", type=Path, default=None,
+                        help="cache directory (default: $LM_EVAL_EXT_CACHE_DIR or ~/.cache/lm_eval_ext)")
+    actions = parser.add_subparsers(dest="action", required=True, metavar="{stats,verify,clear,export}")
+    actions.add_parser("stats", help="entries per model and request type, size, hit counts")
+    verify = actions.add_parser("verify", help="integrity check; recompute a random sample with the model")
+    verify.add_argument("--model-args", default=None,
+                        help="hf_ext model_args of the model to recompute with, e.g. pretrained=PATH")
+    verify.add_argument("--sample", type=int, default=20, help="entries to recompute (default 20)")
+    verify.add_argument("--seed", type=int, default=0)
+    clear = actions.add_parser("clear", help="delete entries: --all, --model, --older-than")
+    clear.add_argument("--all", action="store_true", help="delete every entry")
+    clear.add_argument("--model", default=None, help="model label (pretrained) or fingerprint prefix")
+    clear.add_argument("--older-than", default=None, metavar="DATE", help="ISO date, e.g. 2026-11-01")
+    export = actions.add_parser("export", help="write entries as JSON lines")
+    export.add_argument("--model", default=None, help="model label (pretrained) or fingerprint prefix")
+    export.add_argument("--output", "-o", type=Path, default=None, help="file (default: stdout)")
+
+
+def main(args: argparse.Namespace) -> int:
+    cache_dir = args.cache_dir or default_cache_dir()
+    store = RequestStore.open(cache_dir, create=False)
+    try:
+        return {"stats": _stats, "verify": _verify, "clear": _clear, "export": _export}[args.action](store, args)
+    finally:
+        store.close()
+
+
+def _stats(store: RequestStore, args) -> int:
+    rows = store.query(
+        "SELECT COALESCE(m.label, '?'), e.fingerprint, e.request_type, COUNT(*), SUM(e.hits),"
+        " SUM(LENGTH(e.args_json) + LENGTH(e.value_json)), SUM(e.compute_s)"
+        " FROM entries e LEFT JOIN models m ON m.fingerprint = e.fingerprint"
+        " GROUP BY e.fingerprint, e.request_type ORDER BY 1, 3"
+    )
+    size_bytes = sum(p.stat().st_size for p in store.path.parent.glob(DB_FILE + "*"))
+    emit(f"cache: {store.path} ({size_bytes / 2**20:.1f} MiB on disk)")
+    emit(f"{'model':40} {'fingerprint':16} {'request type':22} {'entries':>8} {'hits':>8} {'MiB':>7} {'compute s':>10}")
+    for label, fp, rtype, count, hits, payload_bytes, compute_s in rows:
+        emit(f"{label[-40:]:40} {fp[:16]:16} {rtype:22} {count:8d} {hits:8d} "
+             f"{payload_bytes / 2**20:7.2f} {compute_s:10.1f}")
+    total = sum(row[3] for row in rows)
+    emit(f"{total} entries, {sum(row[4] for row in rows)} hits served")
+    return 0
+
+
+def _matching_fingerprints(store: RequestStore, model: str) -> list[str]:
+    rows = store.query("SELECT fingerprint, label FROM models")
+    found = [fp for fp, label in rows if label == model or fp.startswith(model)]
+    if not found:
+        known = ", ".join(sorted({label for _, label in rows})) or "none"
+        raise UserError(f"--model {model!r} matches no model in the cache; known models: {known}")
+    return found
+
+
+def _clear(store: RequestStore, args) -> int:
+    if not (args.all or args.model or args.older_than):
+        raise UserError("cache clear needs --all, --model NAME or --older-than DATE")
+    fingerprints = _matching_fingerprints(store, args.model) if args.model else None
+    before_s = _parse_date(args.older_than).timestamp() if args.older_than else None
+    deleted = store.delete(fingerprints=fingerprints, before_s=before_s)
+    emit(f"deleted {deleted} entries from {store.path}")
+    return 0
+
+
+def _parse_date(text: str) -> dt.datetime:
+    try:
+        parsed = dt.datetime.fromisoformat(text)
+    except ValueError:
+        raise UserError(f"--older-than {text!r} is not a date; use ISO form, e.g. 2026-11-01 or 2026-11-01T12:00") from None
+    return parsed if parsed.tzinfo else parsed.replace(tzinfo=dt.timezone.utc)
+
+
+def _export(store: RequestStore, args) -> int:
+    fingerprint = None
+    if args.model:
+        matches = _matching_fingerprints(store, args.model)
+        if len(matches) > 1:
+            raise UserError(f"--model {args.model!r} matches {len(matches)} models; give a fingerprint prefix")
+        fingerprint = matches[0]
+    labels = dict(store.query("SELECT fingerprint, label FROM models"))
+    handle = args.output.open("w") if args.output else sys.stdout
+    count = 0
+    try:
+        for key, fp, rtype, args_json, value_json, compute_s, created_s, hits in store.iter_entries(fingerprint):
+            handle.write(json.dumps({
+                "key": key, "model": labels.get(fp), "fingerprint": fp, "request_type": rtype,
+                "args": json.loads(args_json), "value": json.loads(value_json),
+                "compute_s": compute_s, "created": dt.datetime.fromtimestamp(created_s, dt.timezone.utc).isoformat(),
+                "hits": hits,
+            }) + "\n")
+            count += 1
+    finally:
+        if args.output:
+            handle.close()
+    if args.output:
+        emit(f"exported {count} entries to {args.output}")
+    return 0
+
+
+def check_entries(store: RequestStore) -> list[str]:
+    """Problems found without a model: SQLite integrity, value shapes, keys vs stored arguments."""
+    problems = store.integrity_errors()
+    for key, fp, rtype, args_json, value_json, *_ in store.iter_entries():
+        try:
+            decode_value(rtype, value_json)
+            if request_key(fp, rtype, json.loads(args_json)) != key:
+                problems.append(f"entry {key[:16]}: key does not match its stored arguments")
+        except (CachedValueError, ValueError) as exc:
+            problems.append(f"entry {key[:16]}: {exc}")
+    return problems
+
+
+def _verify(store: RequestStore, args) -> int:
+    problems = check_entries(store)
+    for problem in problems:
+        emit(f"PROBLEM {problem}")
+    emit(f"integrity: {'ok' if not problems else f'{len(problems)} problems'}")
+    mismatches = 0
+    if args.model_args:
+        from lm_eval_ext.commands.cache_verify import recompute_sample
+
+        mismatches = recompute_sample(store, args.model_args, args.sample, random.Random(args.seed), emit)
+    elif args.sample:
+        emit("recompute: skipped (give --model-args pretrained=... to recompute a sample with the model)")
+    return 1 if problems or mismatches else 0
