@@ -88,6 +88,20 @@ def batch_size(name: str, value: Any) -> int | str:
     return as_int(name, value, minimum=1)
 
 
+def batch_tokens(name: str, value: Any) -> int | str:
+    """``max_batch_tokens``: a positive number of padded tokens per batch, or ``auto``."""
+    text = str(value).strip().lower()
+    if text == "auto":
+        return text
+    try:
+        return as_int(name, value, minimum=1)
+    except ConfigError:
+        raise ConfigError(
+            f"{name}={value!r} is not a token budget; use a positive integer of padded tokens per "
+            f"batch (e.g. {name}=4096) or {name}=auto to probe it"
+        ) from None
+
+
 def _is_float(text: str) -> bool:
     try:
         float(text)
@@ -126,6 +140,10 @@ def parse_fields(cls: type[T], args: Mapping[str, Any], *, what: str) -> T:
     return cls(**values)
 
 
+#: HfExtConfig fields that lm-eval-ext consumes itself; HFLM would forward them to from_pretrained.
+_EXT_ONLY_FIELDS = ("max_batch_tokens", "share_contexts")
+
+
 @dataclass(frozen=True)
 class HfExtConfig:
     """Everything ``hf_ext`` accepts in ``model_args``.
@@ -161,6 +179,11 @@ class HfExtConfig:
     think_end_token: str | None = arg(optional(as_str), None, "end-of-thinking token")
     enable_thinking: bool | None = arg(optional(as_bool), None, "chat template thinking switch")
     attn_implementation: str | None = arg(optional(as_str), None, "eager, sdpa, flash_attention_2")
+    # lm-eval-ext only (not passed to HFLM)
+    max_batch_tokens: int | str | None = arg(
+        optional(batch_tokens), None, "padded tokens per batch, or auto (default: auto with batch_size=auto)"
+    )
+    share_contexts: bool = arg(as_bool, True, "score requests sharing a prefix from one pass over it")
 
     @classmethod
     def from_model_args(cls, args: Mapping[str, Any]) -> HfExtConfig:
@@ -170,6 +193,8 @@ class HfExtConfig:
         """Keyword arguments for lm-eval's HFLM, with ``device``/``dtype`` already resolved."""
         kwargs = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
         kwargs.update(device=device, dtype=dtype)
+        for name in _EXT_ONLY_FIELDS:
+            del kwargs[name]
         if kwargs["attn_implementation"] is None:
             del kwargs["attn_implementation"]  # HFLM forwards extra kwargs to from_pretrained
         return kwargs
