@@ -25,8 +25,11 @@ import torch
 
 from lm_eval_ext import probe
 from lm_eval_ext.batching import (
-    DEFAULT_ROW_TOKENS, Batch, ScoreRequest, lowered_budget, pack_batches, pack_rows, split_batch,
+    DEFAULT_ROW_TOKENS, Batch, GenerationRequest, ScoreRequest, lowered_budget, pack_batches,
+    pack_generation, pack_rows, split_batch,
 )
+from lm_eval_ext.generation import eos_token_ids, greedy_generate, is_plain_greedy
+from lm_eval_ext.progress import CallProgress
 from lm_eval_ext.report import CostReport
 from lm_eval_ext.scoring import ModelParts, score_batch, split_model
 
@@ -240,8 +243,6 @@ class ScoringEngineMixin:
         return results
 
     def _engine_run(self, kind, rows, budget, cap, share, requests, disable_tqdm) -> list:
-        from lm_eval_ext.progress import CallProgress
-
         queue = deque(pack_batches(rows, max_batch_tokens=budget, max_batch_requests=cap))
         results: dict[int, tuple[float, bool]] = {}
         progress = CallProgress(kind, len(requests), disable=disable_tqdm or self.rank != 0)
@@ -293,6 +294,65 @@ class ScoringEngineMixin:
             counts[task] += 1
         self.cost_report.add_batch(kind, useful, wall_s=wall_s, computed_tokens=batch.computed_tokens,
                                    padded_tokens=batch.padded_tokens, requests_by_task=counts)
+
+    # ---- generation ------------------------------------------------------------------------
+    def _model_generate(self, context, max_length, stop, **generation_kwargs):
+        attention_mask = generation_kwargs.get("attention_mask")
+        options = {k: v for k, v in generation_kwargs.items() if k != "attention_mask"}
+        if (self.backend != "causal" or attention_mask is None or not self._engine_parts.split
+                or not is_plain_greedy(self.model.generation_config, options)):
+            return super()._model_generate(context, max_length, stop, **generation_kwargs)
+        width = context.shape[1]
+        max_new = max_length - width
+        prompts = [row[m.bool()].tolist() for row, m in zip(context.cpu(), attention_mask.cpu(), strict=True)]
+        requests = [GenerationRequest(i, tuple(p)) for i, p in enumerate(prompts)]
+        stats = {"width_tokens": max(len(p) for p in prompts) + max_new,
+                 "scored_fraction": 1.0 / (max(len(p) for p in prompts) + max_new)}
+        budget, cap = self._engine_limits("generate_until", stats)
+        queue = deque(pack_generation(requests, max_gen_tokens=max_new, max_batch_tokens=budget,
+                                      max_batch_requests=cap))
+        out = torch.full((len(prompts), width + max_new), self.tokenizer.pad_token_id, dtype=torch.long)
+        out[:, :width] = context.cpu()
+        progress = CallProgress("generate_until", len(prompts), disable=self.rank != 0)
+        ooms = 0
+        while queue:
+            batch = queue.popleft()
+            start_s = time.perf_counter()
+            try:
+                generated, cost = self._engine_generate(batch, max_new, stop)
+            except Exception as exc:  # noqa: BLE001 (only OOMs are handled; others re-raise)
+                if not is_out_of_memory(exc) or len(batch) == 1:
+                    raise
+                ooms += 1
+                free_memory()
+                half = len(batch) // 2
+                queue.extendleft([batch[half:], batch[:half]])
+                width_tokens = max(len(r.prompt_tokens) for r in batch) + max_new
+                self._engine_oom_budgets["generate_until"] = lowered_budget(
+                    budget or len(batch) * width_tokens, len(batch) * width_tokens)
+                logger.warning("out of memory generating %d requests; split and retried", len(batch))
+                continue
+            for request, tokens in zip(batch, generated, strict=True):
+                out[request.index, width : width + len(tokens)] = torch.tensor(tokens, dtype=torch.long)
+            label = self._engine_task_label("generate_until")
+            self.cost_report.add_batch("generate_until", {label: cost.useful_tokens},
+                                       wall_s=time.perf_counter() - start_s, computed_tokens=cost.computed_tokens,
+                                       padded_tokens=cost.computed_tokens, requests_by_task={label: len(batch)})
+            progress.update(len(batch), cost.computed_tokens)
+        progress.close()
+        self.cost_report.finish_call("generate_until", [self._engine_task_label("generate_until")],
+                                     budget_tokens=budget, oom_retries=ooms, peak_memory_bytes=device_peaks_bytes())
+        return out.to(context.device)
+
+    def _engine_generate(self, batch, max_new: int, stop):
+        """One generation batch; the single place generation meets the model (fault injection)."""
+        with torch.autocast(device_type=torch.device(self.device).type, dtype=self.mixed_precision_dtype,
+                            enabled=self.mixed_precision_dtype is not None):
+            return greedy_generate(
+                self._engine_parts, [r.prompt_tokens for r in batch], max_new_tokens=max_new,
+                eos_ids=eos_token_ids(self.model.generation_config), stop_strings=stop,
+                decode=self.tok_decode, device=self.device,
+            )
 
     def get_model_info(self) -> dict:
         info = super().get_model_info()
