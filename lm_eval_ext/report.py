@@ -12,7 +12,9 @@ import logging
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 
-logger = logging.getLogger("lm_eval_ext.report")
+#: a child of lm-eval's logger: lm-eval's CLI configures only "lm_eval", so the table shows up
+#: next to lm-eval's own output at lm-eval's verbosity
+logger = logging.getLogger("lm_eval.lm_eval_ext.report")
 
 
 @dataclass
