@@ -65,7 +65,10 @@ def _prefill(parts: ModelParts, prompts: Sequence[Sequence[int]], device) -> tup
 
     shared = min(common_prefix_tokens(prompts[0], p) for p in prompts)
     shared = min(shared, min(len(p) for p in prompts) - 1)  # every row keeps >= 1 token to predict from
-    cache = DynamicCache(config=parts.model.config)
+    try:  # the config decides per-layer cache kinds (sliding windows) where supported
+        cache = DynamicCache(config=parts.model.config)
+    except TypeError:
+        cache = DynamicCache()
     computed = 0
     if shared > 0:
         prefix = torch.tensor([list(prompts[0][:shared])], dtype=torch.long, device=device)
