@@ -67,7 +67,7 @@ def run_worker(spec: dict) -> dict:
     manager = TaskManager(include_path=spec["include_paths"], include_defaults=False)
     start_s = time.perf_counter()
     out = simple_evaluate(model=lm, tasks=[spec["task"]], task_manager=manager, log_samples=True,
-                          verbosity="WARNING")
+                          verbosity="WARNING", limit=spec.get("limit"))
     wall_s = time.perf_counter() - start_s
     metrics = {k: v for k, v in out["results"][spec["task"]].items()
                if isinstance(v, float) and "stderr" not in k}
@@ -184,10 +184,10 @@ def _model_args(backend: str, model: str, **extra) -> dict:
 
 
 def run_task(model: str, task: str, *, include_paths: list[str], fixed_sizes, stock_auto: bool,
-             timeout_s: float, unshared: bool) -> dict:
+             timeout_s: float, unshared: bool, limit: int | None = None) -> dict:
     """All configurations of one task; stock's best is the fastest stock run that finished."""
     def run(backend, **extra):
-        spec = {"backend": backend, "task": task, "include_paths": include_paths,
+        spec = {"backend": backend, "task": task, "include_paths": include_paths, "limit": limit,
                 "model_args": _model_args(backend, model, **extra)}
         logger.info("running %s %s %s", task, backend, extra)
         return _run_subprocess("evaluate", spec, timeout_s)
@@ -226,9 +226,10 @@ def summarize_task(runs: dict) -> dict:
 
 def compare(model: str, tasks=TASKS, *, fixed_sizes=(8, 16, 32), stock_auto_all: bool = False,
             timeout_s: float = 900, long_context: bool = True, forward_rows: int = 8,
-            forward_row_tokens: int = 512) -> dict:
+            forward_row_tokens: int = 512, limits: dict | None = None, long_docs: int = 4,
+            long_repeats: int = 3) -> dict:
     """Run everything; returns the dict that ``main`` prints and writes."""
-    result = {"model": model, "machine_before": _machine(), "tasks": {}}
+    result = {"model": model, "machine_before": _machine(), "limits": limits, "tasks": {}}
     result["peak_forward"] = _run_subprocess("peak_forward", {
         "model": model, "batch_rows": forward_rows, "row_tokens": forward_row_tokens, "repeats": 3}, timeout_s)
     include = [str(ROOT / "tasks")]
@@ -236,10 +237,10 @@ def compare(model: str, tasks=TASKS, *, fixed_sizes=(8, 16, 32), stock_auto_all:
         result["tasks"][task] = run_task(
             model, task, include_paths=include, fixed_sizes=fixed_sizes,
             stock_auto=stock_auto_all or task in STOCK_AUTO_SAFE, timeout_s=timeout_s,
-            unshared=task == "ext_arith_mc")
+            unshared=task == "ext_arith_mc", limit=(limits or {}).get(task))
     if long_context:
         with tempfile.TemporaryDirectory() as folder:
-            write_long_task(Path(folder))
+            write_long_task(Path(folder), num_docs=long_docs, repeats=long_repeats)
             spec = {"backend": "hf_ext", "task": LONG_TASK, "include_paths": include + [folder],
                     "model_args": _model_args("hf_ext", model, batch_size="auto", max_batch_tokens="auto")}
             long_run = _run_subprocess("evaluate", spec, timeout_s)
@@ -269,7 +270,7 @@ def efficiency(result: dict) -> dict:
 
 def format_table(result: dict) -> str:
     mib = 2**20
-    lines = [f"model: {result['model']}",
+    lines = [f"model: {result['model']}  documents per task: {result.get('limits') or 'all'}",
              f"machine: {result['machine_before'].get('cpus')} CPUs, load avg before "
              f"{tuple(round(x, 2) for x in result['machine_before']['load_avg_1_5_15'])}, after "
              f"{tuple(round(x, 2) for x in result['machine_after']['load_avg_1_5_15'])}",
@@ -313,6 +314,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--no-long-context", action="store_true")
     parser.add_argument("--timeout-s", type=float, default=900)
     parser.add_argument("--out", default="compare_hf.json")
+    parser.add_argument("--limit", default="", help="documents per task, e.g. ext_arith_mc=20,ext_copy_gen=10")
+    parser.add_argument("--forward-rows", type=int, default=8, help="rows of 512 tokens in the peak forward")
+    parser.add_argument("--long-docs", type=int, default=4)
+    parser.add_argument("--long-repeats", type=int, default=3, help="x ~5k tokens per long document")
     parser.add_argument("--worker", nargs=3, metavar=("KIND", "SPEC", "OUT"), help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.worker:
@@ -325,7 +330,9 @@ def main(argv: list[str] | None = None) -> int:
     result = compare(args.model, tuple(args.tasks.split(",")),
                      fixed_sizes=tuple(int(n) for n in args.fixed_sizes.split(",")),
                      stock_auto_all=args.stock_auto_all, timeout_s=args.timeout_s,
-                     long_context=not args.no_long_context)
+                     long_context=not args.no_long_context, forward_rows=args.forward_rows,
+                     limits={k: int(v) for k, v in (p.split("=") for p in args.limit.split(",") if p)},
+                     long_docs=args.long_docs, long_repeats=args.long_repeats)
     Path(args.out).write_text(json.dumps(result, indent=1, default=float))
     sys.stdout.write(format_table(result) + "\n")
     return 0
