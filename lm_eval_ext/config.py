@@ -96,6 +96,20 @@ def batch_size(name: str, value: Any) -> int | str:
     return as_int(name, value, minimum=1)
 
 
+def batch_tokens(name: str, value: Any) -> int | str:
+    """``max_batch_tokens``: a positive number of padded tokens per batch, or ``auto``."""
+    text = str(value).strip().lower()
+    if text == "auto":
+        return text
+    try:
+        return as_int(name, value, minimum=1)
+    except ConfigError:
+        raise ConfigError(
+            f"{name}={value!r} is not a token budget; use a positive integer of padded tokens per "
+            f"batch (e.g. {name}=4096) or {name}=auto to probe it"
+        ) from None
+
+
 def _is_float(text: str) -> bool:
     try:
         float(text)
@@ -179,6 +193,13 @@ class HfExtConfig:
         optional(as_str), None,
         "request cache directory (default $LM_EVAL_EXT_CACHE_DIR, else ~/.cache/lm_eval_ext)", hflm=False,
     )
+    # scoring engine (lm_eval_ext.engine)
+    max_batch_tokens: int | str | None = arg(
+        optional(batch_tokens), None, "padded tokens per batch, or auto (default: auto with batch_size=auto)",
+        hflm=False,
+    )
+    share_contexts: bool = arg(as_bool, True, "score requests sharing a prefix from one pass over it",
+                         hflm=False)
 
     @classmethod
     def from_model_args(cls, args: Mapping[str, Any]) -> HfExtConfig:

@@ -23,6 +23,8 @@ require("accelerate", "hf")
 
 from lm_eval.models.huggingface import HFLM  # noqa: E402
 
+from lm_eval_ext.engine import ScoringEngineMixin  # noqa: E402  (imports torch)
+
 logger = logging.getLogger("lm_eval_ext.hf")
 install_excepthook()
 
@@ -51,7 +53,7 @@ def resolve_dtype(requested: str, device: str) -> str:
     return "auto"
 
 
-class HfExtLM(HfRequestCacheMixin, HFLM):
+class HfExtLM(HfRequestCacheMixin, ScoringEngineMixin, HFLM):
     """Transformers backend for lm-eval-ext; a drop-in for ``hf`` (same model_args spellings)."""
 
     def __init__(self, **model_args: Any) -> None:
@@ -65,6 +67,7 @@ class HfExtLM(HfRequestCacheMixin, HFLM):
         super().__init__(**{**config.hflm_kwargs(device=device, dtype=dtype), **self._layout.hflm_overrides()})
         self.ext_config = config
         self._adopt_launcher_ranks()
+        self._init_scoring_engine(max_batch_tokens=config.max_batch_tokens, share_contexts=config.share_contexts)
 
     def _adopt_launcher_ranks(self) -> None:
         """Shard documents over every process of the launch, GPUs or not.
@@ -88,6 +91,7 @@ class HfExtLM(HfRequestCacheMixin, HFLM):
         return super()._get_accelerate_args(*args, **kwargs)
 
     def _log_shard(self, request_type: str, requests: list) -> None:
+        self.note_request_tasks(request_type, requests)
         docs = Counter((r.task_name, r.doc_id) for r in requests)
         logger.info(
             "rank %d/%d: %s: %d requests over %d documents",

@@ -1,0 +1,342 @@
+"""Stock lm-eval ``hf`` vs ``hf_ext`` on one model and the shipped tasks, in one script.
+
+A benchmark, not a test: it prints and writes (JSON) per task the wall time, tokens/s, peak RSS
+and speedup of ``hf_ext`` over stock's best configuration, checks that per-sample results agree,
+and measures the model's peak forward throughput (one large unpadded batch) so the evaluation's
+efficiency against that ceiling is visible.
+
+Every configuration runs in its own subprocess (peak RSS is a per-process figure; a fresh
+process also keeps allocator state from leaking between runs). The model is loaded before the
+clock starts; wall time is lm-eval's ``simple_evaluate`` for one task.
+
+    python benchmarks/compare_hf.py --model .models/smollm2-135m --out bench.json
+
+Importable: :func:`compare` returns the same dict the script writes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import math
+import os
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+TASKS = ("ext_arith_mc", "ext_copy_gen", "ext_prose_rolling")
+LONG_TASK = "ext_long_rolling"
+#: Stock batch_size=auto probes generation and rolling at the model's full max_length (SmolLM2:
+#: 8192): measured >10 min and 15 GB RSS here, so it is only run for these unless asked.
+STOCK_AUTO_SAFE = ("ext_arith_mc",)
+OFFLINE = {"HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
+
+logger = logging.getLogger("lm_eval_ext.benchmarks.compare_hf")
+
+
+# ---- worker side (runs in a subprocess) ---------------------------------------------------------
+def _responses(samples: list[dict]) -> dict[str, object]:
+    out = {}
+    for sample in samples:
+        resps = [r[0] for r in sample["resps"]]
+        out[str(sample["doc_id"])] = [list(r) if isinstance(r, tuple) else r for r in resps]
+    return out
+
+
+def _build_lm(spec: dict):
+    if spec["backend"] == "hf":
+        from lm_eval.models.huggingface import HFLM
+
+        return HFLM(**spec["model_args"])
+    from lm_eval_ext.adapters.hf import HfExtLM
+
+    return HfExtLM(**spec["model_args"])
+
+
+def run_worker(spec: dict) -> dict:
+    """Evaluate one task with one configuration in this process; model load is not timed."""
+    from lm_eval import simple_evaluate
+    from lm_eval.tasks import TaskManager
+
+    lm = _build_lm(spec)
+    manager = TaskManager(include_path=spec["include_paths"], include_defaults=False)
+    start_s = time.perf_counter()
+    out = simple_evaluate(model=lm, tasks=[spec["task"]], task_manager=manager, log_samples=True,
+                          verbosity="WARNING", limit=spec.get("limit"))
+    wall_s = time.perf_counter() - start_s
+    metrics = {k: v for k, v in out["results"][spec["task"]].items()
+               if isinstance(v, float) and "stderr" not in k}
+    return {
+        "wall_s": wall_s,
+        "peak_rss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
+        "metrics": metrics,
+        "responses": _responses(out["samples"][spec["task"]]),
+        "cost_report": out["config"].get("cost_report", {}),
+    }
+
+
+def peak_forward_worker(spec: dict) -> dict:
+    """tokens/s of the model's cheapest full pass (decoder + head at the last position) over one
+    large unpadded batch of real text: the ceiling any scorer can reach on this machine."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(spec["model"])
+    model = AutoModelForCausalLM.from_pretrained(spec["model"], dtype=torch.float32).eval()
+    text = " ".join(json.loads(line)["text"] for line in (ROOT / "tasks/data/prose_test.jsonl").open())
+    ids = tokenizer(text)["input_ids"]
+    rows, width = spec["batch_rows"], spec["row_tokens"]
+    ids = (ids * (rows * width // len(ids) + 1))[: rows * width]
+    batch = torch.tensor(ids).view(rows, width)
+    results = []
+    with torch.no_grad():
+        model(batch[:1], logits_to_keep=1)  # warm-up
+        for _ in range(spec["repeats"]):
+            start_s = time.perf_counter()
+            model(batch, logits_to_keep=1, use_cache=False)
+            results.append(rows * width / (time.perf_counter() - start_s))
+    return {"tokens_per_s": max(results), "batch_rows": rows, "row_tokens": width,
+            "peak_rss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024}
+
+
+# ---- driver side ------------------------------------------------------------------------------
+def _run_subprocess(kind: str, spec: dict, timeout_s: float) -> dict:
+    env = {**os.environ, **OFFLINE, "PYTHONPATH": f"{ROOT}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
+    with tempfile.NamedTemporaryFile("w", suffix=".json", delete=False) as handle:
+        json.dump(spec, handle)
+    out_path = handle.name + ".out"
+    command = [sys.executable, str(Path(__file__).resolve()), "--worker", kind, handle.name, out_path]
+    start_s = time.perf_counter()
+    try:
+        done = subprocess.run(command, env=env, timeout=timeout_s, capture_output=True, text=True)
+    except subprocess.TimeoutExpired:
+        return {"error": f"timed out after {timeout_s:.0f} s"}
+    if done.returncode != 0:
+        tail = (done.stderr or "")[-1500:]
+        return {"error": f"exit {done.returncode} after {time.perf_counter() - start_s:.0f} s", "stderr_tail": tail}
+    return json.loads(Path(out_path).read_text())
+
+
+def _useful_tokens(result: dict) -> int:
+    return sum(int(e.get("useful_tokens", 0)) for e in result.get("cost_report", {}).values())
+
+
+def agreement(expected: dict, got: dict) -> dict:
+    """Per-sample agreement of two runs: worst |delta loglikelihood|, mismatched is_greedy and
+    generations, and whether every metric is equal (rel 1e-6)."""
+    worst_abs, worst_rel, greedy_diff, text_diff = 0.0, 0.0, 0, 0
+    for doc, want in expected["responses"].items():
+        have = got["responses"][doc]
+        for w, h in zip(want, have, strict=True):
+            if isinstance(w, str):
+                text_diff += w != h
+                continue
+            w_ll, h_ll = (w, h) if isinstance(w, float) else (w[0], h[0])
+            worst_abs = max(worst_abs, abs(w_ll - h_ll))
+            worst_rel = max(worst_rel, abs(w_ll - h_ll) / max(1e-12, abs(w_ll)))
+            if isinstance(w, list):
+                greedy_diff += w[1] != h[1]
+    metrics_equal = all(math.isclose(v, got["metrics"].get(k, float("nan")), rel_tol=1e-6)
+                        for k, v in expected["metrics"].items())
+    return {"max_abs_loglikelihood_diff": worst_abs, "max_rel_loglikelihood_diff": worst_rel,
+            "is_greedy_mismatches": greedy_diff, "generation_mismatches": text_diff,
+            "metrics_equal": metrics_equal}
+
+
+def write_long_task(folder: Path, num_docs: int = 4, repeats: int = 3) -> Path:
+    """A rolling-loglikelihood task whose documents are ~repeats x 5k tokens (SmolLM2 tokenizer)."""
+    paragraphs = [json.loads(line)["text"] for line in (ROOT / "tasks/data/prose_test.jsonl").open()]
+    data = folder / "long_test.jsonl"
+    with data.open("w") as handle:
+        for i in range(num_docs):
+            rotated = paragraphs[i:] + paragraphs[:i]
+            handle.write(json.dumps({"text": " ".join(rotated * repeats)}) + "\n")
+    (folder / f"{LONG_TASK}.yaml").write_text(
+        f"task: {LONG_TASK}\ndataset_path: json\ndataset_kwargs:\n  data_files:\n    test: {data}\n"
+        "output_type: loglikelihood_rolling\ntest_split: test\ndoc_to_text: ''\ndoc_to_target: '{{text}}'\n"
+        "metric_list:\n  - metric: word_perplexity\n  - metric: byte_perplexity\n  - metric: bits_per_byte\n"
+        "metadata:\n  version: 1.0\n"
+    )
+    return folder
+
+
+def _machine() -> dict:
+    import platform
+
+    info = {"cpus": os.cpu_count(), "platform": platform.platform(), "load_avg_1_5_15": os.getloadavg()}
+    try:
+        import psutil
+
+        info["ram_total_bytes"] = psutil.virtual_memory().total
+    except ImportError:
+        pass
+    return info
+
+
+def _model_args(backend: str, model: str, **extra) -> dict:
+    args = {"pretrained": model, "device": "cpu", "dtype": "float32", **extra}
+    return args
+
+
+def run_task(model: str, task: str, *, include_paths: list[str], fixed_sizes, stock_auto: bool,
+             timeout_s: float, unshared: bool, limit: int | None = None) -> dict:
+    """All configurations of one task; stock's best is the fastest stock run that finished."""
+    def run(backend, **extra):
+        spec = {"backend": backend, "task": task, "include_paths": include_paths, "limit": limit,
+                "model_args": _model_args(backend, model, **extra)}
+        logger.info("running %s %s %s", task, backend, extra)
+        return _run_subprocess("evaluate", spec, timeout_s)
+
+    runs = {f"hf batch_size={n}": run("hf", batch_size=n) for n in fixed_sizes}
+    runs["hf batch_size=auto"] = run("hf", batch_size="auto") if stock_auto else {
+        "skipped": "stock auto probes at max_length (TOOLCHAIN.md: >10 min, 15 GB RSS on this CPU)"}
+    runs["hf_ext max_batch_tokens=auto"] = run("hf_ext", batch_size="auto", max_batch_tokens="auto")
+    if unshared:
+        runs["hf_ext unshared"] = run("hf_ext", batch_size="auto", max_batch_tokens="auto", share_contexts="false")
+    return summarize_task(runs)
+
+
+def summarize_task(runs: dict) -> dict:
+    ext = runs["hf_ext max_batch_tokens=auto"]
+    stock = {k: v for k, v in runs.items() if k.startswith("hf ") and "wall_s" in v}
+    if "wall_s" not in ext or not stock:
+        return {"runs": runs, "error": "a configuration failed"}
+    best = min(stock, key=lambda k: stock[k]["wall_s"])
+    useful = _useful_tokens(ext)
+    for result in runs.values():
+        if "wall_s" in result:
+            result["useful_tokens_per_s"] = useful / result["wall_s"]
+    summary = {
+        "best_stock": best,
+        "speedup_vs_best_stock": stock[best]["wall_s"] / ext["wall_s"],
+        "peak_rss_ratio_vs_best_stock": ext["peak_rss_bytes"] / stock[best]["peak_rss_bytes"],
+        "agreement_vs_best_stock": agreement(stock[best], ext),
+    }
+    if "hf_ext unshared" in runs and "wall_s" in runs["hf_ext unshared"]:
+        summary["agreement_unshared_vs_shared"] = agreement(ext, runs["hf_ext unshared"])
+    for result in runs.values():
+        result.pop("responses", None)
+    return {"runs": runs, **summary}
+
+
+def compare(model: str, tasks=TASKS, *, fixed_sizes=(8, 16, 32), stock_auto_all: bool = False,
+            timeout_s: float = 900, long_context: bool = True, forward_rows: int = 8,
+            forward_row_tokens: int = 512, limits: dict | None = None, long_docs: int = 4,
+            long_repeats: int = 3) -> dict:
+    """Run everything; returns the dict that ``main`` prints and writes."""
+    result = {"model": model, "machine_before": _machine(), "limits": limits, "tasks": {}}
+    result["peak_forward"] = _run_subprocess("peak_forward", {
+        "model": model, "batch_rows": forward_rows, "row_tokens": forward_row_tokens, "repeats": 3}, timeout_s)
+    include = [str(ROOT / "tasks")]
+    for task in tasks:
+        result["tasks"][task] = run_task(
+            model, task, include_paths=include, fixed_sizes=fixed_sizes,
+            stock_auto=stock_auto_all or task in STOCK_AUTO_SAFE, timeout_s=timeout_s,
+            unshared=task == "ext_arith_mc", limit=(limits or {}).get(task))
+    if long_context:
+        with tempfile.TemporaryDirectory() as folder:
+            write_long_task(Path(folder), num_docs=long_docs, repeats=long_repeats)
+            spec = {"backend": "hf_ext", "task": LONG_TASK, "include_paths": include + [folder],
+                    "model_args": _model_args("hf_ext", model, batch_size="auto", max_batch_tokens="auto")}
+            long_run = _run_subprocess("evaluate", spec, timeout_s)
+            long_run.pop("responses", None)
+            result["long_context"] = long_run
+    result["machine_after"] = _machine()
+    result["efficiency"] = efficiency(result)
+    return result
+
+
+def efficiency(result: dict) -> dict:
+    """Useful-token throughput of unshared hf_ext scoring against the peak forward throughput:
+    end to end (lm-eval's whole evaluate) and inside the engine's batches only."""
+    peak = result.get("peak_forward", {}).get("tokens_per_s")
+    unshared = result["tasks"].get("ext_arith_mc", {}).get("runs", {}).get("hf_ext unshared", {})
+    if not peak or "wall_s" not in unshared:
+        return {}
+    report = unshared["cost_report"]
+    useful = sum(e["useful_tokens"] for e in report.values())
+    engine_s = sum(e["wall_s"] for e in report.values())
+    return {"peak_forward_tokens_per_s": peak,
+            "unshared_end_to_end_tokens_per_s": useful / unshared["wall_s"],
+            "unshared_engine_tokens_per_s": useful / engine_s,
+            "end_to_end_fraction_of_peak": useful / unshared["wall_s"] / peak,
+            "engine_fraction_of_peak": useful / engine_s / peak}
+
+
+def format_table(result: dict) -> str:
+    mib = 2**20
+    lines = [f"model: {result['model']}  documents per task: {result.get('limits') or 'all'}",
+             f"machine: {result['machine_before'].get('cpus')} CPUs, load avg before "
+             f"{tuple(round(x, 2) for x in result['machine_before']['load_avg_1_5_15'])}, after "
+             f"{tuple(round(x, 2) for x in result['machine_after']['load_avg_1_5_15'])}",
+             f"{'task':<18} {'configuration':<30} {'wall_s':>8} {'useful tok/s':>12} {'peak RSS MiB':>12}"]
+    for task, entry in result["tasks"].items():
+        for name, run in entry["runs"].items():
+            if "wall_s" in run:
+                lines.append(f"{task:<18} {name:<30} {run['wall_s']:>8.2f} "
+                             f"{run.get('useful_tokens_per_s', 0):>12.0f} {run['peak_rss_bytes'] / mib:>12.0f}")
+            else:
+                lines.append(f"{task:<18} {name:<30} {run.get('skipped') or run.get('error')}")
+        if "speedup_vs_best_stock" in entry:
+            agree = entry["agreement_vs_best_stock"]
+            lines.append(f"{'':<18} -> speedup {entry['speedup_vs_best_stock']:.2f}x vs {entry['best_stock']}; "
+                         f"peak RSS {entry['peak_rss_ratio_vs_best_stock']:.2f}x; max |dLL| "
+                         f"{agree['max_abs_loglikelihood_diff']:.2e} (rel {agree['max_rel_loglikelihood_diff']:.1e}); "
+                         f"is_greedy diffs {agree['is_greedy_mismatches']}; generation diffs "
+                         f"{agree['generation_mismatches']}; metrics equal {agree['metrics_equal']}")
+    eff = result.get("efficiency") or {}
+    if eff:
+        lines.append(f"peak forward {eff['peak_forward_tokens_per_s']:.0f} tok/s; unshared scoring useful "
+                     f"{eff['unshared_engine_tokens_per_s']:.0f} tok/s in batches "
+                     f"({100 * eff['engine_fraction_of_peak']:.0f}% of peak), "
+                     f"{eff['unshared_end_to_end_tokens_per_s']:.0f} tok/s end to end "
+                     f"({100 * eff['end_to_end_fraction_of_peak']:.0f}%)")
+    long_run = result.get("long_context")
+    if long_run:
+        status = "ok" if "wall_s" in long_run else long_run.get("error")
+        detail = (f"{long_run['wall_s']:.1f} s, peak RSS {long_run['peak_rss_bytes'] / mib:.0f} MiB"
+                  if "wall_s" in long_run else "")
+        lines.append(f"long context ({LONG_TASK}, hf_ext max_batch_tokens=auto): {status} {detail}")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", default=str(ROOT / ".models" / "smollm2-135m"))
+    parser.add_argument("--tasks", default=",".join(TASKS))
+    parser.add_argument("--fixed-sizes", default="8,16,32", help="stock batch sizes to try")
+    parser.add_argument("--stock-auto-all", action="store_true", help="also run stock auto on gen/rolling")
+    parser.add_argument("--no-long-context", action="store_true")
+    parser.add_argument("--timeout-s", type=float, default=900)
+    parser.add_argument("--out", default="compare_hf.json")
+    parser.add_argument("--limit", default="", help="documents per task, e.g. ext_arith_mc=20,ext_copy_gen=10")
+    parser.add_argument("--forward-rows", type=int, default=8, help="rows of 512 tokens in the peak forward")
+    parser.add_argument("--long-docs", type=int, default=4)
+    parser.add_argument("--long-repeats", type=int, default=3, help="x ~5k tokens per long document")
+    parser.add_argument("--worker", nargs=3, metavar=("KIND", "SPEC", "OUT"), help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.worker:
+        kind, spec_path, out_path = args.worker
+        spec = json.loads(Path(spec_path).read_text())
+        out = run_worker(spec) if kind == "evaluate" else peak_forward_worker(spec)
+        Path(out_path).write_text(json.dumps(out, default=float))
+        return 0
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
+    result = compare(args.model, tuple(args.tasks.split(",")),
+                     fixed_sizes=tuple(int(n) for n in args.fixed_sizes.split(",")),
+                     stock_auto_all=args.stock_auto_all, timeout_s=args.timeout_s,
+                     long_context=not args.no_long_context, forward_rows=args.forward_rows,
+                     limits={k: int(v) for k, v in (p.split("=") for p in args.limit.split(",") if p)},
+                     long_docs=args.long_docs, long_repeats=args.long_repeats)
+    Path(args.out).write_text(json.dumps(result, indent=1, default=float))
+    sys.stdout.write(format_table(result) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

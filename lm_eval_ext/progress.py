@@ -1,0 +1,26 @@
+"""EDGE: a progress bar per request type showing requests/s and tokens/s (rank 0 only)."""
+
+from __future__ import annotations
+
+import time
+
+from tqdm import tqdm
+
+
+class CallProgress:
+    """tqdm over requests, with computed tokens per second in the postfix."""
+
+    def __init__(self, request_type: str, total_requests: int, *, disable: bool) -> None:
+        self._bar = tqdm(total=total_requests, disable=disable, unit="req",
+                         desc=f"hf_ext {request_type}")
+        self._start_s = time.perf_counter()
+        self._tokens = 0
+
+    def update(self, num_requests: int, computed_tokens: int) -> None:
+        self._tokens += computed_tokens
+        elapsed_s = max(1e-9, time.perf_counter() - self._start_s)
+        self._bar.set_postfix_str(f"{self._tokens / elapsed_s:,.0f} tok/s", refresh=False)
+        self._bar.update(num_requests)
+
+    def close(self) -> None:
+        self._bar.close()

@@ -1,0 +1,58 @@
+"""Budget probing inside hf_ext: grow-then-bisect on real rows with a fake OOM limit, the probe
+cache short-circuit, and the CPU derivation."""
+
+from __future__ import annotations
+
+import pytest
+
+torch = pytest.importorskip("torch")
+
+from lm_eval_ext import probe  # noqa: E402
+from lm_eval_ext.batching import ScoreRequest, pack_rows  # noqa: E402
+
+
+def rows_of(width, count=6):
+    requests = [ScoreRequest(i, tuple([3 + i] * width), (4,)) for i in range(count)]
+    return pack_rows(requests, row_tokens=width, share=False)
+
+
+def test_gpu_probe_uses_real_rows_and_stops_below_the_fake_limit(ext_lm, monkeypatch):
+    limit_tokens, width = 3000, 50
+    seen = []
+
+    def fake_score(batch):
+        seen.append((batch.padded_tokens, {len(r) for r in batch.rows}))
+        if batch.padded_tokens > limit_tokens:
+            raise torch.OutOfMemoryError("CUDA out of memory (fake)")
+        return {}
+
+    monkeypatch.setattr(ext_lm, "_engine_score", fake_score)
+    budget = ext_lm._engine_probe_gpu("loglikelihood", {"rows": rows_of(width)})
+    assert all(widths == {width} for _, widths in seen)  # batches made of the real rows
+    assert (budget // width) * width <= limit_tokens
+    assert budget >= limit_tokens - limit_tokens // 16 - width
+    assert any(tokens > limit_tokens for tokens, _ in seen)  # it did grow past the limit
+
+
+def test_a_cached_probe_is_not_repeated(ext_lm, tmp_path, monkeypatch):
+    ext_lm._engine_probe_cache = probe.ProbeCache(tmp_path / "probe.json")
+    key = ext_lm._engine_probe_key("loglikelihood")
+    ext_lm._engine_probe_cache.put(key, 777)
+    monkeypatch.setattr(ext_lm, "_engine_cpu_budget", lambda *a: pytest.fail("derived again"))
+    assert ext_lm._engine_find_budget("loglikelihood", {}) == 777
+    assert "tiny-llama" in key.model and key.device == "cpu" and key.request_kind == "loglikelihood"
+
+
+def test_cpu_budget_comes_from_available_ram(ext_lm, monkeypatch):
+    import psutil
+
+    class FakeMemory:
+        available = 64 * 2**20
+        total = 2**34
+
+    monkeypatch.setattr(psutil, "virtual_memory", lambda: FakeMemory())
+    small = ext_lm._engine_cpu_budget("loglikelihood", {"scored_fraction": 1.0, "row_tokens": 512})
+    shape = ext_lm._engine_shape()
+    per_token = probe.per_token_bytes(shape, kind="loglikelihood", scored_fraction=1.0, row_tokens=512)
+    assert small == probe.cpu_budget_tokens(FakeMemory.available, per_token)
+    assert probe.MIN_BATCH_TOKENS <= small < probe.CPU_MAX_BATCH_TOKENS

@@ -1,0 +1,99 @@
+"""Pure packing rules: prefix trees, token budgets, split-on-OOM policy."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+
+from lm_eval_ext.batching import (
+    Batch, GenerationRequest, ScoreRequest, common_prefix_tokens, lowered_budget, pack_batches,
+    pack_generation, pack_rows, split_batch,
+)
+
+
+def req(index, inputs, cont):
+    return ScoreRequest(index, tuple(inputs), tuple(cont))
+
+
+def test_choices_of_one_item_share_their_context_nodes():
+    a, b, c = req(0, [5, 6, 7], [1]), req(1, [5, 6, 7], [2]), req(2, [5, 6, 9], [3])
+    (row,) = pack_rows([c, a, b], row_tokens=8, share=True)
+    assert row.tokens == [5, 6, 7, 9]  # a and b have the same input: no new nodes for b
+    assert row.parents == [-1, 0, 1, 1]
+    assert row.depths == [0, 1, 2, 2]
+    targets = {r.index: nodes for r, nodes in row.targets}
+    assert targets == {0: [2], 1: [2], 2: [3]}
+
+
+def test_multi_token_continuations_target_their_own_nodes():
+    ctx = [9, 8, 7]
+    a = req(0, ctx + [1, 2], [1, 2, 3])   # input = ctx + cont[:-1]
+    b = req(1, ctx + [4], [4, 5])
+    (row,) = pack_rows([a, b], row_tokens=16, share=True)
+    nodes = {r.index: n for r, n in row.targets}
+    assert [row.tokens[i] for i in nodes[0]] == [7, 1, 2]
+    assert [row.tokens[i] for i in nodes[1]] == [7, 4]
+    assert row.depths[nodes[1][-1]] == 3  # same position as in the unshared sequence
+
+
+def test_unshared_rows_hold_one_request_each():
+    requests = [req(i, [1, 2, 3, i], [i]) for i in range(4)]
+    rows = pack_rows(requests, row_tokens=100, share=False)
+    assert [len(r.targets) for r in rows] == [1, 1, 1, 1]
+    assert all(r.parents == [-1, 0, 1, 2] for r in rows)
+
+
+def test_rows_never_exceed_row_tokens_unless_one_request_is_longer():
+    rng = random.Random(0)
+    requests = [req(i, [rng.randrange(9) for _ in range(rng.randrange(1, 30))], [1]) for i in range(200)]
+    requests.append(req(200, list(range(50)), [1]))
+    rows = pack_rows(requests, row_tokens=32, share=True)
+    assert all(len(r) <= 32 or len(r.targets) == 1 for r in rows)
+    assert sorted(r.index for row in rows for r, _ in row.targets) == list(range(201))
+
+
+@pytest.mark.parametrize("budget", [1, 17, 64, 1000])
+def test_batches_respect_the_token_budget_and_keep_every_request(budget):
+    rng = random.Random(budget)
+    requests = [req(i, [rng.randrange(50) for _ in range(rng.randrange(1, 20))], [2]) for i in range(100)]
+    rows = pack_rows(requests, row_tokens=40, share=True)
+    batches = pack_batches(rows, max_batch_tokens=budget)
+    assert all(b.padded_tokens <= budget or len(b.rows) == 1 for b in batches)
+    assert sorted(r.index for b in batches for r in b.requests()) == list(range(100))
+
+
+def test_request_cap_limits_requests_per_batch():
+    rows = pack_rows([req(i, [i, 1], [1]) for i in range(10)], row_tokens=8, share=False)
+    batches = pack_batches(rows, max_batch_tokens=None, max_batch_requests=3)
+    assert [b.num_requests for b in batches] == [3, 3, 3, 1]
+
+
+def test_split_halves_rows_then_repacks_a_row_then_gives_up():
+    rows = pack_rows([req(i, [1, 2, i], [i]) for i in range(6)], row_tokens=100, share=True)
+    (row,) = rows
+    assert split_batch(Batch([row, row]), row_tokens=100, share=True) == [Batch([row]), Batch([row])]
+    parts = split_batch(Batch([row]), row_tokens=100, share=True)
+    assert len(parts) >= 2
+    assert sorted(r.index for p in parts for r in p.requests()) == list(range(6))
+    single = pack_rows([req(0, [1, 2], [3])], row_tokens=100, share=True)
+    assert split_batch(Batch(single), row_tokens=100, share=True) == []
+
+
+def test_lowered_budget_goes_below_what_failed():
+    assert lowered_budget(4096, 4096) == 3072
+    assert lowered_budget(4096, 1000) == 750
+    assert lowered_budget(1, 1) == 1
+
+
+def test_common_prefix_tokens():
+    assert common_prefix_tokens([1, 2, 3], [1, 2, 4]) == 2
+    assert common_prefix_tokens([], [1]) == 0
+
+
+def test_generation_batches_count_prompt_plus_generated_tokens():
+    requests = [GenerationRequest(i, tuple(range(10))) for i in range(10)]
+    batches = pack_generation(requests, max_gen_tokens=10, max_batch_tokens=60)
+    assert [len(b) for b in batches] == [3, 3, 3, 1]  # 3 rows x (10 + 10) <= 60
+    capped = pack_generation(requests, max_gen_tokens=10, max_batch_tokens=None, max_batch_requests=4)
+    assert [len(b) for b in capped] == [4, 4, 2]
