@@ -1,0 +1,88 @@
+"""vllm_ext in process (TP 1, TP 2) and with persistent replicas (DP 2) against stock ``vllm``,
+all on real vLLM (CPU build) with the tiny model."""
+
+from __future__ import annotations
+
+import gc
+import os
+
+import pytest
+
+from tests.vllm.conftest import requires_vllm
+from tests.vllm.evaluation import differences, evaluate_samples
+
+pytestmark = [pytest.mark.vllm, requires_vllm]
+
+ENGINE_ARGS = {"dtype": "float32", "enforce_eager": True, "seed": 1234}
+
+
+def _shutdown_stock(lm) -> None:
+    lm.model.llm_engine.engine_core.shutdown()
+    del lm.model
+    gc.collect()
+
+
+@pytest.fixture(scope="module")
+def stock_samples(tiny_model_path, task_manager):
+    """Stock lm-eval ``vllm`` with TP 1: the reference every layout must reproduce."""
+    from lm_eval.models.vllm_causallms import VLLM
+
+    lm = VLLM(pretrained=tiny_model_path, tensor_parallel_size=1, **ENGINE_ARGS)
+    try:
+        return evaluate_samples(lm, task_manager)
+    finally:
+        _shutdown_stock(lm)
+
+
+def _run_ext(tiny_model_path, task_manager, **model_args):
+    from lm_eval_ext.adapters.vllm import VllmExtLM
+
+    lm = VllmExtLM(pretrained=tiny_model_path, **ENGINE_ARGS, **model_args)
+    try:
+        return lm, evaluate_samples(lm, task_manager)
+    finally:
+        lm.close()
+
+
+def test_in_process_tp1_equals_stock(stock_samples, tiny_model_path, task_manager):
+    lm, samples = _run_ext(tiny_model_path, task_manager)
+    assert differences(stock_samples, samples) == []
+    info = lm.get_model_info()
+    assert info["vllm_mode"] == "in_process"
+    assert info["vllm_sizes"]["tensor_parallel_size"] == 1 and info["vllm_sizes"]["data_parallel_size"] == 1
+    assert lm.num_engine_starts == 1
+
+
+@pytest.mark.skipif(len(os.sched_getaffinity(0)) < 2, reason="tensor parallel 2 needs 2 CPU cores")
+def test_tensor_parallel_2_equals_stock(stock_samples, tiny_model_path, task_manager):
+    lm, samples = _run_ext(tiny_model_path, task_manager, tensor_parallel_size=2)
+    assert differences(stock_samples, samples) == []
+    assert lm.get_model_info()["vllm_sizes"]["tensor_parallel_size"] == 2
+
+
+def _is_running(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
+@pytest.mark.skipif(len(os.sched_getaffinity(0)) < 2, reason="data parallel 2 needs 2 CPU cores")
+def test_data_parallel_2_equals_stock_and_loads_each_replica_once(stock_samples, tiny_model_path, task_manager):
+    from lm_eval_ext.adapters.vllm import VllmExtLM
+
+    lm = VllmExtLM(pretrained=tiny_model_path, data_parallel_size=2, **ENGINE_ARGS)
+    pids = [process.pid for process in lm._engine._processes]
+    scratch_dir = lm._engine._scratch_dir
+    try:
+        samples = evaluate_samples(lm, task_manager)
+    finally:
+        lm.close()
+    assert differences(stock_samples, samples) == []
+    # three request types (loglikelihood, generate_until, loglikelihood_rolling) over two replicas:
+    # two model loads in all, where stock loads 2 x 3 = 6.
+    assert lm.num_engine_starts == 2
+    assert lm.get_model_info()["engine_starts"] == 2
+    assert len(pids) == 2 and not any(_is_running(pid) for pid in pids)
+    assert not os.path.exists(scratch_dir)
