@@ -46,8 +46,8 @@ def _load_build_models():
 
 
 @pytest.fixture(scope="session")
-def tiny_model_path() -> str:
-    return str(_load_build_models().ensure_model("tiny-llama"))
+def tiny_vllm_model_path() -> str:
+    return str(_load_build_models().ensure_model("tiny-llama-vllm"))
 
 
 @pytest.fixture(scope="session")

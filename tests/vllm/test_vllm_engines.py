@@ -23,29 +23,29 @@ def _shutdown_stock(lm) -> None:
 
 
 @pytest.fixture(scope="module")
-def stock_samples(tiny_model_path, task_manager):
+def stock_samples(tiny_vllm_model_path, task_manager):
     """Stock lm-eval ``vllm`` with TP 1: the reference every layout must reproduce."""
     from lm_eval.models.vllm_causallms import VLLM
 
-    lm = VLLM(pretrained=tiny_model_path, tensor_parallel_size=1, **ENGINE_ARGS)
+    lm = VLLM(pretrained=tiny_vllm_model_path, tensor_parallel_size=1, **ENGINE_ARGS)
     try:
         return evaluate_samples(lm, task_manager)
     finally:
         _shutdown_stock(lm)
 
 
-def _run_ext(tiny_model_path, task_manager, **model_args):
+def _run_ext(tiny_vllm_model_path, task_manager, **model_args):
     from lm_eval_ext.adapters.vllm import VllmExtLM
 
-    lm = VllmExtLM(pretrained=tiny_model_path, **ENGINE_ARGS, **model_args)
+    lm = VllmExtLM(pretrained=tiny_vllm_model_path, **ENGINE_ARGS, **model_args)
     try:
         return lm, evaluate_samples(lm, task_manager)
     finally:
         lm.close()
 
 
-def test_in_process_tp1_equals_stock(stock_samples, tiny_model_path, task_manager):
-    lm, samples = _run_ext(tiny_model_path, task_manager)
+def test_in_process_tp1_equals_stock(stock_samples, tiny_vllm_model_path, task_manager):
+    lm, samples = _run_ext(tiny_vllm_model_path, task_manager)
     assert differences(stock_samples, samples) == []
     info = lm.get_model_info()
     assert info["vllm_mode"] == "in_process"
@@ -54,8 +54,8 @@ def test_in_process_tp1_equals_stock(stock_samples, tiny_model_path, task_manage
 
 
 @pytest.mark.skipif(len(os.sched_getaffinity(0)) < 2, reason="tensor parallel 2 needs 2 CPU cores")
-def test_tensor_parallel_2_equals_stock(stock_samples, tiny_model_path, task_manager):
-    lm, samples = _run_ext(tiny_model_path, task_manager, tensor_parallel_size=2)
+def test_tensor_parallel_2_equals_stock(stock_samples, tiny_vllm_model_path, task_manager):
+    lm, samples = _run_ext(tiny_vllm_model_path, task_manager, tensor_parallel_size=2)
     assert differences(stock_samples, samples) == []
     assert lm.get_model_info()["vllm_sizes"]["tensor_parallel_size"] == 2
 
@@ -69,10 +69,10 @@ def _is_running(pid: int) -> bool:
 
 
 @pytest.mark.skipif(len(os.sched_getaffinity(0)) < 2, reason="data parallel 2 needs 2 CPU cores")
-def test_data_parallel_2_equals_stock_and_loads_each_replica_once(stock_samples, tiny_model_path, task_manager):
+def test_data_parallel_2_equals_stock_and_loads_each_replica_once(stock_samples, tiny_vllm_model_path, task_manager):
     from lm_eval_ext.adapters.vllm import VllmExtLM
 
-    lm = VllmExtLM(pretrained=tiny_model_path, data_parallel_size=2, **ENGINE_ARGS)
+    lm = VllmExtLM(pretrained=tiny_vllm_model_path, data_parallel_size=2, **ENGINE_ARGS)
     pids = [process.pid for process in lm._engine._processes]
     scratch_dir = lm._engine._scratch_dir
     try:
