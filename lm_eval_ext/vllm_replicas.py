@@ -14,6 +14,7 @@ vLLM's socket files, removed on close.
 from __future__ import annotations
 
 import atexit
+import getpass
 import logging
 import multiprocessing
 import os
@@ -142,7 +143,8 @@ class ReplicaPool:
     def _start(self, kwargs: dict, pinnings: Sequence[dict[str, str]]) -> None:
         context = multiprocessing.get_context("spawn")  # fork would copy this process's threads and locks
         for index, pinning in enumerate(pinnings):
-            env = dict(pinning, TMPDIR=self._scratch_dir, VLLM_RPC_BASE_PATH=self._scratch_dir)
+            env = dict(pinning, TMPDIR=self._scratch_dir, VLLM_RPC_BASE_PATH=self._scratch_dir,
+                       TORCHINDUCTOR_CACHE_DIR=_inductor_cache_dir())
             parent_end, child_end = context.Pipe()
             process = context.Process(
                 target=_replica_main, args=(child_end, index, env, kwargs, os.getpid()),
@@ -220,6 +222,14 @@ class ReplicaPool:
         self._processes, self._connections = [], []
         shutil.rmtree(self._scratch_dir, ignore_errors=True)
         atexit.unregister(self.close)
+
+
+def _inductor_cache_dir() -> str:
+    """The compile cache this process would use; replicas keep it although their TMPDIR is private,
+    else every pool recompiles the kernels torch.compile builds for vLLM on CPU (g++, slow)."""
+    if "TORCHINDUCTOR_CACHE_DIR" in os.environ:
+        return os.environ["TORCHINDUCTOR_CACHE_DIR"]
+    return os.path.join(tempfile.gettempdir(), f"torchinductor_{getpass.getuser()}")
 
 
 def _signal_group(pid: int, sig: int) -> None:

@@ -63,10 +63,15 @@ def build_engine(config: VllmExtConfig, sizes: VllmSizes, hardware: HardwareView
         from lm_eval_ext.vllm_server_client import ServerEngine
 
         return ServerEngine.from_config(config)
-    if sizes.data_parallel_size == 1:
-        return InProcessEngine(config, sizes)
     from lm_eval_ext.vllm_replicas import ReplicaPool, replica_pinning
 
+    if sizes.data_parallel_size == 1:
+        if not hardware.num_gpus and sizes.tensor_parallel_size > 1 and "VLLM_CPU_OMP_THREADS_BIND" not in os.environ:
+            # vLLM's automatic binding put both CPU ranks on the same cores here; give each its own.
+            pinning = replica_pinning(0, sizes.tensor_parallel_size, 0, sorted(os.sched_getaffinity(0)), 1)
+            logger.info("vllm_ext: CPU tensor parallel ranks bound with %s", pinning)
+            os.environ.update(pinning)
+        return InProcessEngine(config, sizes)
     visible = os.environ.get("CUDA_VISIBLE_DEVICES")
     pinnings = [
         replica_pinning(index, sizes.tensor_parallel_size, hardware.num_gpus, sorted(os.sched_getaffinity(0)),

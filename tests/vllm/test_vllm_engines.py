@@ -3,35 +3,15 @@ all on real vLLM (CPU build) with the tiny model."""
 
 from __future__ import annotations
 
-import gc
 import os
 
 import pytest
 
-from tests.vllm.conftest import requires_vllm
+from tests.vllm.support import ENGINE_ARGS, requires_vllm
 from tests.vllm.evaluation import differences, evaluate_samples
 
 pytestmark = [pytest.mark.vllm, requires_vllm]
 
-ENGINE_ARGS = {"dtype": "float32", "enforce_eager": True, "seed": 1234}
-
-
-def _shutdown_stock(lm) -> None:
-    lm.model.llm_engine.engine_core.shutdown()
-    del lm.model
-    gc.collect()
-
-
-@pytest.fixture(scope="module")
-def stock_samples(tiny_vllm_model_path, task_manager):
-    """Stock lm-eval ``vllm`` with TP 1: the reference every layout must reproduce."""
-    from lm_eval.models.vllm_causallms import VLLM
-
-    lm = VLLM(pretrained=tiny_vllm_model_path, tensor_parallel_size=1, **ENGINE_ARGS)
-    try:
-        return evaluate_samples(lm, task_manager)
-    finally:
-        _shutdown_stock(lm)
 
 
 def _run_ext(tiny_vllm_model_path, task_manager, **model_args):
