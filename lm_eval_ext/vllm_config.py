@@ -107,6 +107,7 @@ class VllmExtConfig:
     max_retries: int = arg(non_negative_int, 5, "server mode: retries after a timeout, connection error or 5xx")
     timeout_s: float = arg(positive_float, 300.0, "server mode: seconds to wait for one HTTP response")
     backoff_s: float = arg(positive_float, 1.0, "server mode: first retry delay; doubles per retry, with jitter")
+    max_backoff_s: float = arg(positive_float, 60.0, "server mode: longest retry delay, before jitter")
     api_key_env: str = arg(as_str, "LM_EVAL_EXT_API_KEY", "env var holding the bearer token (else OPENAI_API_KEY)")
 
     @classmethod

@@ -33,8 +33,6 @@ from lm_eval_ext.vllm_engines import EngineOutput, GeneratedText
 
 logger = logging.getLogger("lm_eval_ext.vllm")
 
-#: Upper bound of one backoff delay, before jitter.
-MAX_BACKOFF_S = 60.0
 #: SamplingParams fields forwarded for generation (vLLM's completions API accepts each by this name).
 _GENERATION_FIELDS = (
     "temperature", "top_p", "top_k", "min_p", "seed", "stop", "max_tokens", "min_tokens",
@@ -47,10 +45,10 @@ class ServerUnavailableError(UserError):
     """The server did not answer after every retry."""
 
 
-def backoff_delay_s(attempt: int, backoff_s: float, rng: random.Random) -> float:
-    """Delay before retry ``attempt`` (0-based): ``backoff_s * 2**attempt``, capped, times a jitter
-    factor in [0.5, 1.5) so that clients that failed together do not retry together."""
-    return min(backoff_s * 2**attempt, MAX_BACKOFF_S) * rng.uniform(0.5, 1.5)
+def backoff_delay_s(attempt: int, backoff_s: float, max_backoff_s: float, rng: random.Random) -> float:
+    """Delay before retry ``attempt`` (0-based): ``backoff_s * 2**attempt``, at most ``max_backoff_s``,
+    times a jitter factor in [0.5, 1.5) so that clients that failed together do not retry together."""
+    return min(backoff_s * 2**attempt, max_backoff_s) * rng.uniform(0.5, 1.5)
 
 
 def request_fields(params: Any) -> dict:
@@ -99,6 +97,7 @@ class ServerEngine:
     max_retries: int
     timeout_s: float
     backoff_s: float
+    max_backoff_s: float
     api_key: str | None = field(default=None, repr=False)
     kind: str = "server"
     num_engine_starts: int = 0
@@ -112,6 +111,7 @@ class ServerEngine:
             base_url=config.base_url, model=config.served_model_name or "", max_model_len=0,
             num_concurrent=config.num_concurrent, tokens_per_request=config.tokens_per_request,
             max_retries=config.max_retries, timeout_s=config.timeout_s, backoff_s=config.backoff_s,
+            max_backoff_s=config.max_backoff_s,
             api_key=os.environ.get(config.api_key_env) or os.environ.get("OPENAI_API_KEY"),
         )
         engine._discover_model()
@@ -153,7 +153,7 @@ class ServerEngine:
                     )
                 last_failure = f"HTTP {response.status_code}: {response.text[:200]}"
             if attempt < self.max_retries:
-                delay_s = backoff_delay_s(attempt, self.backoff_s, self._rng)
+                delay_s = backoff_delay_s(attempt, self.backoff_s, self.max_backoff_s, self._rng)
                 logger.warning("vllm_ext: %s %s%s failed (%s); retry %d/%d in %.1f s", method, self.base_url,
                                path, last_failure, attempt + 1, self.max_retries, delay_s)
                 time.sleep(delay_s)

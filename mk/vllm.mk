@@ -28,5 +28,6 @@ $(VLLM_STAMP): packaging/vllm-metadata/pyproject.toml mk/vllm.mk $(VLLM_CONSTRAI
 bench-vllm: $(VLLM_STAMP)
 	$(VLLM_PIP) install -q -c $(VLLM_CONSTRAINTS) ray
 	$(VLLM_PYTHON) scripts/build_models.py smollm2-135m
+	mkdir -p out
 	$(VLLM_PYTHON) benchmarks/compare_vllm.py --model .models/smollm2-135m --data-parallel-size 2 \
 		--json-out out/compare_vllm.json

@@ -6,15 +6,24 @@ CPU"); values already set by the caller win.
 
 from __future__ import annotations
 
+import atexit
+import getpass
 import importlib.util
 import os
+import shutil
 import tempfile
 from pathlib import Path
 
 import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
+# vLLM leaves socket files in TMPDIR / VLLM_RPC_BASE_PATH: give it a folder removed at exit, but keep
+# torch's compile cache where it was (else every session recompiles vLLM's CPU kernels with g++).
+INDUCTOR_CACHE_DIR = os.environ.get("TORCHINDUCTOR_CACHE_DIR") or os.path.join(
+    tempfile.gettempdir(), f"torchinductor_{getpass.getuser()}"
+)
 SCRATCH_DIR = Path(tempfile.mkdtemp(prefix="lm_eval_ext_vllm_tests_"))
+atexit.register(shutil.rmtree, SCRATCH_DIR, True)
 
 VLLM_TEST_ENV = {
     "VLLM_CPU_KVCACHE_SPACE": "1",
@@ -28,6 +37,7 @@ VLLM_TEST_ENV = {
     "TRANSFORMERS_OFFLINE": "1",
     "VLLM_RPC_BASE_PATH": str(SCRATCH_DIR),
     "TMPDIR": str(SCRATCH_DIR),
+    "TORCHINDUCTOR_CACHE_DIR": INDUCTOR_CACHE_DIR,
 }
 for _name, _value in VLLM_TEST_ENV.items():
     os.environ.setdefault(_name, _value)
@@ -58,6 +68,7 @@ def start_vllm_server(model_path: str, port: int, log_path: Path, timeout_s: flo
     command = [shutil.which("vllm") or str(Path(sys.executable).parent / "vllm"), "serve", model_path,
                "--host", "127.0.0.1", "--port", str(port), "--dtype", "float32", "--enforce-eager",
                "--seed", "1234", "--max-num-seqs", "64"]
+    log_path.parent.mkdir(parents=True, exist_ok=True)
     log = open(log_path, "ab")  # noqa: SIM115 (kept open for the server's lifetime)
     server = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     deadline = time.monotonic() + timeout_s

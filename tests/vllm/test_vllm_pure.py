@@ -106,10 +106,11 @@ def test_pack_by_tokens_respects_budget_and_parameters():
 
 def test_backoff_doubles_with_jitter_and_is_capped():
     rng = random.Random(0)
-    delays = [backoff_delay_s(attempt, 1.0, rng) for attempt in range(4)]
+    delays = [backoff_delay_s(attempt, 1.0, 60.0, rng) for attempt in range(4)]
     for attempt, delay in enumerate(delays):
         assert 0.5 * 2**attempt <= delay < 1.5 * 2**attempt
-    assert backoff_delay_s(20, 1.0, rng) < 90.0
+    assert 2.5 <= backoff_delay_s(20, 1.0, 5.0, rng) < 7.5
+    assert len({round(backoff_delay_s(3, 1.0, 60.0, rng), 6) for _ in range(5)}) == 5  # jittered
 
 
 def test_echo_logprobs_become_prompt_logprobs_by_token_id():
