@@ -35,6 +35,12 @@ def count_engine_start(where: str) -> int:
     return total
 
 
+def engine_starts_so_far() -> int:
+    """Engines this process has started (replicas are counted here when they report ready)."""
+    with _engine_starts_lock:
+        return _engine_starts
+
+
 @dataclass(frozen=True)
 class GeneratedText:
     text: str
