@@ -97,7 +97,7 @@ def measure_variant(variant: str, model: str, data_parallel_size: int, limit: in
     metrics = {task: {k: v for k, v in r.items() if isinstance(v, float)} for task, r in results["results"].items()}
     return {"model": variant, "data_parallel_size": data_parallel_size, "wall_s": round(wall_s, 1),
             "engine_starts": engine_starts(), "tokens": tokens, "tokens_per_s": round(tokens / wall_s, 1),
-            "metrics": metrics}
+            "load_avg_1m": round(os.getloadavg()[0], 1), "metrics": metrics}
 
 
 def run_variant(variant: str, model: str, data_parallel_size: int = 2, limit: int | None = None) -> dict:
@@ -126,11 +126,11 @@ def compare_vllm(model: str, data_parallel_size: int = 2, limit: int | None = No
 
 
 def format_table(comparison: dict) -> str:
-    lines = ["| model | data_parallel_size | wall_s | engine_starts | tokens | tokens_per_s |",
-             "|---|---|---|---|---|---|"]
+    lines = ["| model | data_parallel_size | wall_s | engine_starts | tokens | tokens_per_s | load_avg_1m at end |",
+             "|---|---|---|---|---|---|---|"]
     for row in comparison["rows"]:
         lines.append(f"| {row['model']} | {row['data_parallel_size']} | {row['wall_s']} | {row['engine_starts']} "
-                     f"| {row['tokens']} | {row['tokens_per_s']} |")
+                     f"| {row['tokens']} | {row['tokens_per_s']} | {row['load_avg_1m']} |")
     lines.append(f"\nspeedup (stock wall / vllm_ext wall): {comparison['speedup']}x; "
                  f"same metrics: {comparison['same_metrics']}")
     return "\n".join(lines)

@@ -191,7 +191,7 @@ class ReplicaPool:
                         raise RuntimeError(f"vllm_ext replica failed:\n{payload}")
                     yield from zip(shard, payload)
         except BaseException:
-            self.close()
+            self.close(graceful=False)  # busy replicas would finish the abandoned work first
             raise
 
     def run(self, prompts, params, group_keys=None) -> list[EngineOutput]:
@@ -200,14 +200,15 @@ class ReplicaPool:
             results[index] = output
         return results
 
-    def close(self) -> None:
-        """Ask every replica to exit, then terminate and kill stragglers with their process groups."""
+    def close(self, graceful: bool = True) -> None:
+        """Ask every replica to exit (``graceful``: wait up to :data:`REPLICA_EXIT_GRACE_S`), then
+        terminate and kill stragglers with their process groups. Idempotent."""
         for conn in self._connections:
             try:
                 conn.send(("close",))
             except (OSError, ValueError):
                 pass  # replica already gone
-        deadline = time.monotonic() + REPLICA_EXIT_GRACE_S
+        deadline = time.monotonic() + (REPLICA_EXIT_GRACE_S if graceful else 0.0)
         for process in self._processes:
             process.join(max(deadline - time.monotonic(), 0.1))
         for sig in (signal.SIGTERM, signal.SIGKILL):

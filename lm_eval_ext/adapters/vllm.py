@@ -58,6 +58,12 @@ def read_hardware() -> HardwareView:
     return HardwareView(num_gpus=num_gpus, num_cpu_cores=len(os.sched_getaffinity(0)))
 
 
+def plan_sizes(config: VllmExtConfig, shape: ModelShape, hardware: HardwareView) -> VllmSizes:
+    """Sizes for this run. MERGE HOOK: pass ``planner=`` (see ``lm_eval_ext.vllm_sizes.Planner``),
+    an adapter over ``lm_eval_ext.planner.plan``, to let the project planner decide ``auto`` values."""
+    return choose_vllm_sizes(config, shape, hardware, planner=None)
+
+
 def build_engine(config: VllmExtConfig, sizes: VllmSizes, hardware: HardwareView) -> Any:
     if config.is_server_mode:
         from lm_eval_ext.vllm_server_client import ServerEngine
@@ -90,7 +96,7 @@ class VllmExtLM(VLLM):
         self.ext_config = config
         shape, self._config = read_model_shape(config)
         hardware = read_hardware()
-        self.sizes = choose_vllm_sizes(config, shape, hardware) if not config.is_server_mode else _server_sizes(config)
+        self.sizes = plan_sizes(config, shape, hardware) if not config.is_server_mode else _server_sizes(config)
         logger.info("vllm_ext: sizes %s", json.dumps(self.sizes.as_dict()))
         self._engine = build_engine(config, self.sizes, hardware)
         weakref.finalize(self, self._engine.close)
