@@ -38,12 +38,16 @@ STOCK_RAY_ENV = {
 
 
 def count_suite_tokens(samples: dict, tokenizer) -> int:
-    """Tokens the model had to process for the logged samples, identical for both variants."""
+    """Tokens the model had to process for the logged samples, identical for both variants.
+
+    ``samples[task]`` rows hold ``arguments`` (one ``req.args`` tuple per request) and ``resps``:
+    loglikelihood ``(context, continuation)``, rolling ``(text,)``, generation
+    ``(context, gen_kwargs)`` with the generated text in ``resps``.
+    """
     total = 0
     for task_samples in samples.values():
         for sample in task_samples:
-            for arguments, resps in zip(sample["arguments"].values(), sample["resps"]):
-                args = list(arguments.values()) if isinstance(arguments, dict) else list(arguments)
+            for args, resps in zip(sample["arguments"], sample["resps"]):
                 texts = [a for a in args if isinstance(a, str)]
                 if isinstance(args[-1], dict):  # generate_until: prompt + what was generated
                     texts = [args[0], resps[0]]

@@ -73,7 +73,7 @@ def build_engine(config: VllmExtConfig, sizes: VllmSizes, hardware: HardwareView
 
     if sizes.data_parallel_size == 1:
         if not hardware.num_gpus and sizes.tensor_parallel_size > 1 and "VLLM_CPU_OMP_THREADS_BIND" not in os.environ:
-            # vLLM's automatic binding put both CPU ranks on the same cores here; give each its own.
+            # TOOLCHAIN.md: CPU tensor parallel needs one core group per rank ("0|1" on 2 cores).
             pinning = replica_pinning(0, sizes.tensor_parallel_size, 0, sorted(os.sched_getaffinity(0)), 1)
             logger.info("vllm_ext: CPU tensor parallel ranks bound with %s", pinning)
             os.environ.update(pinning)
@@ -94,21 +94,29 @@ class VllmExtLM(VLLM):
         TemplateLM.__init__(self)  # stock VLLM.__init__ would build its own engine
         config = VllmExtConfig.from_model_args(model_args)
         self.ext_config = config
+        if config.device not in (None, "cpu", "cuda", "auto"):
+            logger.warning("vllm_ext: device=%s is ignored (as by stock vllm); pick GPUs with CUDA_VISIBLE_DEVICES",
+                           config.device)
         shape, self._config = read_model_shape(config)
         hardware = read_hardware()
         self.sizes = plan_sizes(config, shape, hardware) if not config.is_server_mode else _server_sizes(config)
         logger.info("vllm_ext: sizes %s", json.dumps(self.sizes.as_dict()))
         self._engine = build_engine(config, self.sizes, hardware)
         weakref.finalize(self, self._engine.close)
-        self._adopt_stock_attributes(config)
-        self._max_length = self._engine_max_length(config)
+        try:
+            self._adopt_stock_attributes(config)
+            self._max_length = self._engine_max_length(config)
+        except BaseException:
+            self._engine.close()
+            raise
         logger.info("vllm_ext: %s engine ready, max_model_len=%d", self._engine.kind, self._max_length)
 
     def _adopt_stock_attributes(self, config: VllmExtConfig) -> None:
         """The attributes stock ``VLLM`` methods read, set from the typed config."""
         self.tensor_parallel_size = self.sizes.tensor_parallel_size
         self.data_parallel_size = self.sizes.data_parallel_size
-        self.batch_size = config.batch_size if config.batch_size == "auto" else int(config.batch_size)
+        # "auto" and lm-eval's "auto:N" both mean: hand vLLM every request at once (it schedules them)
+        self.batch_size = "auto" if isinstance(config.batch_size, str) else config.batch_size
         self.add_bos_token = config.add_bos_token
         self.custom_prefix_token_id = config.prefix_token_id
         self._max_gen_toks = config.max_gen_toks
