@@ -175,6 +175,8 @@ class ReplicaPool:
     ) -> Iterator[tuple[int, EngineOutput]]:
         """Yield ``(index, output)`` as each replica finishes its share; the pool is closed if the
         caller fails or is interrupted meanwhile (replicas would otherwise answer a dead request)."""
+        if not self._processes:
+            raise RuntimeError("vllm_ext replica pool is closed (a request failed or the run was interrupted)")
         costs_tokens = [len(p) + (getattr(sp, "max_tokens", 1) or 1) for p, sp in zip(prompts, params)]
         shards = split_by_tokens(costs_tokens, group_keys, self.num_replicas)
         pending = {}
