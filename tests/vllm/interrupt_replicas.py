@@ -8,6 +8,8 @@ import sys
 
 from tests.vllm.support import ENGINE_ARGS  # sets the vLLM environment first
 
+MARKER = "REPLICAS "  # vLLM logs to stdout too: the test looks for this line
+
 
 def main(model_path: str) -> None:
     from vllm import SamplingParams
@@ -16,7 +18,7 @@ def main(model_path: str) -> None:
 
     pinnings = [replica_pinning(index, 1, 0, [0, 1], 2) for index in range(2)]
     pool = ReplicaPool({"model": model_path, **ENGINE_ARGS}, pinnings)
-    print(json.dumps({"pids": [p.pid for p in pool._processes], "scratch_dir": pool._scratch_dir}), flush=True)
+    print(MARKER + json.dumps({"pids": [p.pid for p in pool._processes], "scratch_dir": pool._scratch_dir}), flush=True)
     endless = SamplingParams(max_tokens=900, ignore_eos=True, temperature=0)
     while True:  # each call keeps both replicas generating for a while
         pool.run([[1, 2, 3]] * 64, [endless] * 64)

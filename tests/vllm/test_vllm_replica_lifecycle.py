@@ -8,6 +8,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 
 import pytest
@@ -38,13 +39,22 @@ def _wait_until_gone(pids: list[int], timeout_s: float) -> bool:
     return False
 
 
+def _read_replicas_line(child) -> dict:
+    for line in child.stdout:
+        if line.startswith("REPLICAS "):
+            return json.loads(line[len("REPLICAS "):])
+    raise AssertionError(f"child exited ({child.wait()}) before reporting its replicas")
+
+
 def test_ctrl_c_during_a_request_stops_every_replica(tiny_vllm_model_path):
     child = subprocess.Popen(
         [sys.executable, "-m", "tests.vllm.interrupt_replicas", tiny_vllm_model_path],
         cwd=ROOT, stdout=subprocess.PIPE, text=True, start_new_session=True,
     )
     try:
-        started = json.loads(child.stdout.readline())
+        started = _read_replicas_line(child)
+        # keep draining the child's output, or a full pipe would block it mid-shutdown
+        threading.Thread(target=lambda: [None for _ in child.stdout], daemon=True).start()
         time.sleep(3.0)  # let the replicas start generating
         os.kill(child.pid, signal.SIGINT)
         child.wait(60)
