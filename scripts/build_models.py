@@ -37,7 +37,7 @@ def _corpus_lines() -> list[str]:
     return lines
 
 
-def build_tiny_llama(out: Path) -> None:
+def build_tiny_llama(out: Path, hidden_size: int = 64) -> None:
     import torch
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
@@ -62,8 +62,8 @@ def build_tiny_llama(out: Path) -> None:
     torch.manual_seed(TINY_SEED)
     config = LlamaConfig(
         vocab_size=len(fast),
-        hidden_size=64,
-        intermediate_size=128,
+        hidden_size=hidden_size,
+        intermediate_size=2 * hidden_size,
         num_hidden_layers=2,
         num_attention_heads=4,
         num_key_value_heads=2,
@@ -113,7 +113,13 @@ def build_smollm2(out: Path) -> None:
     tokenizer.save_pretrained(out)
 
 
-BUILDERS = {"tiny-llama": build_tiny_llama, "smollm2-135m": build_smollm2}
+def build_tiny_llama_vllm(out: Path) -> None:
+    """tiny-llama with head_dim 32: vLLM's CPU attention supports head sizes 32..512 only (16 fails
+    with "Unsupported CPU attention configuration")."""
+    build_tiny_llama(out, hidden_size=128)
+
+
+BUILDERS = {"tiny-llama": build_tiny_llama, "tiny-llama-vllm": build_tiny_llama_vllm, "smollm2-135m": build_smollm2}
 
 
 def ensure_model(name: str, models_dir: Path = ROOT / ".models") -> Path:
