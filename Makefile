@@ -12,7 +12,9 @@ export HF_DATASETS_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: env models demo test test-fast clean task-data
+.PHONY: env models demo test clean task-data
+
+include mk/vllm.mk
 
 env: $(STAMP)
 
@@ -36,7 +38,8 @@ demo: $(MODELS)/smollm2-135m/.complete
 	$(PY) scripts/demo.py --model $(MODELS)/smollm2-135m
 
 # pytest exits 5 when it collects nothing; that is not a failure of the suite.
-test: $(MODELS)/tiny-llama/.complete
+# vLLM (CPU build) is part of the test environment: vllm_ext is tested against real vLLM.
+test: $(MODELS)/tiny-llama/.complete $(VLLM_STAMP)
 	$(PY) -m pytest -q $(PYTEST_ARGS); rc=$$?; if [ $$rc -eq 5 ]; then echo "no tests collected"; rc=0; fi; exit $$rc
 
 task-data: $(STAMP)

@@ -22,11 +22,25 @@ def print_plan(model: str) -> None:
     plan_command.main(parser.parse_args(["--model_args", f"pretrained={model}"]))
 
 
+def print_summary(config: dict) -> None:
+    """The plan used, the request cache's hits and the scoring engine's token counts."""
+    plan = config.get("lm_eval_ext_plan") or {}
+    if plan:
+        print(f"plan used: {plan.get('strategy')} ({plan.get('num_replicas')} replica(s))")
+    cache = config.get("request_cache") or {}
+    if cache:
+        print(f"request cache: {json.dumps(cache, default=str)[:600]}")
+    cost = config.get("cost_report") or {}
+    if cost:
+        print(f"cost report: {json.dumps(cost, default=str)[:1500]}")
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--model", default=str(ROOT / ".models" / "smollm2-135m"))
     parser.add_argument("--tasks", default="ext_suite")
-    parser.add_argument("--model_args", default="", help="extra hf_ext model_args, k=v,...")
+    parser.add_argument("--model_args", default="max_batch_tokens=auto",
+                        help="hf_ext model_args besides pretrained (k=v,...)")
     args = parser.parse_args()
 
     import lm_eval
@@ -53,10 +67,7 @@ def main() -> int:
     print(make_table(results))
     if "groups" in results:
         print(make_table(results, "groups"))
-    report = results.get("config", {}).get("model_info", {}) or {}
-    for key in ("lm_eval_ext_plan", "cost_report", "request_cache"):
-        if key in report:
-            print(f"{key}: {json.dumps(report[key], indent=1, default=str)[:2000]}")
+    print_summary(results["config"])
     print(f"model: {args.model}")
     print(f"wall time: {wall_s:.1f} s for {num_requests} requests "
           f"({num_requests / wall_s:.1f} requests/s, model load included)")

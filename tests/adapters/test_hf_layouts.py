@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import pytest
 
-from helpers import assert_same_samples, per_sample
+from tests.helpers import assert_same_samples, per_sample
 
 TASKS = ["ext_arith_mc", "ext_copy_gen", "ext_prose_rolling"]
 LIMIT = 6

@@ -12,7 +12,7 @@ import random
 
 import pytest
 import torch
-from conftest import LIMIT, TASKS, evaluate
+from tests.adapters.conftest import LIMIT, TASKS, evaluate
 
 pytestmark = pytest.mark.slow
 

@@ -13,7 +13,7 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from helpers import assert_same_samples, evaluate, per_sample  # noqa: E402
+from tests.helpers import assert_same_samples, evaluate, per_sample  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[2]
 needs_gpu = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")

@@ -7,7 +7,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from forking import REPO, TASKS_DIR, tiny_model
+from tests.reliability.forking import REPO, TASKS_DIR, tiny_model
 
 from lm_eval_ext.cache import DB_FILE, Entry, RequestStore
 

@@ -15,7 +15,7 @@ import time
 from pathlib import Path
 
 import pytest
-from forking import REPO, TASKS_DIR, preload, run_forked, tiny_model
+from tests.reliability.forking import REPO, TASKS_DIR, preload, run_forked, tiny_model
 
 pytestmark = pytest.mark.skipif(
     not (tiny_model() / "config.json").exists(), reason="tiny model not built: run `make models`"
@@ -33,7 +33,7 @@ def _preloaded():
 
 def evaluate(model_args: str, out: Path, batch_size: str = "1"):
     def target():
-        from run_eval import evaluate as run
+        from tests.reliability.run_eval import evaluate as run
 
         run(model_args, str(TASKS_DIR), str(out), limit=LIMIT, batch_size=batch_size)
 

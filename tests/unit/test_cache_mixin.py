@@ -1,7 +1,7 @@
 """RequestCacheMixin over a fake backend and a real SQLite store."""
 
 import pytest
-from cache_fakes import FakeCachedLM, fake_value, requests
+from tests.unit.cache_fakes import FakeCachedLM, fake_value, requests
 from lm_eval.api.model import CachingLM
 
 from lm_eval_ext.cache import DB_FILE, CacheFileError, RequestStore

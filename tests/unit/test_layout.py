@@ -3,7 +3,7 @@
 from dataclasses import replace
 
 import pytest
-from planner_fixtures import CONFIGS, facts
+from tests.unit.planner_fixtures import CONFIGS, facts
 
 from lm_eval_ext.config import HfExtConfig
 from lm_eval_ext.errors import UserError

@@ -4,7 +4,7 @@ import json
 import shutil
 
 import pytest
-from planner_fixtures import CONFIGS, facts
+from tests.unit.planner_fixtures import CONFIGS, facts
 
 from lm_eval_ext.errors import UserError
 from lm_eval_ext.model_facts import (

@@ -11,8 +11,8 @@ import sys
 from pathlib import Path
 
 import pytest
-from planner_fixtures import CONFIGS, facts
-from test_planner import TABLE
+from tests.unit.planner_fixtures import CONFIGS, facts
+from tests.unit.test_planner import TABLE
 
 REPO = Path(__file__).resolve().parents[2]
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import replace
 
 import pytest
-from planner_fixtures import facts
+from tests.unit.planner_fixtures import facts
 
 from lm_eval_ext.errors import UserError
 from lm_eval_ext.hardware import Gpu, describe_hardware

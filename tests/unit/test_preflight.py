@@ -3,7 +3,7 @@
 from dataclasses import replace
 
 import pytest
-from planner_fixtures import facts
+from tests.unit.planner_fixtures import facts
 
 from lm_eval_ext.errors import UserError
 from lm_eval_ext.hardware import Gpu, LaunchEnv, describe_hardware

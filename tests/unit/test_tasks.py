@@ -6,7 +6,7 @@ import sys
 
 import pytest
 
-from conftest import TASKS_DIR
+from tests.conftest import TASKS_DIR
 
 SHIPPED = sorted(p.stem for p in TASKS_DIR.glob("*.yaml"))
 

@@ -3,7 +3,7 @@
 from types import SimpleNamespace
 
 import pytest
-from planner_fixtures import CONFIGS, facts
+from tests.unit.planner_fixtures import CONFIGS, facts
 
 from lm_eval_ext.errors import UserError
 from lm_eval_ext.hardware import describe_hardware
