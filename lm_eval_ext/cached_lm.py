@@ -14,6 +14,8 @@ call returns, so a backend that never calls the hook is still cached (only less 
 
 from __future__ import annotations
 
+import abc
+
 import enum
 import logging
 import time
@@ -93,15 +95,16 @@ class _ChainedHook:
             self.writer.add(req, res)
 
 
-class RequestCacheMixin:
+class RequestCacheMixin(abc.ABC):
     """Backend hooks to implement: :meth:`_cache_model_identity`; optionally
     :meth:`_cache_prepare_compute`, :meth:`_cache_flush_every`, :meth:`_cache_compute_is_collective`
     and :meth:`_cache_any_rank`."""
 
     # ------------------------------------------------------------------ backend hooks
 
+    @abc.abstractmethod
     def _cache_model_identity(self) -> ModelIdentity:
-        raise NotImplementedError
+        """What decides this backend's outputs (see :mod:`lm_eval_ext.fingerprint`)."""
 
     def _cache_model_label(self) -> str:
         return type(self).__name__
