@@ -62,6 +62,10 @@ def device_peaks_bytes() -> dict[str, int]:
     return peaks
 
 
+#: what a rank with no requests offers when ranks agree on a budget (the minimum wins)
+_NO_LIMIT_TOKENS = 2**62
+
+
 class ScoringEngineMixin:
     """Mixed in before HFLM; call :meth:`_init_scoring_engine` after HFLM's constructor."""
 
@@ -110,6 +114,7 @@ class ScoringEngineMixin:
     def note_request_tasks(self, request_type: str, instances: list) -> None:
         """Remember which task each request belongs to, for the cost report (called by the
         adapter's top-level methods; optional)."""
+        self._engine_current_kind = request_type
         self._engine_tasks[request_type] = Counter(i.task_name for i in instances)
         if request_type == "loglikelihood":
             self._engine_task_of = {tuple(i.args): i.task_name for i in instances}
@@ -119,6 +124,20 @@ class ScoringEngineMixin:
         return "+".join(tasks) if tasks else "unknown"
 
     # ---- budget --------------------------------------------------------------------------
+    def _engine_budget_is_auto(self) -> bool:
+        budget_arg = self._engine_max_batch_tokens
+        return budget_arg == "auto" or (budget_arg is None and str(self.batch_size).startswith("auto"))
+
+    def _engine_agreement_pending(self, kind: str) -> bool:
+        """Under data parallel the first auto-budget call of a kind gathers every rank's budget
+        (:func:`probe.agree_min`), so a rank with nothing to compute (all cached) must take part."""
+        return self.world_size > 1 and self._engine_budget_is_auto() and kind not in self._engine_budgets
+
+    def _engine_join_agreement(self, kind: str | None) -> None:
+        """The empty-handed side of the agreement: offer no limit, keep the others' minimum."""
+        if kind is not None and self._engine_agreement_pending(kind):
+            self._engine_budgets[kind] = probe.agree_min(getattr(self, "accelerator", None), _NO_LIMIT_TOKENS)
+
     def _engine_probe_key(self, kind: str) -> probe.ProbeKey:
         device = torch.device(self.device)
         if device.type == "cuda":
@@ -223,6 +242,8 @@ class ScoringEngineMixin:
         return out
 
     def _loglikelihood_tokens(self, requests, disable_tqdm: bool = False, override_bs=None):
+        if not requests:
+            self._engine_join_agreement(getattr(self, "_engine_current_kind", None))
         if self.backend != "causal" or not requests:
             return super()._loglikelihood_tokens(requests, disable_tqdm=disable_tqdm, override_bs=override_bs)
         # stock loglikelihood_rolling sends windows with request key None
@@ -296,6 +317,12 @@ class ScoringEngineMixin:
                                    padded_tokens=batch.padded_tokens, requests_by_task=counts)
 
     # ---- generation ------------------------------------------------------------------------
+    def generate_until(self, requests, disable_tqdm: bool = False):
+        if not requests:  # HFLM would return at once; under data parallel, join the agreement
+            self._engine_join_agreement("generate_until")
+            return []
+        return super().generate_until(requests, disable_tqdm=disable_tqdm)
+
     def _model_generate(self, context, max_length, stop, **generation_kwargs):
         attention_mask = generation_kwargs.get("attention_mask")
         options = {k: v for k, v in generation_kwargs.items() if k != "attention_mask"}

@@ -90,6 +90,12 @@ class HfExtLM(HfRequestCacheMixin, ScoringEngineMixin, HFLM):
             return dict(self._layout.accelerate_args)
         return super()._get_accelerate_args(*args, **kwargs)
 
+    def _cache_compute_is_collective(self, request_type: str) -> bool:
+        """Every rank enters the computation when any does if it gathers across ranks: HFLM's
+        rolling windows (cache mixin) or the scoring engine's first auto budget of a kind."""
+        return (super()._cache_compute_is_collective(request_type)
+                or self._engine_agreement_pending(request_type))
+
     def _log_shard(self, request_type: str, requests: list) -> None:
         self.note_request_tasks(request_type, requests)
         docs = Counter((r.task_name, r.doc_id) for r in requests)

@@ -106,13 +106,13 @@ def _free_port() -> int:
         return sock.getsockname()[1]
 
 
-def launch_two_ranks(cache_dir: Path, out: Path) -> dict:
+def launch_two_ranks(cache_dir: Path, out: Path, extra_model_args: str = "") -> dict:
     launch = [
         sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
         "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
         "--main_process_port", str(_free_port()),
         str(Path(__file__).with_name("run_eval.py")), "--model-args",
-        f"pretrained={tiny_model()},cache_dir={cache_dir}", "--tasks-dir", str(TASKS_DIR),
+        f"pretrained={tiny_model()},cache_dir={cache_dir}{extra_model_args}", "--tasks-dir", str(TASKS_DIR),
         "--limit", str(LIMIT), "--batch-size", "4", "--out", str(out),
     ]
     env = {**os.environ, **ENV, "ACCELERATE_USE_CPU": "true", "OMP_NUM_THREADS": "1"}
@@ -150,9 +150,10 @@ def test_two_ranks_then_one_rank_hits_everything_without_loading_weights(tmp_pat
     assert stored_entries(cache_dir) == TOTAL_REQUESTS
 
     # Rank 0 now has nothing to compute for rolling loglikelihood while rank 1 has 3 requests:
-    # HFLM gathers window counts across ranks there, so rank 0 must still join (or both hang).
+    # HFLM gathers window counts across ranks there, and with max_batch_tokens=auto the scoring
+    # engine gathers the ranks' budgets, so rank 0 must still join both (or both ranks hang).
     assert forget_rolling_documents_of_rank_one(cache_dir) == LIMIT // 2
-    again = launch_two_ranks(cache_dir, tmp_path / "again.json")
+    again = launch_two_ranks(cache_dir, tmp_path / "again.json", ",max_batch_tokens=auto")
     rolling = again["request_cache"]["tasks"]["ext_prose_rolling"]["loglikelihood_rolling"]
     assert (rolling["hits"], rolling["misses"]) == (LIMIT // 2, 0)
     assert again["samples"] == two["samples"]
