@@ -26,7 +26,7 @@ def test_hf_ext_matches_stock_per_sample(tiny_model_path, task_manager, stock_re
                     batch_size=batch_size)
     assert_same_samples(per_sample(stock_results), per_sample(ours), atol=1e-5)
     assert metrics(ours) == pytest.approx(metrics(stock_results), rel=1e-6, abs=1e-6)
-    assert ours["config"]["model_info"]["lm_eval_ext_model"] == "hf_ext"
+    assert ours["config"]["lm_eval_ext_model"] == "hf_ext"  # get_model_info lands in config
 
 
 def test_dtype_auto_is_float32_on_cpu(tiny_model_path):
