@@ -257,11 +257,7 @@ class ScoringEngineMixin:
         budget, cap = self._engine_limits(kind, stats)
         if override_bs and budget is None:
             cap = min(cap or override_bs, override_bs)
-        results = self._engine_run(kind, rows, budget, cap, share, requests, disable_tqdm)
-        if kind == "loglikelihood":
-            for (request_str, _, _), answer in zip(requests, results, strict=True):
-                self.cache_hook.add_partial("loglikelihood", request_str, answer)
-        return results
+        return self._engine_run(kind, rows, budget, cap, share, requests, disable_tqdm)
 
     def _engine_run(self, kind, rows, budget, cap, share, requests, disable_tqdm) -> list:
         queue = deque(pack_batches(rows, max_batch_tokens=budget, max_batch_requests=cap))
@@ -282,6 +278,9 @@ class ScoringEngineMixin:
                 budget, queue = self._engine_after_oom(kind, batch, queue, budget, cap, share, exc)
                 continue
             results.update(out)
+            if kind == "loglikelihood":  # written as each batch finishes: a killed run keeps them
+                for index, answer in out.items():
+                    self.cache_hook.add_partial("loglikelihood", requests[index][0], answer)
             self._engine_account(kind, batch, requests, time.perf_counter() - start_s)
             progress.update(batch.num_requests, batch.computed_tokens)
         progress.close()

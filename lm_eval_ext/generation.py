@@ -20,7 +20,7 @@ from dataclasses import dataclass
 import torch
 
 from lm_eval_ext.batching import common_prefix_tokens
-from lm_eval_ext.scoring import ModelParts
+from lm_eval_ext.scoring import ModelParts, execution_device
 
 #: generation_config fields that add logits processors; any non-default value -> stock generate
 _PROCESSOR_FIELDS = {
@@ -55,7 +55,7 @@ class GenerationCost:
 
 def _last_logits(parts: ModelParts, hidden: torch.Tensor, last: torch.Tensor) -> torch.Tensor:
     picked = hidden[torch.arange(hidden.shape[0], device=hidden.device), last]
-    return parts.head(picked.to(parts.head.weight.device))
+    return parts.head(picked.to(execution_device(parts.head)))
 
 
 def _prefill(parts: ModelParts, prompts: Sequence[Sequence[int]], device) -> tuple:

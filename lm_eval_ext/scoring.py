@@ -109,13 +109,20 @@ def _target_index(batch: Batch) -> tuple[list[int], list[int]]:
     return rows_idx, nodes_idx
 
 
+def execution_device(module: torch.nn.Module) -> torch.device:
+    """Where a module computes: an offloaded module (device_map with disk/CPU offload) keeps its
+    weight on the meta device and runs on its accelerate hook's execution device."""
+    device = getattr(getattr(module, "_hf_hook", None), "execution_device", None)
+    return torch.device(device) if device is not None else module.weight.device
+
+
 def target_logits(parts: ModelParts, inputs: dict, batch: Batch) -> torch.Tensor:
     """Logits ``[num_targets, vocab]`` at the continuation-predicting positions, in row order."""
     rows_idx, nodes_idx = _target_index(batch)
     if parts.split:
         hidden = parts.decoder(**inputs, use_cache=False).last_hidden_state
         picked = hidden[rows_idx, nodes_idx]
-        return parts.head(picked.to(parts.head.weight.device))
+        return parts.head(picked.to(execution_device(parts.head)))
     logits = parts.model(**inputs, use_cache=False).logits
     return logits[rows_idx, nodes_idx]
 

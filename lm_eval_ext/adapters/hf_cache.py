@@ -51,9 +51,12 @@ class HfRequestCacheMixin(RequestCacheMixin):
 
     def _create_model(self, *args: Any, **kwargs: Any) -> None:
         self._cache_create_kwargs = kwargs
-        defer = self._cache_mode is not CacheMode.OFF and not kwargs.get("peft")
+        defer = (self._cache_mode is not CacheMode.OFF and not kwargs.get("peft")
+                 and not kwargs.get("parallelize"))
         # PEFT resizes embeddings to len(tokenizer) at load time, and HFLM may add a pad token
         # right after: loading later could see another length, so PEFT models load eagerly.
+        # So do device_map layouts (parallelize: model_split, cpu_offload): HFLM's later steps
+        # on a replayed offloaded load touched meta tensors.
         if not defer:
             HFLM._create_model(self, *args, **kwargs)
             return

@@ -45,4 +45,5 @@ def stock_results(tiny_model_path):
 def ext_lm(tiny_model_path):
     from lm_eval_ext.adapters.hf import HfExtLM
 
-    return HfExtLM(pretrained=tiny_model_path, batch_size="auto", device="cpu")
+    # cache off: this one model serves many comparisons, which a request cache would answer itself
+    return HfExtLM(pretrained=tiny_model_path, batch_size="auto", device="cpu", cache="off")
