@@ -22,6 +22,11 @@ pytestmark = pytest.mark.skipif(
 )
 LIMIT = 6  # documents per task: 24 loglikelihood + 6 generate_until + 6 rolling requests
 TOTAL_REQUESTS = 36
+# The kill test needs a run long enough for 10 kills to land inside it: the scoring engine does
+# the 6-document workload in a few tens of ms, so it scores 12 documents one request per batch.
+KILL_LIMIT = 12  # 48 loglikelihood + 12 generate_until + 12 rolling requests
+KILL_TOTAL_REQUESTS = 72
+KILL_MODEL_ARGS = ",share_contexts=false"
 ENV = {"HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
 
 
@@ -31,11 +36,11 @@ def _preloaded():
     preload()
 
 
-def evaluate(model_args: str, out: Path, batch_size: str = "1"):
+def evaluate(model_args: str, out: Path, batch_size: str = "1", limit: int = LIMIT):
     def target():
         from tests.reliability.run_eval import evaluate as run
 
-        run(model_args, str(TASKS_DIR), str(out), limit=LIMIT, batch_size=batch_size)
+        run(model_args, str(TASKS_DIR), str(out), limit=limit, batch_size=batch_size)
 
     return target
 
@@ -63,9 +68,10 @@ def run_ok(target, tmp_path: Path, name: str):
 
 def test_kill_nine_ten_times_then_resume_gives_the_uninterrupted_results(tmp_path):
     model = tiny_model()
-    run_ok(evaluate(f"pretrained={model},cache=off", tmp_path / "base.json"), tmp_path, "base")
+    run_ok(evaluate(f"pretrained={model},cache=off{KILL_MODEL_ARGS}", tmp_path / "base.json", limit=KILL_LIMIT),
+           tmp_path, "base")
     cache_dir = tmp_path / "cache"
-    args = f"pretrained={model},cache_dir={cache_dir}"
+    args = f"pretrained={model},cache_dir={cache_dir}{KILL_MODEL_ARGS}"
     seed = int(os.environ.get("LM_EVAL_EXT_KILL_SEED", random.randrange(10**6)))
     rng = random.Random(seed)
     progress = []
@@ -83,21 +89,21 @@ def test_kill_nine_ten_times_then_resume_gives_the_uninterrupted_results(tmp_pat
             return bool(reached_s) and now - reached_s[0] >= extra_s
 
         log = tmp_path / f"kill{attempt}.log"
-        outcome = run_forked(evaluate(args, tmp_path / "partial.json"), log_path=log, kill_when=due)
+        outcome = run_forked(evaluate(args, tmp_path / "partial.json", limit=KILL_LIMIT), log_path=log, kill_when=due)
         assert outcome.killed or outcome.returncode == 0, log.read_text()[-3000:]
         progress.append((outcome.killed, stored_entries(cache_dir)))
     print(f"kill -9 progress (seed {seed}; killed, stored entries after): {progress}")
     # most kills must have hit a run with work left (not a run that had just stored its last result)
-    assert sum(killed for killed, n in progress if n < TOTAL_REQUESTS) >= 6, f"seed {seed}: {progress}"
+    assert sum(killed for killed, n in progress if n < KILL_TOTAL_REQUESTS) >= 6, f"seed {seed}: {progress}"
     stored_before = stored_entries(cache_dir)
 
-    run_ok(evaluate(args, tmp_path / "resumed.json"), tmp_path, "resumed")
+    run_ok(evaluate(args, tmp_path / "resumed.json", limit=KILL_LIMIT), tmp_path, "resumed")
     resumed, base = read(tmp_path / "resumed.json"), read(tmp_path / "base.json")
     assert resumed["samples"] == base["samples"], f"seed {seed}: {progress}"
     totals = resumed["request_cache"]["totals"]
     assert totals["hits"] == stored_before, f"seed {seed}: {progress}"
-    assert totals["misses"] == TOTAL_REQUESTS - stored_before  # nothing stored was computed again
-    assert stored_entries(cache_dir) == TOTAL_REQUESTS
+    assert totals["misses"] == KILL_TOTAL_REQUESTS - stored_before  # nothing stored was computed again
+    assert stored_entries(cache_dir) == KILL_TOTAL_REQUESTS
 
 
 def _free_port() -> int:
