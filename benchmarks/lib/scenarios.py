@@ -1,0 +1,114 @@
+"""Scenario registry and the context every scenario receives.
+
+A scenario is a small function ``fn(ctx) -> dict`` registered with :func:`scenario`. It returns
+``{"rows": [...], "runs": {...}, "config": {...}, "notes": [...]}`` or raises :class:`Skip` with
+the reason it cannot run here (a missing piece, too few GPUs). The runner records either, so a
+scenario that could not run says why. Plugging in another script is one more registered function.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib.util
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from benchmarks.lib import launch
+from benchmarks.lib.stats import interleaved_order
+from benchmarks.lib.suites import Suite
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+class Skip(Exception):
+    """This scenario cannot run on this machine or at this state of the project; says why."""
+
+
+@dataclass(frozen=True)
+class Scenario:
+    name: str
+    title: str
+    fn: Callable[[Context], dict]
+
+
+SCENARIOS: dict[str, Scenario] = {}
+
+
+def scenario(name: str, title: str):
+    def register(fn):
+        SCENARIOS[name] = Scenario(name, title, fn)
+        return fn
+
+    return register
+
+
+@dataclass
+class Context:
+    suite: Suite
+    work_dir: Path
+    model_path: Path
+    machine: dict
+    data_dir: Path | None
+
+    @property
+    def use_gpu(self) -> bool:
+        return self.suite.device.startswith("cuda")
+
+    @property
+    def num_cores(self) -> int:
+        return self.machine.get("usable_cpu_cores") or 1
+
+    def ext_fields(self) -> set[str]:
+        """``model_args`` names hf_ext accepts in this checkout (cache, budget knobs appear as they land)."""
+        from lm_eval_ext.config import HfExtConfig
+
+        return {f.name for f in dataclasses.fields(HfExtConfig)}
+
+    def hf_impl(self, model: str, extra_args: str = "") -> dict:
+        args = f"pretrained={self.model_path},dtype={self.suite.dtype}"
+        if model == "hf_ext" and "max_batch_tokens" in self.ext_fields():
+            args += ",max_batch_tokens=auto"
+        return {"model": model, "model_args": args + (f",{extra_args}" if extra_args else ""),
+                "batch_size": self.suite.batch_size, "device": self.suite.device}
+
+    def include_path(self, *extra: Path) -> list[str]:
+        return [str(ROOT / "tasks"), *map(str, extra)]
+
+    def run(self, name: str, plan: dict, num_processes: int = 1, env: dict | None = None) -> dict:
+        """Run a plan in fresh worker processes, cores split evenly between them."""
+        threads = max(1, self.num_cores // num_processes)
+        plan = {"num_threads": threads} | plan
+        merged = launch.run_plan(plan, self.work_dir / name, num_processes=num_processes, use_gpu=self.use_gpu,
+                                 timeout_s=self.suite.worker_timeout_s, env=env)
+        merged["num_threads_per_process"] = threads
+        return merged
+
+
+def comparison_steps(impls: list[str], tasks: list[str], limit: int | None, suite: Suite) -> list[dict]:
+    """One warm-up run per implementation, then the measured repetitions interleaved (A B, B A, ...)."""
+    steps = [{"label": f"warmup-{impl}", "impl": impl, "tasks": tasks, "limit": suite.warmup_limit,
+              "measured": False, "keep_outputs": False} for impl in impls]
+    for rep, impl in interleaved_order(impls, suite.repetitions):
+        steps.append({"label": f"{impl}-r{rep}", "impl": impl, "tasks": tasks, "limit": limit, "repetition": rep})
+    return steps
+
+
+def strip_outputs(merged: dict) -> dict:
+    """The run record for JSON: per-sample outputs removed (agreement already summarizes them)."""
+    out = dict(merged)
+    out["steps"] = [{k: v for k, v in s.items() if k != "samples"} for s in merged.get("steps", [])]
+    return out
+
+
+def failed_steps(merged: dict) -> list[str]:
+    notes = [merged["error"]] if "error" in merged else []
+    notes += [f"step {s['label']}: {s['error']}" for s in merged.get("steps", []) if "error" in s]
+    return notes
+
+
+def module_available(name: str) -> bool:
+    try:
+        return importlib.util.find_spec(name) is not None
+    except (ImportError, ValueError):
+        return False

@@ -1,0 +1,176 @@
+"""EDGE: one benchmark process. Loads each implementation once, then runs the steps of a plan in
+the given (interleaved) order and writes ``rank<N>.json`` with timings, memory and per-sample
+outputs. Started by :mod:`benchmarks.lib.launch`, plainly or under ``accelerate launch``.
+
+Usage: ``python benchmarks/lib/worker.py PLAN.json`` (see :func:`benchmarks.lib.launch.run_plan`).
+"""
+
+from __future__ import annotations
+
+import gc
+import json
+import logging
+import os
+import sys
+import time
+import traceback
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+from benchmarks.lib.agreement import compact_samples  # noqa: E402
+from benchmarks.lib.probes import MemoryProbe, RequestTimers, extension_report, workload  # noqa: E402
+
+
+def configure(plan: dict) -> int:
+    """Threads per process (cores split over ranks) and quiet logs; returns this process's rank."""
+    import torch
+
+    rank = int(os.environ.get("RANK", "0"))
+    threads = plan.get("num_threads")
+    if threads:
+        torch.set_num_threads(int(threads))
+    logging.getLogger().setLevel(logging.WARNING)
+    for name in ("lm-eval", "lm_eval", "lm_eval_ext"):
+        logging.getLogger(name).setLevel(logging.WARNING)
+    return rank
+
+
+def load_model(impl: dict):
+    """Build the lm-eval model for ``impl``; returns ``(lm, load_s)``."""
+    import lm_eval_ext.registry
+    from lm_eval.api.registry import get_model
+
+    lm_eval_ext.registry.register_models()
+    start = time.perf_counter()
+    lm = get_model(impl["model"]).create_from_arg_string(
+        impl["model_args"], {"batch_size": impl.get("batch_size", 1), "device": impl.get("device")}
+    )
+    return lm, time.perf_counter() - start
+
+
+def prime_imports(plan: dict) -> None:
+    """Import every adapter and model class before any load is timed, so the first implementation
+    loaded does not pay the lazy imports for both."""
+    import lm_eval_ext.registry
+    from lm_eval.api.registry import get_model
+
+    lm_eval_ext.registry.register_models()
+    for impl in plan["impls"].values():
+        try:
+            get_model(impl["model"])
+            _prime_model_class(impl["model_args"])
+        except Exception:  # the timed load reports the real error
+            pass
+
+
+def _prime_model_class(model_args: str) -> None:
+    from transformers import AutoConfig, AutoTokenizer  # noqa: F401
+    from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING
+
+    args = dict(kv.split("=", 1) for kv in model_args.split(",") if "=" in kv)
+    if "pretrained" in args and Path(args["pretrained"], "config.json").exists():
+        MODEL_FOR_CAUSAL_LM_MAPPING[type(AutoConfig.from_pretrained(args["pretrained"]))]
+
+
+def task_manager(plan: dict):
+    from lm_eval.tasks import TaskManager
+
+    return TaskManager(include_path=plan["include_path"], include_defaults=False)
+
+
+def output_types(results: dict) -> dict[str, str]:
+    return {task: cfg.get("output_type", "") for task, cfg in (results.get("configs") or {}).items()}
+
+
+def count_tokens_with(lm):
+    encode = getattr(lm, "tok_encode", None)
+    if encode is None:
+        return lambda text: max(1, len(text) // 4)
+    return lambda text: len(encode(text)) if text else 0
+
+
+def evaluate_step(step: dict, lm, manager) -> tuple[dict, dict | None]:
+    """Run one measured (or warm-up) evaluation; returns ``(record, results)``."""
+    import lm_eval
+
+    probe = MemoryProbe()
+    gc.collect()
+    probe.start()
+    with RequestTimers(lm) as timers:
+        start = time.perf_counter()
+        results = lm_eval.simple_evaluate(
+            model=lm,
+            tasks=step["tasks"],
+            limit=step.get("limit"),
+            use_cache=step.get("use_cache"),
+            log_samples=True,
+            task_manager=manager,
+            random_seed=0, numpy_random_seed=0, torch_random_seed=0, fewshot_random_seed=0,
+        )
+        eval_s = time.perf_counter() - start
+    record = {"eval_s": eval_s, "request_types": timers.by_type} | probe.stop()
+    record["extension"] = extension_report(results, lm)
+    return record, results
+
+
+def rank0_outputs(results: dict, lm) -> dict:
+    """What only rank 0 has after lm-eval's gather: per-sample outputs, workload and metrics."""
+    samples = results.get("samples") or {}
+    types = output_types(results)
+    return {
+        "samples": compact_samples(samples),
+        "workload": workload(samples, types, count_tokens_with(lm)),
+        "metrics": _plain(results.get("results", {})),
+    }
+
+
+def _plain(value):
+    return json.loads(json.dumps(value, default=str))
+
+
+def run_plan(plan: dict, rank: int) -> dict:
+    manager = task_manager(plan)
+    loaded: dict[str, object] = {}
+    load_s: dict[str, float] = {}
+    steps = []
+    for step in plan["steps"]:
+        impl = plan["impls"][step["impl"]]
+        record = {"label": step["label"], "impl": step["impl"], "side": step.get("side", step["impl"]),
+                  "measured": step.get("measured", True), "repetition": step.get("repetition")}
+        try:
+            if step.get("fresh_model") or step["impl"] not in loaded:
+                loaded.pop(step["impl"], None)
+                gc.collect()
+                loaded[step["impl"]], record["load_s"] = load_model(impl)
+                load_s.setdefault(step["impl"], record["load_s"])
+            lm = loaded[step["impl"]]
+            measures, results = evaluate_step(step, lm, manager)
+            record |= measures
+            if results is not None and step.get("keep_outputs", True):
+                record |= rank0_outputs(results, lm)
+        except Exception as exc:  # a step that fails is reported, the rest of the plan still runs
+            record["error"] = f"{type(exc).__name__}: {exc}"
+            record["traceback"] = traceback.format_exc()[-4000:]
+        finally:
+            if step.get("fresh_model"):
+                loaded.pop(step["impl"], None)
+        steps.append(record)
+    return {"rank": rank, "world_size": int(os.environ.get("WORLD_SIZE", "1")), "load_s": load_s, "steps": steps}
+
+
+def main() -> int:
+    plan = json.loads(Path(sys.argv[1]).read_text())
+    rank = configure(plan)
+    prime_imports(plan)
+    out = run_plan(plan, rank)
+    out["num_threads"] = plan.get("num_threads")
+    target = Path(plan["out_dir"]) / f"rank{rank}.json"
+    target.write_text(json.dumps(out, default=str))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
