@@ -5,7 +5,6 @@
 
 from __future__ import annotations
 
-import math
 from pathlib import Path
 
 from benchmarks.lib.agreement import agreement_label
@@ -41,7 +40,7 @@ def _extras(row: dict) -> str:
     if row.get("scaling_efficiency") is not None:
         parts.append(f"efficiency {row['scaling_efficiency']:.0%}")
     cand = row["candidate"]
-    if "cache_hits" in cand and cand.get("requests"):
+    if cand.get("cache_hits") and cand.get("requests"):
         parts.append(f"hits {cand['cache_hits']}/{cand['requests']}")
     if "useful_tokens" in cand and "computed_tokens" in cand and cand["computed_tokens"]:
         parts.append(f"useful {cand['useful_tokens'] / cand['computed_tokens']:.0%} of computed")
@@ -149,6 +148,3 @@ def update_readme(readme: Path, suite: str, table: str) -> None:
         text = text.rstrip() + f"\n\n### Latest `{suite}` results\n\n{block}\n"
     readme.write_text(text)
 
-
-def finite(value) -> bool:
-    return isinstance(value, (int, float)) and math.isfinite(value)

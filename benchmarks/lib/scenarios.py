@@ -85,9 +85,17 @@ class Context:
         return merged
 
 
-def comparison_steps(impls: list[str], tasks: list[str], limit: int | None, suite: Suite) -> list[dict]:
-    """One warm-up run per implementation, then the measured repetitions interleaved (A B, B A, ...)."""
-    steps = [{"label": f"warmup-{impl}", "impl": impl, "tasks": tasks, "limit": suite.warmup_limit,
+def comparison_steps(impls: list[str], tasks: list[str], limit: int | None, suite: Suite, *,
+                     num_processes: int = 1, warmup_tasks: list[str] | None = None) -> list[dict]:
+    """One warm-up run per implementation, then the measured repetitions interleaved (A B, B A, ...).
+
+    The warm-up runs ``warmup_tasks`` (default: ``tasks``) on a few documents, at least one per
+    process so that no rank is left without work.
+    """
+    warmup_limit = max(suite.warmup_limit, num_processes)
+    if limit is not None:
+        limit = max(limit, num_processes)
+    steps = [{"label": f"warmup-{impl}", "impl": impl, "tasks": warmup_tasks or tasks, "limit": warmup_limit,
               "measured": False, "keep_outputs": False} for impl in impls]
     for rep, impl in interleaved_order(impls, suite.repetitions):
         steps.append({"label": f"{impl}-r{rep}", "impl": impl, "tasks": tasks, "limit": limit, "repetition": rep})

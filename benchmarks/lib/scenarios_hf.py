@@ -58,7 +58,8 @@ def data_parallel(ctx: Context) -> dict:
         "dp1": ctx.run("dp1", {"include_path": ctx.include_path(), "impls": impls,
                                "steps": comparison_steps(list(impls), tasks, limit, ctx.suite)}),
         "dp2": ctx.run("dp2", {"include_path": ctx.include_path(), "impls": impls,
-                               "steps": comparison_steps(dp2_impls, tasks, limit, ctx.suite)}, num_processes=2),
+                               "steps": comparison_steps(dp2_impls, tasks, limit, ctx.suite, num_processes=2)},
+                      num_processes=2),
     }
     steps = _tag(runs["dp1"].get("steps", []), "dp1") + _tag(runs["dp2"].get("steps", []), "dp2")
     rows = [
@@ -129,7 +130,8 @@ def gsm8k_scenario(ctx: Context) -> dict:
     impls = {"stock": ctx.hf_impl("hf"), "ext": ctx.hf_impl("hf_ext")}
     limit = ctx.suite.limit("gsm8k")
     plan = {"include_path": ctx.include_path(task_dir), "impls": impls,
-            "steps": comparison_steps(list(impls), [gsm8k.TASK_NAME], limit, ctx.suite)}
+            "steps": comparison_steps(list(impls), [gsm8k.TASK_NAME], limit, ctx.suite,
+                                      warmup_tasks=["ext_copy_gen"])}
     merged = ctx.run("gsm8k", plan)
     rows = [make_row(f"gsm8k generation, 5-shot, {limit or 'all'} docs", merged.get("steps", []),
                      baseline=("stock", ""), candidate=("ext", ""), labels=LABELS,

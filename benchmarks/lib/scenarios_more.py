@@ -86,7 +86,8 @@ def planner(ctx: Context) -> dict:
     runs, steps = {}, []
     for size in runnable:
         runs[f"dp{size}"] = ctx.run(f"planner-dp{size}", {"include_path": ctx.include_path(), "impls": impls,
-                                    "steps": comparison_steps(["ext"], tasks, limit, ctx.suite)}, num_processes=size)
+                                    "steps": comparison_steps(["ext"], tasks, limit, ctx.suite, num_processes=size)},
+                                    num_processes=size)
         steps += _tag(runs[f"dp{size}"].get("steps", []), f"dp{size}")
     rows = [make_row(f"planner's DP {chosen_size} vs rejected DP {size}", steps, baseline=(f"ext@dp{size}", ""),
                      candidate=(f"ext@dp{chosen_size}", ""), labels=(f"rejected DP{size}", f"chosen DP{chosen_size}"),

@@ -151,13 +151,15 @@ def run_plan(plan: dict, rank: int) -> dict:
             record |= measures
             if results is not None and step.get("keep_outputs", True):
                 record |= rank0_outputs(results, lm)
-        except Exception as exc:  # a step that fails is reported, the rest of the plan still runs
+        except Exception as exc:  # a failed step is reported; the rest of the plan still runs
             record["error"] = f"{type(exc).__name__}: {exc}"
             record["traceback"] = traceback.format_exc()[-4000:]
         finally:
             if step.get("fresh_model"):
                 loaded.pop(step["impl"], None)
         steps.append(record)
+        if "error" in record and int(os.environ.get("WORLD_SIZE", "1")) > 1:
+            break  # the other ranks are now out of step with this one: stop rather than hang
     return {"rank": rank, "world_size": int(os.environ.get("WORLD_SIZE", "1")), "load_s": load_s, "steps": steps}
 
 
