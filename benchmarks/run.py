@@ -36,6 +36,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--out", type=Path, default=None, help="output folder (default out/bench/<suite>-<time>)")
     parser.add_argument("--only", default="", help="comma-separated scenario names to run (default: the suite's)")
     parser.add_argument("--models-dir", type=Path, default=ROOT / ".models")
+    parser.add_argument("--model-path", type=Path, default=None,
+                        help="use this checkpoint instead of building the suite's model (GPU machine)")
+    parser.add_argument("--model-label", default=None, help="name shown for --model-path in the outputs")
     parser.add_argument("--update-readme", action="store_true", help="rewrite the suite's section of benchmarks/README.md")
     return parser.parse_args(argv)
 
@@ -56,6 +59,8 @@ def ensure_model(name: str, models_dir: Path) -> Path:
 def run_scenario(name: str, ctx: Context) -> dict:
     start = time.perf_counter()
     try:
+        if ctx.use_gpu and not ctx.machine["gpus"]:
+            raise Skip(f"suite {ctx.suite.name} needs a CUDA device and none is visible")
         outcome = {"status": "ok", "reason": ""} | SCENARIOS[name].fn(ctx)
         rows = outcome.get("rows", [])
         if rows and not any(r["candidate"].get("repetitions") for r in rows):
@@ -91,9 +96,10 @@ def main(argv: list[str] | None = None) -> int:
     if unknown:
         raise SystemExit(f"unknown scenario {unknown[0]!r}; choose from {', '.join(SCENARIOS)}")
     machine = machine_info.describe()
-    ctx = Context(suite=suite, work_dir=out / "work", model_path=ensure_model(suite.model, args.models_dir),
-                  machine=machine, data_dir=find_data_dir())
-    results = {"suite": suite.name, "model": suite.model, "repetitions": suite.repetitions,
+    model_path = args.model_path.resolve() if args.model_path else ensure_model(suite.model, args.models_dir)
+    ctx = Context(suite=suite, work_dir=out / "work", model_path=model_path, machine=machine, data_dir=find_data_dir())
+    model = args.model_label or (model_path.name if args.model_path else suite.model)
+    results = {"suite": suite.name, "model": model, "model_path": str(model_path), "repetitions": suite.repetitions,
                "started_utc": f"{started:%Y-%m-%d %H:%M}", "machine": machine, "scenarios": {}}
     start = time.perf_counter()
     for name in names:

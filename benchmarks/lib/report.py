@@ -113,8 +113,13 @@ def write_chart(results: dict, path: Path) -> Path | None:
     import matplotlib.pyplot as plt
 
     points = chart_points(results)
-    if not points:
-        return None
+    if not points:  # still leave a PNG, saying why it is empty
+        fig, ax = plt.subplots(figsize=(8, 2))
+        ax.axis("off")
+        ax.text(0.5, 0.5, f"suite {results['suite']}: no comparison ran (see table.md)", ha="center", va="center")
+        fig.savefig(path, dpi=110)
+        plt.close(fig)
+        return path
     colors = {"faster": "#2a9d50", "slower": "#c0392b"}
     fig, ax = plt.subplots(figsize=(10, 0.55 * len(points) + 1.6))
     ys = list(range(len(points)))[::-1]
