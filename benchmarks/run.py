@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import signal
 import sys
 import time
 import traceback
@@ -40,6 +41,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="use this checkpoint instead of building the suite's model (GPU machine)")
     parser.add_argument("--model-label", default=None, help="name shown for --model-path in the outputs")
     parser.add_argument("--update-readme", action="store_true", help="rewrite the suite's section of benchmarks/README.md")
+    parser.add_argument("--from-results", type=Path, default=None, metavar="RESULTS_JSON",
+                        help="measure nothing: re-render table, chart (and README with --update-readme) from a results.json")
     return parser.parse_args(argv)
 
 
@@ -85,8 +88,27 @@ def write_outputs(results: dict, out: Path) -> None:
     report.write_chart(results, out / "speedups.png")
 
 
+def _exit_on_sigterm(signum, frame) -> None:
+    raise SystemExit(128 + signum)  # unwinds through the launcher, which ends its workers
+
+
+def rerender(args: argparse.Namespace) -> int:
+    results = json.loads(args.from_results.read_text())
+    out = args.out or args.from_results.parent
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "table.md").write_text(table := report.render_table(results))
+    report.write_chart(results, out / "speedups.png")
+    if args.update_readme:
+        report.update_readme(ROOT / "benchmarks" / "README.md", results["suite"], table)
+    print(table)
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
+    signal.signal(signal.SIGTERM, _exit_on_sigterm)
     args = parse_args(argv)
+    if args.from_results:
+        return rerender(args)
     suite = SUITES[args.suite]
     started = datetime.now(timezone.utc)
     out = args.out or ROOT / "out" / "bench" / f"{suite.name}-{started:%Y%m%d-%H%M%S}"

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -32,10 +33,11 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-def worker_command(num_processes: int, use_gpu: bool) -> list[str]:
+def worker_command(num_processes: int, python: str | None = None) -> list[str]:
+    python = python or sys.executable
     if num_processes <= 1:
-        return [sys.executable, str(WORKER)]
-    launch = [sys.executable, "-m", "accelerate.commands.launch", "--num_machines", "1",
+        return [python, str(WORKER)]
+    launch = [python, "-m", "accelerate.commands.launch", "--num_machines", "1",
               "--num_processes", str(num_processes), "--mixed_precision", "no", "--dynamo_backend", "no",
               "--main_process_port", str(free_port()), "--multi_gpu"]
     return launch + [str(WORKER)]
@@ -51,9 +53,10 @@ def worker_env(num_processes: int, use_gpu: bool, extra: dict | None = None) -> 
 
 
 def run_plan(plan: dict, work_dir: Path, *, num_processes: int = 1, use_gpu: bool = False,
-             timeout_s: float = 900, env: dict | None = None) -> dict:
+             timeout_s: float = 900, env: dict | None = None, python: str | None = None) -> dict:
     """Run ``plan`` (see worker.py) in fresh processes; returns the merged result.
 
+    ``python`` is the interpreter for the workers (default: this one), e.g. a separate vLLM venv.
     The merged result has ``process_wall_s`` (start to exit, imports included), ``ranks`` and
     ``steps`` (one per plan step, merged over ranks), or ``error`` with the log's tail.
     """
@@ -64,13 +67,8 @@ def run_plan(plan: dict, work_dir: Path, *, num_processes: int = 1, use_gpu: boo
     log_path = work_dir / "worker.log"
     start = time.perf_counter()
     with log_path.open("w") as log:
-        try:
-            proc = subprocess.run(worker_command(num_processes, use_gpu) + [str(plan_path)], stdout=log,
-                                  stderr=subprocess.STDOUT, env=worker_env(num_processes, use_gpu, env),
-                                  timeout=timeout_s, cwd=WORKER.parents[2])
-            returncode = proc.returncode
-        except subprocess.TimeoutExpired:
-            returncode = None
+        returncode = _run_process_group(worker_command(num_processes, python) + [str(plan_path)], log,
+                                        worker_env(num_processes, use_gpu, env), timeout_s)
     wall_s = time.perf_counter() - start
     ranks = [json.loads(p.read_text()) for p in sorted(work_dir.glob("rank*.json"))]
     merged = {"process_wall_s": wall_s, "num_processes": num_processes, "returncode": returncode}
@@ -80,6 +78,33 @@ def run_plan(plan: dict, work_dir: Path, *, num_processes: int = 1, use_gpu: boo
     if ranks:
         merged |= merge_ranks(ranks)
     return merged
+
+
+def _run_process_group(cmd: list[str], log, env: dict, timeout_s: float) -> int | None:
+    """Run ``cmd`` in its own process group; on timeout or interruption end the whole group
+    (accelerate's ranks included), so no worker outlives the benchmark. ``None`` means timed out."""
+    proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=WORKER.parents[2],
+                            start_new_session=True)
+    try:
+        return proc.wait(timeout=timeout_s)
+    except subprocess.TimeoutExpired:
+        _end_group(proc)
+        return None
+    except BaseException:
+        _end_group(proc)
+        raise
+
+
+def _end_group(proc: subprocess.Popen) -> None:
+    for sig, grace_s in ((signal.SIGTERM, 10), (signal.SIGKILL, 5)):
+        try:
+            os.killpg(proc.pid, sig)
+            proc.wait(timeout=grace_s)
+            return
+        except ProcessLookupError:
+            return
+        except subprocess.TimeoutExpired:
+            continue
 
 
 def _tail(path: Path, num_chars: int = 3000) -> str:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import importlib.util
+import subprocess
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -75,12 +76,13 @@ class Context:
     def include_path(self, *extra: Path) -> list[str]:
         return [str(ROOT / "tasks"), *map(str, extra)]
 
-    def run(self, name: str, plan: dict, num_processes: int = 1, env: dict | None = None) -> dict:
+    def run(self, name: str, plan: dict, num_processes: int = 1, env: dict | None = None,
+            python: str | None = None) -> dict:
         """Run a plan in fresh worker processes, cores split evenly between them."""
         threads = max(1, self.num_cores // num_processes)
         plan = {"num_threads": threads} | plan
         merged = launch.run_plan(plan, self.work_dir / name, num_processes=num_processes, use_gpu=self.use_gpu,
-                                 timeout_s=self.suite.worker_timeout_s, env=env)
+                                 timeout_s=self.suite.worker_timeout_s, env=env, python=python)
         merged["num_threads_per_process"] = threads
         return merged
 
@@ -115,7 +117,11 @@ def failed_steps(merged: dict) -> list[str]:
     return notes
 
 
-def module_available(name: str) -> bool:
+def module_available(name: str, python: str | None = None) -> bool:
+    """Whether ``name`` imports in this interpreter, or in ``python`` (another venv) when given."""
+    if python:
+        probe = f"import importlib.util, sys; sys.exit(importlib.util.find_spec({name!r}) is None)"
+        return subprocess.run([python, "-c", probe], capture_output=True, timeout=120).returncode == 0
     try:
         return importlib.util.find_spec(name) is not None
     except (ImportError, ValueError):

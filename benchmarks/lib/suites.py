@@ -38,8 +38,8 @@ SUITES: dict[str, Suite] = {
     "cpu-quick": Suite(
         name="cpu-quick", model="smollm2-135m", device="cpu", dtype="float32", batch_size=8,
         repetitions=3, warmup_limit=2,
-        limits={"hf-suite": 8, "data-parallel": 12, "cache": 6, "gsm8k": 2, "vllm": 8, "planner": 8},
-        worker_timeout_s=300,
+        limits={"hf-suite": 6, "data-parallel": 8, "cache": 4, "gsm8k": 2, "vllm": 6, "planner": 8},
+        worker_timeout_s=900,
     ),
     "cpu-full": Suite(
         name="cpu-full", model="smollm2-135m", device="cpu", dtype="float32", batch_size=8,
