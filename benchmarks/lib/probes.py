@@ -20,9 +20,10 @@ STOCK_RESULT_KEYS = {
     "chat_template", "chat_template_sha", "start_time", "end_time", "total_evaluation_time_seconds",
 }
 
-#: counter names we sum wherever they appear in an extension's report (names from issues 4 and 5).
+#: counters read from an extension's cost report (issue 4: per "task/request type" entries;
+#: issue 5 adds cache hits). Both spellings of computed tokens are accepted.
 COUNTER_KEYS = (
-    "useful_tokens", "computed_tokens", "padded_tokens", "padding_tokens",
+    "num_requests", "useful_tokens", "tokens_computed", "computed_tokens", "padded_tokens",
     "cache_hits", "cache_misses", "oom_retries",
 )
 
@@ -134,24 +135,44 @@ def workload(samples: dict[str, list[dict]], output_types: dict[str, str], count
     return out
 
 
-def extension_report(results: dict | None, lm: Any) -> dict:
-    """Whatever the model attached beyond stock lm-eval's keys, plus summed known counters."""
-    extra = {k: v for k, v in (results or {}).items() if k not in STOCK_RESULT_KEYS}
+def current_cost_report(lm: Any, results: dict | None = None) -> dict:
+    """The extension's cost report as a dict: from the model (cumulative over its life), else from
+    ``results["config"]["cost_report"]`` where lm-eval copies ``get_model_info()``."""
     report = getattr(lm, "cost_report", None)
-    if report is not None and not extra:
-        extra = {"cost_report": report if isinstance(report, dict) else str(report)}
-    counters: dict[str, float] = {}
-    _sum_counters(extra, counters)
-    return {"keys": sorted(extra), "counters": counters}
+    if hasattr(report, "as_dict"):
+        return report.as_dict()
+    if isinstance(report, dict):
+        return report
+    return ((results or {}).get("config") or {}).get("cost_report") or {}
 
 
-def _sum_counters(node: Any, into: dict[str, float]) -> None:
-    if isinstance(node, dict):
-        for key, value in node.items():
-            if key in COUNTER_KEYS and isinstance(value, (int, float)) and not isinstance(value, bool):
-                into[key] = into.get(key, 0) + value
-            else:
-                _sum_counters(value, into)
-    elif isinstance(node, list):
-        for item in node:
-            _sum_counters(item, into)
+def cost_counters(report: dict) -> dict[str, dict[str, float]]:
+    """``{task: {counter: value}}`` summed over the report's ``"task/request type"`` entries."""
+    out: dict[str, dict[str, float]] = {}
+    for key, entry in report.items():
+        if not isinstance(entry, dict):
+            continue
+        into = out.setdefault(str(entry.get("task") or key.split("/")[0]), {})
+        for name in COUNTER_KEYS:
+            value = entry.get(name)
+            if isinstance(value, (int, float)) and not isinstance(value, bool):
+                into[name] = into.get(name, 0) + value
+    return out
+
+
+def counters_delta(before: dict, after: dict) -> dict[str, dict[str, float]]:
+    """What one run added to a report that accumulates over the model's life."""
+    out = {}
+    for task, counters in after.items():
+        prior = before.get(task, {})
+        delta = {k: v - prior.get(k, 0) for k, v in counters.items()}
+        if any(delta.values()):
+            out[task] = delta
+    return out
+
+
+def extension_report(results: dict | None, lm: Any, before: dict) -> dict:
+    """Keys the model added to lm-eval's results, and this run's cost counters per task."""
+    extra = sorted(k for k in (results or {}) if k not in STOCK_RESULT_KEYS)
+    after = cost_counters(current_cost_report(lm, results))
+    return {"extra_result_keys": extra, "by_task": counters_delta(before, after)}

@@ -59,25 +59,46 @@ def side_stats(steps: list[dict], timing: Timing, tasks: list[str] | None) -> di
         values = [s[key] for s in steps if key in s]
         if values:
             out[key] = max(values)
-    out |= _cache_and_cost(steps[0], work["requests"])
+    out |= _cache_and_cost(steps[0], tasks, work)
     return out
+
+
+#: lm-eval output_type -> the LM method its requests go to
+METHOD_OF_OUTPUT_TYPE = {"multiple_choice": "loglikelihood", "loglikelihood": "loglikelihood",
+                         "loglikelihood_rolling": "loglikelihood_rolling", "generate_until": "generate_until"}
 
 
 def _workload(step: dict, tasks: list[str] | None) -> dict:
     entries = [v for task, v in step.get("workload", {}).items() if tasks is None or task in tasks]
-    return {"requests": sum(e["requests"] for e in entries), "tokens": sum(e["tokens"] for e in entries)}
+    methods = {METHOD_OF_OUTPUT_TYPE.get(e.get("request_type"), "") for e in entries}
+    return {"requests": sum(e["requests"] for e in entries), "tokens": sum(e["tokens"] for e in entries),
+            "methods": methods}
 
 
-def _cache_and_cost(step: dict, requests: int) -> dict:
-    """Cache hits: the extension's own counter if it reports one, else requests that never reached
-    the model (lm-eval's ``--use_cache`` answers them before the model's methods are called)."""
-    counters = step.get("extension", {}).get("counters", {})
-    out = {k: counters[k] for k in ("useful_tokens", "computed_tokens", "padded_tokens", "padding_tokens") if k in counters}
+def ext_counters(step: dict, tasks: list[str] | None) -> dict[str, float]:
+    """The extension's cost counters for this run, summed over the row's tasks."""
+    totals: dict[str, float] = {}
+    for task, counters in step.get("extension", {}).get("by_task", {}).items():
+        if tasks is None or task in tasks:
+            for key, value in counters.items():
+                totals[key] = totals.get(key, 0) + value
+    if "tokens_computed" in totals:
+        totals["computed_tokens"] = totals.pop("tokens_computed") + totals.get("computed_tokens", 0)
+    return totals
+
+
+def _cache_and_cost(step: dict, tasks: list[str] | None, work: dict) -> dict:
+    """Cost counters from the extension's report when it has them. Cache hits: its own counter,
+    else requests that never reached the model (lm-eval's ``--use_cache`` answers them before the
+    model's methods are called)."""
+    counters = ext_counters(step, tasks)
+    out = {k: counters[k] for k in ("useful_tokens", "computed_tokens", "padded_tokens", "oom_retries") if k in counters}
     if "cache_hits" in counters:
         out["cache_hits"] = counters["cache_hits"]
-    elif requests:
-        computed = sum(e["computed_requests"] for e in step.get("request_types", {}).values())
-        out["cache_hits"] = max(0, requests - computed)
+    elif work["requests"]:
+        computed = sum(e["computed_requests"] for name, e in step.get("request_types", {}).items()
+                       if name in work["methods"])
+        out["cache_hits"] = max(0, work["requests"] - computed)
     return out
 
 

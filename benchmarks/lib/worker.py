@@ -21,7 +21,9 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 from benchmarks.lib.agreement import compact_samples  # noqa: E402
-from benchmarks.lib.probes import MemoryProbe, RequestTimers, extension_report, workload  # noqa: E402
+from benchmarks.lib.probes import (  # noqa: E402
+    MemoryProbe, RequestTimers, cost_counters, current_cost_report, extension_report, workload,
+)
 
 
 def configure(plan: dict) -> int:
@@ -97,6 +99,7 @@ def evaluate_step(step: dict, lm, manager) -> tuple[dict, dict | None]:
     import lm_eval
 
     probe = MemoryProbe()
+    before = cost_counters(current_cost_report(lm))
     gc.collect()
     probe.start()
     with RequestTimers(lm) as timers:
@@ -112,7 +115,7 @@ def evaluate_step(step: dict, lm, manager) -> tuple[dict, dict | None]:
         )
         eval_s = time.perf_counter() - start
     record = {"eval_s": eval_s, "request_types": timers.by_type} | probe.stop()
-    record["extension"] = extension_report(results, lm)
+    record["extension"] = extension_report(results, lm, before)
     return record, results
 
 

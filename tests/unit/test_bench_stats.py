@@ -52,7 +52,7 @@ def test_agreement_tolerance_and_generations():
 def _step(impl: str, seconds: float, ll: float = -1.0) -> dict:
     return {"label": f"{impl}-r0", "impl": impl, "measured": True, "eval_s": seconds + 1,
             "request_types": {"loglikelihood": {"time_s": seconds, "computed_requests": 2, "calls": 1}},
-            "workload": {"mc": {"requests": 2, "tokens": 100}}, "samples": _samples(ll, "x"),
+            "workload": {"mc": {"requests": 2, "tokens": 100, "request_type": "multiple_choice"}}, "samples": _samples(ll, "x"),
             "rss_growth_bytes": 10}
 
 
@@ -66,3 +66,17 @@ def test_make_row_uses_the_chosen_timing():
     assert row["candidate"]["tokens_per_s"] == pytest.approx(100 / 2.05)
     assert row["agreement"]["all_agree"]
     assert row["candidate"]["cache_hits"] == 0
+
+
+def test_cost_counters_per_run_from_a_cumulative_report():
+    from benchmarks.lib.probes import cost_counters, counters_delta
+    from benchmarks.lib.rows import ext_counters
+
+    first = {"mc/loglikelihood": {"task": "mc", "useful_tokens": 10, "tokens_computed": 12, "padded_tokens": 16}}
+    second = {"mc/loglikelihood": {"task": "mc", "useful_tokens": 25, "tokens_computed": 30, "padded_tokens": 40},
+              "gen/generate_until": {"task": "gen", "useful_tokens": 5}}
+    delta = counters_delta(cost_counters(first), cost_counters(second))
+    assert delta == {"mc": {"useful_tokens": 15, "tokens_computed": 18, "padded_tokens": 24},
+                     "gen": {"useful_tokens": 5}}
+    step = {"extension": {"by_task": delta}}
+    assert ext_counters(step, ["mc"]) == {"useful_tokens": 15, "computed_tokens": 18, "padded_tokens": 24}
