@@ -42,8 +42,10 @@ def _extras(row: dict) -> str:
     cand = row["candidate"]
     if cand.get("cache_hits") and cand.get("requests"):
         parts.append(f"hits {cand['cache_hits']}/{cand['requests']}")
-    if "useful_tokens" in cand and "computed_tokens" in cand and cand["computed_tokens"]:
-        parts.append(f"useful {cand['useful_tokens'] / cand['computed_tokens']:.0%} of computed")
+    if cand.get("useful_tokens") and "computed_tokens" in cand:
+        parts.append(f"computed {cand['computed_tokens'] / cand['useful_tokens']:.0%} of useful tokens")
+    if cand.get("padded_tokens") and "computed_tokens" in cand:
+        parts.append(f"padding {1 - cand['computed_tokens'] / cand['padded_tokens']:.0%}")
     if "load_s" in cand:
         parts.append(f"load {cand['load_s']:.1f}s")
     return "; ".join(parts) or "-"
@@ -111,6 +113,7 @@ def write_chart(results: dict, path: Path) -> Path | None:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    import matplotlib.ticker  # noqa: F401  (used through matplotlib.ticker below)
 
     points = chart_points(results)
     if not points:  # still leave a PNG, saying why it is empty
@@ -126,12 +129,18 @@ def write_chart(results: dict, path: Path) -> Path | None:
     values = [p["speedup"] for p in points]
     low = [p["speedup"] - p["speedup_low"] for p in points]
     high = [p["speedup_high"] - p["speedup"] for p in points]
-    ax.barh(ys, values, xerr=[low, high], color=[colors.get(p["verdict"], "#999999") for p in points],
-            capsize=3, left=0)
+    # bars grow from 1x: right of the line is faster, left is slower; log scale keeps 2x and 0.5x alike
+    ax.barh(ys, [v - 1.0 for v in values], left=1.0, xerr=[low, high],
+            color=[colors.get(p["verdict"], "#999999") for p in points], capsize=3)
     ax.axvline(1.0, color="black", linewidth=0.8)
     ax.set_yticks(ys, [f"{p['label']} ({p['verdict']})" for p in points], fontsize=8)
-    if max(p["speedup_high"] for p in points) / max(min(p["speedup_low"] for p in points), 1e-9) > 20:
-        ax.set_xscale("log")
+    ax.set_xscale("log")
+    lo = min(min(p["speedup_low"] for p in points), 1.0) / 1.25
+    hi = max(max(p["speedup_high"] for p in points), 1.0) * 1.25
+    ax.set_xlim(lo, hi)
+    ax.xaxis.set_major_formatter(matplotlib.ticker.FuncFormatter(lambda v, _: f"{v:g}x"))
+    for y, p in zip(ys, points):
+        ax.text(p["speedup"], y + 0.3, f" {p['speedup']:.2f}x", fontsize=7, va="bottom")
     ax.set_xlabel("speedup of candidate over baseline (median; whiskers: worst/best pairing)")
     ax.set_title(f"lm-eval-ext vs stock, suite {results['suite']} ({results['started_utc']} UTC)", fontsize=10)
     fig.tight_layout()
