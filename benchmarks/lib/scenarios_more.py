@@ -22,8 +22,13 @@ VLLM_ENV = {
 }
 
 
+def _max_model_len(model_path, cap_tokens: int = 2048) -> int:
+    config = json.loads((model_path / "config.json").read_text())
+    return min(cap_tokens, int(config.get("max_position_embeddings") or cap_tokens))
+
+
 def _vllm_impl(ctx: Context, model: str) -> dict:
-    args = f"pretrained={ctx.model_path},dtype={ctx.suite.dtype},max_model_len=2048"
+    args = f"pretrained={ctx.model_path},dtype={ctx.suite.dtype},max_model_len={_max_model_len(ctx.model_path)}"
     if not ctx.use_gpu:
         args += ",enforce_eager=True"
     return {"model": model, "model_args": args, "batch_size": "auto", "device": ctx.suite.device}

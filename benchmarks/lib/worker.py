@@ -134,36 +134,62 @@ def _plain(value):
     return json.loads(json.dumps(value, default=str))
 
 
+class ModelPool:
+    """The loaded model of each implementation; one that failed to load is not retried per step."""
+
+    def __init__(self, impls: dict) -> None:
+        self.impls = impls
+        self.loaded: dict[str, object] = {}
+        self.load_errors: dict[str, str] = {}
+        self.first_load_s: dict[str, float] = {}
+
+    def get(self, name: str, fresh: bool) -> tuple[object, float | None]:
+        if name in self.load_errors:
+            raise RuntimeError(self.load_errors[name])
+        if not fresh and name in self.loaded:
+            return self.loaded[name], None
+        self.loaded.pop(name, None)
+        gc.collect()
+        try:
+            lm, load_s = load_model(self.impls[name])
+        except Exception as exc:
+            self.load_errors[name] = f"model did not load: {type(exc).__name__}: {exc}"
+            raise
+        self.loaded[name] = lm
+        self.first_load_s.setdefault(name, load_s)
+        return lm, load_s
+
+
+def run_step(step: dict, pool: ModelPool, manager) -> dict:
+    record = {"label": step["label"], "impl": step["impl"], "side": step.get("side", step["impl"]),
+              "measured": step.get("measured", True), "repetition": step.get("repetition")}
+    try:
+        lm, load_s = pool.get(step["impl"], fresh=bool(step.get("fresh_model")))
+        if load_s is not None:
+            record["load_s"] = load_s
+        measures, results = evaluate_step(step, lm, manager)
+        record |= measures
+        if results is not None and step.get("keep_outputs", True):
+            record |= rank0_outputs(results, lm)
+    except Exception as exc:  # a failed step is reported; the rest of the plan still runs
+        record["error"] = f"{type(exc).__name__}: {exc}"
+        record["traceback"] = traceback.format_exc()[-4000:]
+    finally:
+        if step.get("fresh_model"):
+            pool.loaded.pop(step["impl"], None)
+    return record
+
+
 def run_plan(plan: dict, rank: int) -> dict:
     manager = task_manager(plan)
-    loaded: dict[str, object] = {}
-    load_s: dict[str, float] = {}
+    pool = ModelPool(plan["impls"])
+    world_size = int(os.environ.get("WORLD_SIZE", "1"))
     steps = []
     for step in plan["steps"]:
-        impl = plan["impls"][step["impl"]]
-        record = {"label": step["label"], "impl": step["impl"], "side": step.get("side", step["impl"]),
-                  "measured": step.get("measured", True), "repetition": step.get("repetition")}
-        try:
-            if step.get("fresh_model") or step["impl"] not in loaded:
-                loaded.pop(step["impl"], None)
-                gc.collect()
-                loaded[step["impl"]], record["load_s"] = load_model(impl)
-                load_s.setdefault(step["impl"], record["load_s"])
-            lm = loaded[step["impl"]]
-            measures, results = evaluate_step(step, lm, manager)
-            record |= measures
-            if results is not None and step.get("keep_outputs", True):
-                record |= rank0_outputs(results, lm)
-        except Exception as exc:  # a failed step is reported; the rest of the plan still runs
-            record["error"] = f"{type(exc).__name__}: {exc}"
-            record["traceback"] = traceback.format_exc()[-4000:]
-        finally:
-            if step.get("fresh_model"):
-                loaded.pop(step["impl"], None)
-        steps.append(record)
-        if "error" in record and int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        steps.append(run_step(step, pool, manager))
+        if "error" in steps[-1] and world_size > 1:
             break  # the other ranks are now out of step with this one: stop rather than hang
-    return {"rank": rank, "world_size": int(os.environ.get("WORLD_SIZE", "1")), "load_s": load_s, "steps": steps}
+    return {"rank": rank, "world_size": world_size, "load_s": pool.first_load_s, "steps": steps}
 
 
 def main() -> int:
