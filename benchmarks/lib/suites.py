@@ -38,7 +38,7 @@ SUITES: dict[str, Suite] = {
     "cpu-quick": Suite(
         name="cpu-quick", model="smollm2-135m", device="cpu", dtype="float32", batch_size=8,
         repetitions=3, warmup_limit=2,
-        limits={"hf-suite": 6, "data-parallel": 8, "cache": 4, "gsm8k": 2, "vllm": 6, "planner": 8},
+        limits={"hf-suite": 4, "data-parallel": 6, "cache": 3, "gsm8k": 1, "vllm": 4, "planner": 6},
         worker_timeout_s=900,
     ),
     "cpu-full": Suite(
