@@ -171,8 +171,24 @@ def counters_delta(before: dict, after: dict) -> dict[str, dict[str, float]]:
     return out
 
 
+def request_cache_counters(results: dict | None) -> dict[str, dict[str, float]]:
+    """``{task: {cache_hits, cache_misses}}`` from the request cache's report (issue 5), which lm-eval
+    copies into ``results["config"]["request_cache"]`` as ``{"tasks": {task: {request type: {...}}}}``.
+    It counts one model's life; the cache scenario builds a fresh model for every run."""
+    report = ((results or {}).get("config") or {}).get("request_cache") or {}
+    out: dict[str, dict[str, float]] = {}
+    for task, types in (report.get("tasks") or {}).items():
+        for counters in types.values():
+            into = out.setdefault(task, {})
+            for source, name in (("hits", "cache_hits"), ("misses", "cache_misses")):
+                into[name] = into.get(name, 0) + counters.get(source, 0)
+    return out
+
+
 def extension_report(results: dict | None, lm: Any, before: dict) -> dict:
-    """Keys the model added to lm-eval's results, and this run's cost counters per task."""
+    """Keys the model added to lm-eval's results, and this run's cost and cache counters per task."""
     extra = sorted(k for k in (results or {}) if k not in STOCK_RESULT_KEYS)
-    after = cost_counters(current_cost_report(lm, results))
-    return {"extra_result_keys": extra, "by_task": counters_delta(before, after)}
+    by_task = counters_delta(before, cost_counters(current_cost_report(lm, results)))
+    for task, counters in request_cache_counters(results).items():
+        by_task.setdefault(task, {}).update(counters)
+    return {"extra_result_keys": extra, "by_task": by_task}

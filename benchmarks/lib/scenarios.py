@@ -60,16 +60,28 @@ class Context:
     def num_cores(self) -> int:
         return self.machine.get("usable_cpu_cores") or 1
 
-    def ext_fields(self) -> set[str]:
-        """``model_args`` names hf_ext accepts in this checkout (cache, budget knobs appear as they land)."""
-        from lm_eval_ext.config import HfExtConfig
+    def ext_fields(self, model: str = "hf_ext") -> set[str]:
+        """``model_args`` names ``model`` accepts in this checkout (cache, budget knobs appear as
+        they land); empty when its config class is not there."""
+        import lm_eval_ext.config as config
 
-        return {f.name for f in dataclasses.fields(HfExtConfig)}
+        cls = getattr(config, {"hf_ext": "HfExtConfig", "vllm_ext": "VllmExtConfig"}.get(model, ""), None)
+        return {f.name for f in dataclasses.fields(cls)} if cls is not None else set()
+
+    def ext_args(self, model: str, extra_args: str = "") -> str:
+        """Extra ``model_args`` for an ext model: its request cache off unless the scenario sets it
+        (a cache that is on by default would turn repetitions 2..n into cache reads)."""
+        args = [a for a in extra_args.split(",") if a]
+        if "cache" in self.ext_fields(model) and not any(a.startswith("cache=") for a in args):
+            args.append("cache=off")
+        return ",".join(args)
 
     def hf_impl(self, model: str, extra_args: str = "") -> dict:
         args = f"pretrained={self.model_path},dtype={self.suite.dtype}"
-        if model == "hf_ext" and "max_batch_tokens" in self.ext_fields():
-            args += ",max_batch_tokens=auto"
+        if model == "hf_ext":
+            if "max_batch_tokens" in self.ext_fields():
+                args += ",max_batch_tokens=auto"
+            extra_args = self.ext_args(model, extra_args)
         return {"model": model, "model_args": args + (f",{extra_args}" if extra_args else ""),
                 "batch_size": self.suite.batch_size, "device": self.suite.device}
 

@@ -31,6 +31,8 @@ def _vllm_impl(ctx: Context, model: str) -> dict:
     args = f"pretrained={ctx.model_path},dtype={ctx.suite.dtype},max_model_len={_max_model_len(ctx.model_path)}"
     if not ctx.use_gpu:
         args += ",enforce_eager=True"
+    extra = ctx.ext_args(model) if model == "vllm_ext" else ""
+    args += f",{extra}" if extra else ""
     return {"model": model, "model_args": args, "batch_size": "auto", "device": ctx.suite.device}
 
 

@@ -162,7 +162,8 @@ class ModelPool:
 
 def run_step(step: dict, pool: ModelPool, manager) -> dict:
     record = {"label": step["label"], "impl": step["impl"], "side": step.get("side", step["impl"]),
-              "measured": step.get("measured", True), "repetition": step.get("repetition")}
+              "measured": step.get("measured", True), "repetition": step.get("repetition"),
+              "load_average_1min": os.getloadavg()[0]}
     try:
         lm, load_s = pool.get(step["impl"], fresh=bool(step.get("fresh_model")))
         if load_s is not None:
