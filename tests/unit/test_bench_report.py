@@ -50,3 +50,16 @@ def test_gsm8k_keeps_lm_eval_definition_but_reads_local_files(tmp_path):
     assert local["task"] == TASK_NAME and local["dataset_path"] == "json" and "dataset_name" not in local
     assert local["dataset_kwargs"]["data_files"]["test"] == str(tmp_path / "test.jsonl")
     assert local["num_fewshot"] == 5 and local["generation_kwargs"] == {"until": ["Question:"]}
+
+
+def test_planner_layouts_accepts_chosen_and_rejected_or_says_why():
+    import pytest
+
+    from benchmarks.lib.scenarios import Skip
+    from benchmarks.lib.scenarios_more import planner_layouts
+
+    chosen, rejected = planner_layouts({"chosen": {"strategy": "dp", "data_parallel_size": 2},
+                                        "rejected": [{"strategy": "single", "data_parallel_size": 1}]})
+    assert chosen["data_parallel_size"] == 2 and rejected[0]["strategy"] == "single"
+    with pytest.raises(Skip, match="not understood"):
+        planner_layouts({"strategy": "split"})
