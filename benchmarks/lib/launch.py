@@ -72,6 +72,9 @@ def run_plan(plan: dict, work_dir: Path, *, num_processes: int = 1, use_gpu: boo
     wall_s = time.perf_counter() - start
     ranks = [json.loads(p.read_text()) for p in sorted(work_dir.glob("rank*.json"))]
     merged = {"process_wall_s": wall_s, "num_processes": num_processes, "returncode": returncode}
+    if len({len(r["steps"]) for r in ranks}) > 1:  # a rank stopped early: keep the steps all finished
+        done = min(len(r["steps"]) for r in ranks)
+        ranks = [r | {"steps": r["steps"][:done]} for r in ranks]
     if returncode != 0 or len(ranks) < num_processes:
         why = "timed out" if returncode is None else f"exit code {returncode}"
         merged["error"] = f"worker {why}; log tail:\n" + _tail(log_path)

@@ -37,8 +37,8 @@ class Suite:
 SUITES: dict[str, Suite] = {
     "cpu-quick": Suite(
         name="cpu-quick", model="smollm2-135m", device="cpu", dtype="float32", batch_size=8,
-        repetitions=3, warmup_limit=2,
-        limits={"hf-suite": 4, "data-parallel": 6, "cache": 3, "gsm8k": 1, "vllm": 4, "planner": 6},
+        repetitions=3, warmup_limit=1,
+        limits={"hf-suite": 3, "data-parallel": 4, "cache": 2, "gsm8k": 1, "vllm": 3, "planner": 4},
         worker_timeout_s=900,
     ),
     "cpu-full": Suite(

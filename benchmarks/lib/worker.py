@@ -181,26 +181,34 @@ def run_step(step: dict, pool: ModelPool, manager) -> dict:
     return record
 
 
+def write_rank_file(plan: dict, record: dict) -> None:
+    """Atomically (re)write ``rank<N>.json``: after every step, so a run stopped by its time limit
+    keeps the steps it finished."""
+    target = Path(plan["out_dir"]) / f"rank{record['rank']}.json"
+    partial = target.with_suffix(".json.partial")
+    partial.write_text(json.dumps(record, default=str))
+    partial.replace(target)
+
+
 def run_plan(plan: dict, rank: int) -> dict:
     manager = task_manager(plan)
     pool = ModelPool(plan["impls"])
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
-    steps = []
+    record = {"rank": rank, "world_size": world_size, "num_threads": plan.get("num_threads"),
+              "load_s": pool.first_load_s, "steps": []}
     for step in plan["steps"]:
-        steps.append(run_step(step, pool, manager))
-        if "error" in steps[-1] and world_size > 1:
+        record["steps"].append(run_step(step, pool, manager))
+        write_rank_file(plan, record)
+        if "error" in record["steps"][-1] and world_size > 1:
             break  # the other ranks are now out of step with this one: stop rather than hang
-    return {"rank": rank, "world_size": world_size, "load_s": pool.first_load_s, "steps": steps}
+    return record
 
 
 def main() -> int:
     plan = json.loads(Path(sys.argv[1]).read_text())
     rank = configure(plan)
     prime_imports(plan)
-    out = run_plan(plan, rank)
-    out["num_threads"] = plan.get("num_threads")
-    target = Path(plan["out_dir"]) / f"rank{rank}.json"
-    target.write_text(json.dumps(out, default=str))
+    write_rank_file(plan, run_plan(plan, rank))
     return 0
 
 
