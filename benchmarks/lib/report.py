@@ -138,7 +138,9 @@ def write_chart(results: dict, path: Path) -> Path | None:
     lo = min(min(p["speedup_low"] for p in points), 1.0) / 1.25
     hi = max(max(p["speedup_high"] for p in points), 1.0) * 1.25
     ax.set_xlim(lo, hi)
+    ax.set_xticks([t for t in (0.1, 0.25, 0.5, 1, 2, 4, 10, 25, 100) if lo <= t <= hi])
     ax.xaxis.set_major_formatter(matplotlib.ticker.FuncFormatter(lambda v, _: f"{v:g}x"))
+    ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
     for y, p in zip(ys, points):
         ax.text(p["speedup"], y + 0.3, f" {p['speedup']:.2f}x", fontsize=7, va="bottom")
     ax.set_xlabel("speedup of candidate over baseline (median; whiskers: worst/best pairing)")
