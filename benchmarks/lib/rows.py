@@ -125,6 +125,11 @@ def make_row(name: str, steps: list[dict], *, baseline: tuple[str, str], candida
     """A table row: ``baseline``/``candidate`` are ``(impl, label_prefix)`` selectors."""
     base_steps, cand_steps = pick(steps, *baseline), pick(steps, *candidate)
     base, cand = side_stats(base_steps, timing, tasks), side_stats(cand_steps, timing, tasks)
+    for stats, (side, _) in ((base, baseline), (cand, candidate)):
+        if "load_s" not in stats:  # model loaded once, before the warm-up: report that load
+            loads = [s["load_s"] for s in steps if s.get("side", s["impl"]) == side and s.get("load_s") is not None]
+            if loads:
+                stats["load_s"] = loads[0]
     row = {"row": name, "baseline_label": labels[0], "candidate_label": labels[1], "baseline": base,
            "candidate": cand, "comparison": speedup_verdict(base["times_s"], cand["times_s"])}
     if check_agreement:
