@@ -3,9 +3,12 @@ same worker process, runs interleaved."""
 
 from __future__ import annotations
 
+import dataclasses
+
 from benchmarks.lib import gsm8k
 from benchmarks.lib.rows import load_plus_eval_time, make_row, request_type_time
 from benchmarks.lib.scenarios import Context, Skip, comparison_steps, failed_steps, scenario, strip_outputs
+from benchmarks.lib.stats import interleaved_order
 
 SUITE_TASKS = {
     "ext_arith_mc": ("loglikelihood", "hf scoring, multiple choice (ext_arith_mc)"),
@@ -53,15 +56,18 @@ def data_parallel(ctx: Context) -> dict:
         raise Skip(f"data parallel on CPU needs 2 cores; this machine has {ctx.num_cores}")
     tasks, limit = ["ext_arith_mc"], ctx.suite.limit("data-parallel")
     impls = {"stock": ctx.hf_impl("hf"), "ext": ctx.hf_impl("hf_ext")}
-    dp2_impls = list(impls) if ctx.suite.stock_data_parallel else ["ext"]
-    runs = {
-        "dp1": ctx.run("dp1", {"include_path": ctx.include_path(), "impls": impls,
-                               "steps": comparison_steps(list(impls), tasks, limit, ctx.suite)}),
-        "dp2": ctx.run("dp2", {"include_path": ctx.include_path(), "impls": impls,
-                               "steps": comparison_steps(dp2_impls, tasks, limit, ctx.suite, num_processes=2)},
-                      num_processes=2),
-    }
-    steps = _tag(runs["dp1"].get("steps", []), "dp1") + _tag(runs["dp2"].get("steps", []), "dp2")
+    sides = {"dp1": list(impls), "dp2": list(impls) if ctx.suite.stock_data_parallel else ["ext"]}
+    one_rep = dataclasses.replace(ctx.suite, repetitions=1)
+    runs, steps = {}, []
+    # DP 1 and DP 2 need separate launches; alternating them (1 2, 2 1, ...) one repetition per
+    # launch lets drift in the machine's load hit both, as within a launch stock and ext alternate
+    for rep, layout in interleaved_order(list(sides), ctx.suite.repetitions):
+        size = 2 if layout == "dp2" else 1
+        plan = {"include_path": ctx.include_path(), "impls": impls,
+                "steps": comparison_steps(sides[layout], tasks, limit, one_rep, num_processes=size)}
+        name = f"{layout}-r{rep}"
+        runs[name] = ctx.run(name, plan, num_processes=size)
+        steps += [s | {"repetition": rep} for s in _tag(runs[name].get("steps", []), layout)]
     rows = [
         make_row("DP 2 vs 1 processes (hf_ext, ext_arith_mc)", steps, baseline=("ext@dp1", ""),
                  candidate=("ext@dp2", ""), labels=("hf_ext DP1", "hf_ext DP2"), tasks=tasks, num_processes=2),
@@ -72,7 +78,7 @@ def data_parallel(ctx: Context) -> dict:
         rows.append(make_row("DP 2 vs 1 processes (stock hf, ext_arith_mc)", steps, baseline=("stock@dp1", ""),
                              candidate=("stock@dp2", ""), labels=("stock hf DP1", "stock hf DP2"), tasks=tasks,
                              num_processes=2))
-    notes = ["DP 1 and DP 2 run in two launches, one after the other; each interleaves its own repetitions",
+    notes = ["DP 1 and DP 2 launches alternate, one repetition (after a warm-up) per launch",
              f"cores split evenly: {ctx.num_cores} threads at DP 1, {max(1, ctx.num_cores // 2)} per process at DP 2"]
     return _result(rows, runs, {"tasks": tasks, "limit": limit, "impls": impls}, notes)
 
