@@ -124,7 +124,11 @@ def workload(samples: dict[str, list[dict]], output_types: dict[str, str], count
     out = {}
     for task, rows in samples.items():
         requests = tokens = 0
+        seen_docs = set()
         for row in rows:
+            if row["doc_id"] in seen_docs:  # lm-eval logs a doc once per filter (gsm8k has two)
+                continue
+            seen_docs.add(row["doc_id"])
             for args, resp in zip(row["arguments"], row["resps"]):
                 requests += 1
                 texts = [a for a in args if isinstance(a, str)]

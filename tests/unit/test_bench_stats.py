@@ -80,3 +80,12 @@ def test_cost_counters_per_run_from_a_cumulative_report():
                      "gen": {"useful_tokens": 5}}
     step = {"extension": {"by_task": delta}}
     assert ext_counters(step, ["mc"]) == {"useful_tokens": 15, "computed_tokens": 18, "padded_tokens": 24}
+
+
+def test_workload_counts_a_doc_once_whatever_its_filters():
+    from benchmarks.lib.probes import workload
+
+    row = {"doc_id": 0, "arguments": [("Question: 2+2?", {"until": ["Q"]})], "resps": [["4"]]}
+    samples = {"gsm": [row, dict(row)]}  # one logged sample per filter, as for gsm8k
+    assert workload(samples, {"gsm": "generate_until"}, lambda text: len(text.split())) == {
+        "gsm": {"requests": 1, "tokens": 3, "request_type": "generate_until"}}
