@@ -1,0 +1,63 @@
+"""The named suites: which scenarios run, on which model, how large and how often.
+
+Sizes are chosen so that ``cpu-quick`` finishes in under 10 minutes on the project's 2-core CPU
+and ``gpu`` inside one 10-minute device call; ``cpu-full`` runs every scenario at full task size.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+ALL_SCENARIOS = ("hf-suite", "data-parallel", "cache", "gsm8k", "vllm", "planner", "compare-hf", "compare-vllm")
+
+
+@dataclass(frozen=True)
+class Suite:
+    name: str
+    model: str
+    """Folder name under ``.models`` (built by scripts/build_models.py when missing)."""
+    device: str
+    dtype: str
+    batch_size: int
+    repetitions: int
+    """Measured repetitions per side (after one warm-up run each)."""
+    warmup_limit: int
+    """Documents per task in the warm-up run."""
+    limits: dict[str, int | None] = field(default_factory=dict)
+    """Documents per task for each scenario (``None``: every document)."""
+    scenarios: tuple[str, ...] = ALL_SCENARIOS
+    stock_data_parallel: bool = False
+    """Also run stock ``hf`` under 2 processes (on CPU each process evaluates everything)."""
+    worker_timeout_s: float = 600
+
+    def limit(self, scenario: str) -> int | None:
+        return self.limits.get(scenario)
+
+
+SUITES: dict[str, Suite] = {
+    "cpu-quick": Suite(
+        name="cpu-quick", model="smollm2-135m", device="cpu", dtype="float32", batch_size=8,
+        repetitions=3, warmup_limit=1,
+        limits={"hf-suite": 3, "data-parallel": 4, "cache": 2, "gsm8k": 1, "vllm": 3, "planner": 4},
+        worker_timeout_s=900,
+    ),
+    "cpu-full": Suite(
+        name="cpu-full", model="smollm2-135m", device="cpu", dtype="float32", batch_size=8,
+        repetitions=3, warmup_limit=2,
+        limits={"hf-suite": None, "data-parallel": 60, "cache": 30, "gsm8k": 16, "vllm": 30, "planner": 30},
+        stock_data_parallel=True, worker_timeout_s=1800,
+    ),
+    "gpu": Suite(
+        name="gpu", model="smollm2-135m", device="cuda", dtype="float32", batch_size=32,
+        repetitions=3, warmup_limit=4,
+        limits={"hf-suite": None, "data-parallel": None, "cache": None, "gsm8k": 64, "vllm": None, "planner": None},
+        worker_timeout_s=300,
+    ),
+    # for developing the instrument: the tiny random model, a few documents
+    "dev": Suite(
+        name="dev", model="tiny-llama", device="cpu", dtype="float32", batch_size=8,
+        repetitions=3, warmup_limit=1,
+        limits={"hf-suite": 4, "data-parallel": 4, "cache": 4, "gsm8k": 2, "vllm": 4, "planner": 4},
+        worker_timeout_s=300,
+    ),
+}
