@@ -12,7 +12,7 @@ export HF_DATASETS_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: env models demo test clean task-data
+.PHONY: env models demo test bench clean task-data
 
 include mk/vllm.mk
 
@@ -41,6 +41,10 @@ demo: $(MODELS)/smollm2-135m/.complete
 # vLLM (CPU build) is part of the test environment: vllm_ext is tested against real vLLM.
 test: $(MODELS)/tiny-llama/.complete $(VLLM_STAMP)
 	$(PY) -m pytest -q $(PYTEST_ARGS); rc=$$?; if [ $$rc -eq 5 ]; then echo "no tests collected"; rc=0; fi; exit $$rc
+
+# Stock lm-eval and lm-eval-ext side by side on SmolLM2 (benchmarks/README.md); updates its table.
+bench: $(MODELS)/smollm2-135m/.complete $(VLLM_STAMP)
+	$(PY) benchmarks/run.py --suite cpu-quick --update-readme
 
 task-data: $(STAMP)
 	$(PY) scripts/make_task_data.py
