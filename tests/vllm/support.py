@@ -97,3 +97,12 @@ def stop_server(server, grace_s: float = 30.0) -> None:
         except subprocess.TimeoutExpired:
             os.killpg(server.pid, signal.SIGKILL)
             server.wait()
+
+
+def is_running(pid: int) -> bool:
+    """Whether a process with this PID still exists (signal 0 probes without signalling)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True

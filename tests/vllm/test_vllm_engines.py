@@ -7,7 +7,7 @@ import os
 
 import pytest
 
-from tests.vllm.support import ENGINE_ARGS, requires_vllm
+from tests.vllm.support import ENGINE_ARGS, is_running, requires_vllm
 from tests.vllm.evaluation import differences, evaluate_samples
 
 pytestmark = [pytest.mark.vllm, requires_vllm]
@@ -70,14 +70,6 @@ def test_tensor_parallel_2_equals_stock(stock_samples, tiny_vllm_model_path, tas
     assert lm.get_model_info()["vllm_sizes"]["tensor_parallel_size"] == 2
 
 
-def _is_running(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    return True
-
-
 @pytest.mark.skipif(len(os.sched_getaffinity(0)) < 2, reason="data parallel 2 needs 2 CPU cores")
 def test_data_parallel_2_equals_stock_and_loads_each_replica_once(stock_samples, tiny_vllm_model_path, task_manager):
     from lm_eval_ext.adapters.vllm import VllmExtLM
@@ -94,5 +86,5 @@ def test_data_parallel_2_equals_stock_and_loads_each_replica_once(stock_samples,
     # two model loads in all, where stock loads 2 x 3 = 6.
     assert lm.num_engine_starts == 2
     assert lm.get_model_info()["engine_starts"] == 2
-    assert len(pids) == 2 and not any(_is_running(pid) for pid in pids)
+    assert len(pids) == 2 and not any(is_running(pid) for pid in pids)
     assert not os.path.exists(scratch_dir)

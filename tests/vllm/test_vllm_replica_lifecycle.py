@@ -13,7 +13,7 @@ import time
 
 import pytest
 
-from tests.vllm.support import ENGINE_ARGS, ROOT, requires_vllm
+from tests.vllm.support import ENGINE_ARGS, ROOT, is_running, requires_vllm
 
 pytestmark = [
     pytest.mark.vllm,
@@ -22,18 +22,10 @@ pytestmark = [
 ]
 
 
-def _is_running(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    return True
-
-
 def _wait_until_gone(pids: list[int], timeout_s: float) -> bool:
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
-        if not any(_is_running(pid) for pid in pids):
+        if not any(is_running(pid) for pid in pids):
             return True
         time.sleep(0.2)
     return False
