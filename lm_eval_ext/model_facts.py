@@ -1,11 +1,14 @@
 """EDGE: what the planner needs to know about a model, read from its ``config.json`` only.
 
 Architecture numbers (layers, heads, kv heads, ...) come straight from the JSON. The parameter
-count comes from building the model on the meta device (accelerate's ``init_empty_weights`` and
-``AutoModelForCausalLM.from_config``): no weights are read or allocated, and the count is exact
-for every architecture transformers knows, MoE experts and biases included. Building costs well
-under a second, but importing transformers costs seconds, so counts are cached per config (in
-memory and in a small JSON file) and a warm ``lm-eval-ext plan`` never imports torch.
+count of the common decoder families (Llama, Mistral, Qwen2/3, Gemma 1/2, Mixtral, Phi-3, GPT-2,
+GPT-NeoX, Falcon) is a closed formula of those numbers (:mod:`lm_eval_ext.param_formulas`); every
+other architecture, and any config with a shape-relevant key the formulas do not read, is built
+on the meta device (accelerate's ``init_empty_weights`` and ``AutoModelForCausalLM.from_config``):
+no weights are read or allocated, and the count is exact for every architecture transformers
+knows. The formulas exist because importing transformers costs 5-7 s on a small CPU; the tests
+check each of them against the meta build. Meta counts are cached per config (in memory and in
+a small JSON file), so a warm ``lm-eval-ext plan`` never imports torch.
 
 Weight bytes follow the dtype in use (``auto`` reads the config's ``dtype``/``torch_dtype``) and
 the config's ``quantization_config``: quantized methods store the 2-D weight matrices in fewer
@@ -24,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from lm_eval_ext.errors import UserError
+from lm_eval_ext.param_formulas import formula_counts
 
 logger = logging.getLogger(__name__)
 
@@ -275,7 +279,9 @@ def config_key(config: dict[str, Any]) -> str:
 
 def count_params(config: dict[str, Any], *, trust_remote_code: bool = False,
                  config_dir: Path | None = None) -> ParamCounts:
-    """Exact parameter counts from a meta-device build, cached by :func:`config_key`."""
+    """Exact parameter counts, cached by :func:`config_key`: from a closed formula for the common
+    families (:mod:`lm_eval_ext.param_formulas`, checked against meta builds in the tests), else
+    from a meta-device build."""
     key = config_key(config)
     with _cache_lock:
         if key in _memory_cache:
@@ -284,6 +290,12 @@ def count_params(config: dict[str, Any], *, trust_remote_code: bool = False,
         if stored is not None:
             _memory_cache[key] = ParamCounts(**stored)
             return _memory_cache[key]
+    formula = formula_counts(config)
+    if formula is not None:
+        counts = ParamCounts(**vars(formula))
+        with _cache_lock:
+            _memory_cache[key] = counts
+        return counts
     counts = _count_on_meta(config, trust_remote_code=trust_remote_code, config_dir=config_dir)
     with _cache_lock:
         _memory_cache[key] = counts
