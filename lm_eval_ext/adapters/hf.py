@@ -57,6 +57,7 @@ class HfExtLM(HfRequestCacheMixin, ScoringEngineMixin, HFLM):
     """Transformers backend for lm-eval-ext; a drop-in for ``hf`` (same model_args spellings)."""
 
     def __init__(self, **model_args: Any) -> None:
+        self._init_model_args = dict(model_args)  # as given: the fast path's memo key is made of them
         share_lm_eval_handlers()
         config = HfExtConfig.from_model_args(model_args)
         prefer_cpu_collectives(torch.cuda.is_available())
@@ -121,4 +122,5 @@ class HfExtLM(HfRequestCacheMixin, ScoringEngineMixin, HFLM):
         info["lm_eval_ext_model"] = "hf_ext"
         info["data_parallel_size"] = self.world_size
         info.update(self._layout.model_info())
+        self._write_fast_path_memo(self._init_model_args, info)
         return info

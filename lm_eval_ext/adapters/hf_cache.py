@@ -21,6 +21,7 @@ from lm_eval.models.huggingface import HFLM
 from lm_eval.models.utils import resolve_max_length
 
 from lm_eval_ext.cached_lm import CacheMode, RequestCacheMixin
+from lm_eval_ext.fast_path import memo_key, write_memo
 from lm_eval_ext.fingerprint import ModelIdentity, digest_text, hash_checkpoint, hash_tokenizer, sorted_settings
 
 logger = logging.getLogger("lm_eval_ext.cache")
@@ -110,6 +111,24 @@ class HfRequestCacheMixin(RequestCacheMixin):
         report = super().request_cache_report()
         report["model_loaded"] = self.model_loaded
         return report
+
+    def _write_fast_path_memo(self, model_args: dict, model_info: dict) -> None:
+        """Leave what a later run needs to answer from the cache without this backend
+        (:mod:`lm_eval_ext.fast_path`): the fingerprint and what lm-eval reads from the model."""
+        if self.world_size > 1 or self._cache_fingerprint is None or not self._cache_mode.writes:
+            return
+        key = memo_key(model_args)
+        if key is None:
+            return
+        tokenizer = self.tokenizer
+        write_memo(self._cache_dir, key, {
+            "fingerprint": self._cache_fingerprint,
+            "tokenizer": {f"{kind}_token{suffix}": getattr(tokenizer, f"{kind}_token{suffix}", None)
+                          for kind in ("pad", "eos", "bos") for suffix in ("", "_id")},
+            "eot_token_id": self.eot_token_id,
+            "max_length": int(self.max_length),
+            "model_info": {k: v for k, v in model_info.items() if k not in {"request_cache", "cost_report"}},
+        })
 
     def _cache_flush_every(self) -> int:
         return self.batch_size if isinstance(self.batch_size, int) else 1

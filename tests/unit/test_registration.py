@@ -37,7 +37,7 @@ def test_get_model_resolves_ours_and_keeps_builtins():
         "from lm_eval.api.registry import get_model\n"
         "print(get_model('hf_ext').__module__, get_model('hf').__name__, get_model('dummy').__name__)"
     )
-    assert out.split() == ["lm_eval_ext.adapters.hf", "HFLM", "DummyLM"]
+    assert out.split() == ["lm_eval_ext.adapters.hf_entry", "HFLM", "DummyLM"]
 
 
 def test_vllm_ext_resolves_or_names_the_extra():
