@@ -125,6 +125,13 @@ def _plugin(module_name: str, ctx: Context) -> dict:
     return fn(ctx)
 
 
+@scenario("demo-cache", "make demo's evaluation, cold vs warm hf_ext request cache (fresh processes)")
+def demo_cache(ctx: Context) -> dict:
+    if ctx.use_gpu:
+        raise Skip("the demo's evaluation is a CPU job")
+    return _plugin("cache_rerun", ctx)
+
+
 @scenario("compare-hf", "benchmarks/compare_hf.py (scoring engine: stock hf auto/best vs hf_ext per task)")
 def compare_hf(ctx: Context) -> dict:
     return _plugin("compare_hf", ctx)

@@ -8,7 +8,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-ALL_SCENARIOS = ("hf-suite", "data-parallel", "cache", "gsm8k", "vllm", "planner", "compare-hf", "compare-vllm")
+ALL_SCENARIOS = ("hf-suite", "data-parallel", "cache", "demo-cache", "gsm8k", "vllm", "planner", "compare-hf",
+                 "compare-vllm")
 
 
 @dataclass(frozen=True)
