@@ -91,10 +91,11 @@ def build_engine(config: VllmExtConfig, sizes: VllmSizes, hardware: HardwareView
 
 def planned_model_config(config: VllmExtConfig, sizes: VllmSizes) -> Any:
     """vLLM's own ``ModelConfig`` for this run, from config.json without weights (under a second):
-    the dtype and context window every engine of the run will use, known before any starts."""
+    the dtype every engine of the run will use, and the longest context vLLM allows for the model
+    (``max_model_len`` left to vLLM, so that a larger request is refused by our check, with the fix)."""
     from vllm.engine.arg_utils import EngineArgs
 
-    return EngineArgs(**llm_kwargs(config, sizes)).create_model_config()
+    return EngineArgs(**{**llm_kwargs(config, sizes), "max_model_len": None}).create_model_config()
 
 
 class VllmEngineLM(VLLM):
@@ -132,7 +133,7 @@ class VllmEngineLM(VLLM):
                 raise RuntimeError(f"vllm_ext: the engine's max_model_len={engine.max_model_len} differs from "
                                    f"the planned {self._max_length}; pass max_model_len explicitly")
             self._engine = engine
-            logger.info("vllm_ext: %s engine ready, max_model_len=%d", engine.kind, self._max_length)
+            logger.info("vllm_ext: %s engine ready, max_model_len=%d", engine.kind, engine.max_model_len)
         return self._engine
 
     @property

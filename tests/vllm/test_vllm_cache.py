@@ -4,10 +4,13 @@ engine; another model over the same cache directory hits nothing. (Server mode: 
 from __future__ import annotations
 
 import os
+import random
 import shutil
 
 import pytest
 
+from lm_eval_ext.cache import RequestStore
+from lm_eval_ext.commands.cache_verify import recompute_sample
 from tests.vllm.evaluation import evaluate_samples
 from tests.vllm.support import ENGINE_ARGS, requires_vllm
 
@@ -33,6 +36,10 @@ def test_second_run_is_all_hits_identical_and_starts_no_engine(tiny_vllm_model_p
     assert second_totals["misses"] == 0 and second_totals["hits"] == first_totals["misses"]
     assert second_starts == 0  # every answer came from the cache: no model load at all
     assert second == first  # JSON keeps floats exactly: identical, not merely close
+    lines = []
+    mismatches = recompute_sample(RequestStore.open(tmp_path), f"pretrained={tiny_vllm_model_path},dtype=float32,"
+                                  "enforce_eager=True", 6, random.Random(0), lines.append, backend="vllm_ext")
+    assert mismatches == 0 and "6 of" in lines[-1]  # `lm-eval-ext cache verify --backend vllm_ext`
 
 
 def _perturbed_copy(model_path: str, out) -> str:
