@@ -3,13 +3,17 @@
 Each variant runs in its own child process (same model, tasks, engine settings) so that neither
 inherits the other's Ray cluster, threads or environment. Reported per variant: wall time
 (model construction + evaluation), engine starts (model loads), and tokens/s, where the tokens are
-counted the same way for both from the logged samples (scored prompt+continuation tokens,
-rolling-document tokens, prompt + generated tokens for generation).
+counted the same way for both from the logged samples, as every benchmark row counts them
+(:func:`benchmarks.lib.probes.workload`).
 
 Stock's engine starts are counted by wrapping ``VLLM._model_generate``: with
-``data_parallel_size=N`` every call builds N fresh ``LLM`` objects inside Ray tasks.
+``data_parallel_size=N`` every call builds N fresh ``LLM`` objects inside Ray tasks. ``vllm_ext``
+runs with its request cache off, so every repetition computes everything.
 
     python benchmarks/compare_vllm.py --model .models/smollm2-135m --data-parallel-size 2
+
+Also the ``compare-vllm`` scenario of ``benchmarks/run.py`` (:func:`bench_scenario`): warm-up, then
+interleaved repetitions of both variants, one table row with per-sample agreement.
 """
 
 from __future__ import annotations
@@ -24,35 +28,23 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
 SUITE_TASKS = ["ext_arith_mc", "ext_copy_gen", "ext_prose_rolling"]
+VARIANTS = ("vllm", "vllm_ext")
 VLLM_CPU_ENV = {
     "VLLM_CPU_KVCACHE_SPACE": "1", "VLLM_HOST_IP": "127.0.0.1", "GLOO_SOCKET_IFNAME": "lo",
     "VLLM_NO_USAGE_STATS": "1", "DO_NOT_TRACK": "1", "VLLM_ENABLE_V1_MULTIPROCESSING": "0",
     "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1",
+    # vLLM divides by its progress bar's elapsed time, 0 when TQDM_DISABLE=1 (see scenarios_more.VLLM_ENV)
+    "TQDM_DISABLE": "",
 }
 #: What stock's Ray data parallel needs on a machine without GPUs (TOOLCHAIN.md).
 STOCK_RAY_ENV = {
     "VLLM_CPU_OMP_THREADS_BIND": "nobind",
     "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0", "RAY_AUTH_MODE": "disabled", "RAY_USAGE_STATS_ENABLED": "0",
 }
-
-
-def count_suite_tokens(samples: dict, tokenizer) -> int:
-    """Tokens the model had to process for the logged samples, identical for both variants.
-
-    ``samples[task]`` rows hold ``arguments`` (one ``req.args`` tuple per request) and ``resps``:
-    loglikelihood ``(context, continuation)``, rolling ``(text,)``, generation
-    ``(context, gen_kwargs)`` with the generated text in ``resps``.
-    """
-    total = 0
-    for task_samples in samples.values():
-        for sample in task_samples:
-            for args, resps in zip(sample["arguments"], sample["resps"]):
-                texts = [a for a in args if isinstance(a, str)]
-                if isinstance(args[-1], dict):  # generate_until: prompt + what was generated
-                    texts = [args[0], resps[0]]
-                total += sum(len(tokenizer(t, add_special_tokens=False).input_ids) for t in texts)
-    return total
 
 
 def _evaluate(lm, limit: int | None) -> dict:
@@ -83,28 +75,35 @@ def _build_stock(model: str, data_parallel_size: int, engine_args: dict):
 def _build_ext(model: str, data_parallel_size: int, engine_args: dict):
     from lm_eval_ext.adapters.vllm import VllmExtLM
 
-    lm = VllmExtLM(pretrained=model, data_parallel_size=data_parallel_size, **engine_args)
+    lm = VllmExtLM(pretrained=model, data_parallel_size=data_parallel_size, cache="off", **engine_args)
     return lm, lambda: lm.num_engine_starts
 
 
 def measure_variant(variant: str, model: str, data_parallel_size: int, limit: int | None) -> dict:
     """Run one variant in this process; returns its row (call through :func:`run_variant`)."""
+    from benchmarks.lib.agreement import compact_samples
+    from benchmarks.lib.probes import workload
+    from benchmarks.lib.worker import count_tokens_with, output_types
+
     engine_args = {"dtype": "float32", "enforce_eager": True, "seed": 1234}
     build = _build_stock if variant == "vllm" else _build_ext
     started_s = time.perf_counter()
     lm, engine_starts = build(model, data_parallel_size, engine_args)
     results = _evaluate(lm, limit)
     wall_s = time.perf_counter() - started_s
-    tokens = count_suite_tokens(results["samples"], lm.tokenizer)
+    work = workload(results["samples"], output_types(results), count_tokens_with(lm))
+    tokens, requests = sum(w["tokens"] for w in work.values()), sum(w["requests"] for w in work.values())
     if variant == "vllm_ext":
         lm.close()
     metrics = {task: {k: v for k, v in r.items() if isinstance(v, float)} for task, r in results["results"].items()}
     return {"model": variant, "data_parallel_size": data_parallel_size, "wall_s": round(wall_s, 1),
-            "engine_starts": engine_starts(), "tokens": tokens, "tokens_per_s": round(tokens / wall_s, 1),
-            "load_avg_1m": round(os.getloadavg()[0], 1), "metrics": metrics}
+            "engine_starts": engine_starts(), "requests": requests, "tokens": tokens,
+            "tokens_per_s": round(tokens / wall_s, 1), "load_avg_1m": round(os.getloadavg()[0], 1),
+            "metrics": metrics, "workload": work, "samples": compact_samples(results["samples"])}
 
 
-def run_variant(variant: str, model: str, data_parallel_size: int = 2, limit: int | None = None) -> dict:
+def run_variant(variant: str, model: str, data_parallel_size: int = 2, limit: int | None = None,
+                python: str | None = None) -> dict:
     """Run one variant (``vllm`` or ``vllm_ext``) in a child process and return its row."""
     env = dict(os.environ, **VLLM_CPU_ENV)
     if variant == "vllm":
@@ -113,7 +112,7 @@ def run_variant(variant: str, model: str, data_parallel_size: int = 2, limit: in
     with tempfile.TemporaryDirectory(prefix="compare_vllm_") as scratch:
         env.update(TMPDIR=scratch, VLLM_RPC_BASE_PATH=scratch)
         out = Path(scratch) / "row.json"
-        command = [sys.executable, __file__, "--variant", variant, "--model", model,
+        command = [python or sys.executable, __file__, "--variant", variant, "--model", model,
                    "--data-parallel-size", str(data_parallel_size), "--row-out", str(out)]
         if limit:
             command += ["--limit", str(limit)]
@@ -123,10 +122,55 @@ def run_variant(variant: str, model: str, data_parallel_size: int = 2, limit: in
 
 def compare_vllm(model: str, data_parallel_size: int = 2, limit: int | None = None) -> dict:
     """Both variants, stock first; ``speedup`` is stock wall time / vllm_ext wall time."""
+    from benchmarks.lib.agreement import compare_samples
+
     stock = run_variant("vllm", model, data_parallel_size, limit)
     ext = run_variant("vllm_ext", model, data_parallel_size, limit)
+    agreement = compare_samples(stock.pop("samples"), ext.pop("samples"))
     return {"rows": [stock, ext], "speedup": round(stock["wall_s"] / ext["wall_s"], 2),
-            "same_metrics": stock["metrics"] == ext["metrics"]}
+            "same_metrics": stock["metrics"] == ext["metrics"], "samples_agree": agreement["all_agree"],
+            "max_abs_loglikelihood_diff": agreement["max_abs_loglikelihood_diff"]}
+
+
+def _step(label: str, variant: str, repetition: int | None, run) -> dict:
+    """One run as a benchmark-runner step (see benchmarks/lib/rows.py); a failed run keeps its error."""
+    step = {"label": label, "impl": variant, "measured": repetition is not None, "repetition": repetition}
+    try:
+        row = run()
+    except subprocess.CalledProcessError as exc:
+        return step | {"error": f"{variant} child exited with {exc.returncode}"}
+    # every request was computed (stock has no cache, vllm_ext runs with cache=off): no hits to report
+    no_hits = {"by_task": {task: {"cache_hits": 0} for task in row["workload"]}}
+    return step | {"eval_s": row["wall_s"], "engine_starts": row["engine_starts"], "workload": row["workload"],
+                   "samples": row["samples"], "load_avg_1m": row["load_avg_1m"], "extension": no_hits}
+
+
+def bench_scenario(ctx) -> dict:
+    """The runner's ``compare-vllm`` scenario: a warm-up per variant, then interleaved repetitions."""
+    from benchmarks.lib.rows import make_row
+    from benchmarks.lib.scenarios import Skip, failed_steps, module_available, strip_outputs
+    from benchmarks.lib.scenarios_more import vllm_python
+    from benchmarks.lib.stats import interleaved_order
+
+    size, python = 2, vllm_python()
+    if (len(ctx.machine["gpus"]) if ctx.use_gpu else ctx.num_cores) < size:
+        raise Skip(f"data parallel {size} needs {size} {'GPUs' if ctx.use_gpu else 'CPU cores'}")
+    if not module_available("ray", python):
+        raise Skip("stock vllm data parallel needs ray (`make bench-vllm` installs it)")
+    model, limit = str(ctx.model_path), ctx.suite.limit("compare-vllm")
+    steps = [_step(f"warmup-{v}", v, None, lambda v=v: run_variant(v, model, size, ctx.suite.warmup_limit, python))
+             for v in VARIANTS]
+    steps += [_step(f"{v}-r{rep}", v, rep, lambda v=v: run_variant(v, model, size, limit, python))
+              for rep, v in interleaved_order(list(VARIANTS), ctx.suite.repetitions)]
+    row = make_row("vllm DP 2, shipped tasks: Ray per request type vs persistent replicas", steps,
+                   baseline=("vllm", ""), candidate=("vllm_ext", ""), labels=("stock vllm DP2", "vllm_ext DP2"),
+                   tasks=SUITE_TASKS)
+    starts = {v: sorted({s["engine_starts"] for s in steps if s["impl"] == v and "error" not in s}) for v in VARIANTS}
+    run = {"steps": steps}
+    notes = ["time = model construction + evaluation, each run in a fresh process",
+             f"engine starts per run: stock vllm {starts['vllm']}, vllm_ext {starts['vllm_ext']}"]
+    return {"rows": [row], "runs": {"compare-vllm": strip_outputs(run)}, "notes": notes + failed_steps(run),
+            "config": {"tasks": SUITE_TASKS, "limit": limit, "data_parallel_size": size}}
 
 
 def format_table(comparison: dict) -> str:
@@ -136,7 +180,8 @@ def format_table(comparison: dict) -> str:
         lines.append(f"| {row['model']} | {row['data_parallel_size']} | {row['wall_s']} | {row['engine_starts']} "
                      f"| {row['tokens']} | {row['tokens_per_s']} | {row['load_avg_1m']} |")
     lines.append(f"\nspeedup (stock wall / vllm_ext wall): {comparison['speedup']}x; "
-                 f"same metrics: {comparison['same_metrics']}")
+                 f"same metrics: {comparison['same_metrics']}; per-sample agreement: {comparison['samples_agree']} "
+                 f"(max |loglikelihood diff| {comparison['max_abs_loglikelihood_diff']})")
     return "\n".join(lines)
 
 
@@ -145,7 +190,7 @@ def main() -> int:
     parser.add_argument("--model", default=str(ROOT / ".models" / "smollm2-135m"))
     parser.add_argument("--data-parallel-size", type=int, default=2)
     parser.add_argument("--limit", type=int, default=None, help="documents per task (default: all)")
-    parser.add_argument("--variant", choices=["vllm", "vllm_ext"], help=argparse.SUPPRESS)
+    parser.add_argument("--variant", choices=VARIANTS, help=argparse.SUPPRESS)
     parser.add_argument("--row-out", type=Path, help=argparse.SUPPRESS)
     parser.add_argument("--json-out", type=Path, help="also write the comparison as JSON here")
     args = parser.parse_args()

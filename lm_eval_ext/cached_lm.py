@@ -9,7 +9,9 @@ Results reach the store through lm-eval's own per-result hook (``self.cache_hook
 called by HFLM as each result is computed): during a computation the hook is wrapped so that
 results are buffered and written one transaction per finished batch, and still forwarded to
 lm-eval's hook, so ``--use_cache`` keeps working. Whatever the hook missed is written when the
-call returns, so a backend that never calls the hook is still cached (only less often).
+call returns, so a backend that never calls the hook is still cached (only less often). A backend
+that knows when a unit of work has finished (a vLLM engine step, an HTTP response) calls
+:meth:`store_arrived_results` to write what arrived without waiting for a full batch.
 """
 
 from __future__ import annotations
@@ -128,6 +130,7 @@ class RequestCacheMixin(abc.ABC):
 
     def _init_request_cache(self, mode: str, cache_dir: str | None) -> None:
         self._cache_mode = CacheMode(mode)
+        self._cache_writer: _BatchWriter | None = None  # set while misses are computed
         self._cache_dir = Path(cache_dir).expanduser() if cache_dir else default_cache_dir()
         self._cache_store: RequestStore | None = None
         self._cache_fingerprint: str | None = None
@@ -216,10 +219,11 @@ class RequestCacheMixin(abc.ABC):
         writer = _BatchWriter(store, model_fingerprint, request_type, self._cache_flush_every())
         inner_hook = getattr(self, "cache_hook", None)
         self.cache_hook = _ChainedHook(inner_hook, request_type, writer)
+        self._cache_writer = writer
         try:
             computed = self._compute(request_type, todo, disable_tqdm)
         finally:
-            self.cache_hook = inner_hook
+            self.cache_hook, self._cache_writer = inner_hook, None
             writer.flush()  # results the hook saw before an exception are kept
         if len(computed) != len(todo):
             raise RuntimeError(f"{request_type} returned {len(computed)} results for {len(todo)} requests")
@@ -227,6 +231,12 @@ class RequestCacheMixin(abc.ABC):
             writer.add(request.args, value)
         writer.flush()
         return computed
+
+    def store_arrived_results(self) -> None:
+        """Write the results the hook has buffered now, in one transaction (no-op outside a
+        computation or with the cache off)."""
+        if self._cache_writer is not None:
+            self._cache_writer.flush()
 
     # ------------------------------------------------------------------ reporting
 

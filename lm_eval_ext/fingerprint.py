@@ -16,6 +16,7 @@ import hashlib
 import json
 import logging
 import os
+import re
 import struct
 import tempfile
 from collections.abc import Iterable, Mapping
@@ -59,6 +60,7 @@ CONFIG_FILES = ("config.json", "generation_config.json", "adapter_config.json")
 FULL_HASH_LIMIT_BYTES = 256 * 1024 * 1024
 SAMPLE_BLOCK_BYTES = 4 * 1024
 MEMO_FILE = "fingerprint_memo.json"
+_COMMIT = re.compile(r"^[0-9a-f]{40}$")
 
 
 @dataclass(frozen=True)
@@ -145,6 +147,25 @@ def hash_checkpoint(path: str | os.PathLike, memo_dir: str | os.PathLike | None)
         named.append((relative, memo.digest(file)))
     memo.save()
     return combine_digests(named)
+
+
+def checkpoint_identity(name: str, revision: str | None, subfolder: str, memo_dir) -> tuple[str, str | None]:
+    """``(weights digest, revision)`` for a local path or a hub id (snapshot digest if downloaded)."""
+    if os.path.exists(name):
+        return hash_checkpoint(os.path.join(name, subfolder) if subfolder else name, memo_dir), None
+    try:
+        from huggingface_hub import snapshot_download
+
+        local = snapshot_download(name, revision=revision, local_files_only=True)
+        commit = os.path.basename(local.rstrip("/"))
+        return hash_checkpoint(os.path.join(local, subfolder) if subfolder else local, memo_dir), commit
+    except Exception:  # not downloaded yet: identify by hub id and revision (pin a commit to be safe)
+        if not (revision and _COMMIT.match(revision)):
+            logger.warning(
+                "request cache: %s is identified by hub revision '%s' only; pin revision=<commit> "
+                "so that a moved branch cannot serve stale answers", name, revision,
+            )
+        return f"hub:{name}", revision
 
 
 def hash_file(path: Path) -> str:

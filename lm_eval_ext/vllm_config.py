@@ -20,6 +20,7 @@ from lm_eval_ext.config import (
     as_int,
     as_str,
     batch_size,
+    cache_mode,
     one_of,
     optional,
     parse_fields,
@@ -75,7 +76,8 @@ class VllmExtConfig:
     """Everything ``vllm_ext`` accepts in ``model_args``."""
 
     pretrained: str = arg(as_str, dataclasses.MISSING, "local path or hub id (in server mode: its tokenizer)")
-    dtype: str = arg(one_of("auto", "float16", "bfloat16", "float32"), "auto", "weights and activations")
+    dtype: str = arg(one_of("auto", "float16", "bfloat16", "float32"), "auto",
+                     "weights and activations (server mode: declares the server's, for cache keys only)")
     revision: str | None = arg(optional(as_str), None, "hub revision")
     trust_remote_code: bool = arg(as_bool, False, "run code shipped with the model")
     tokenizer: str | None = arg(optional(as_str), None, "tokenizer path if not the model's")
@@ -99,6 +101,10 @@ class VllmExtConfig:
     device: str | None = arg(optional(as_str), None, "ignored by vLLM: pick GPUs with CUDA_VISIBLE_DEVICES")
     enable_thinking: bool | None = arg(optional(as_bool), None, "chat template thinking switch")
     think_end_token: str | None = arg(optional(as_str), None, "end-of-thinking marker")
+    cache: str = arg(cache_mode, "readwrite", "request cache: off, read, write or readwrite")
+    cache_dir: str | None = arg(
+        optional(as_str), None, "request cache directory (default $LM_EVAL_EXT_CACHE_DIR, else ~/.cache/lm_eval_ext)"
+    )
     # server mode
     base_url: str | None = arg(optional(http_url), None, "http://HOST:PORT/v1 of a running vllm serve")
     served_model_name: str | None = arg(optional(as_str), None, "model name on the server (default: its first)")

@@ -2,7 +2,9 @@
 
 An engine answers ``run(prompts, params, group_keys)`` -- token-id prompts with one
 ``SamplingParams`` each -- with :class:`EngineOutput` objects in prompt order, and
-``iter_run`` yields ``(index, output)`` pairs as results arrive (what a request cache stores).
+``iter_batches`` yields lists of ``(index, output)`` pairs as results arrive, one list per finished
+unit of work (an engine step, a replica's message, an HTTP response): the request cache stores
+each list in one transaction, so a killed run keeps everything that had arrived.
 :class:`EngineOutput` is the small, picklable part of vLLM's ``RequestOutput`` that stock lm-eval's
 parsing reads (``prompt_logprobs`` and ``outputs[0].text``), so replica processes and the HTTP
 client return the same thing as the in-process engine.
@@ -107,13 +109,37 @@ def shutdown_llm(llm: Any) -> None:
         core.shutdown()
 
 
-def generate_outputs(llm: Any, prompts: Sequence[list[int]], params: Sequence[Any]) -> list[EngineOutput]:
+def iter_finished(llm: Any, prompts: Sequence[list[int]], params: Sequence[Any]) -> Iterator[list[tuple[int, EngineOutput]]]:
+    """What ``llm.generate`` computes, yielded step by step: the requests each engine step finished.
+
+    Same scheduling as ``generate`` (``enqueue`` then the engine's own step loop, as vLLM's
+    ``wait_for_completion`` runs it); requests still queued when the caller stops are aborted.
+    """
     from vllm import TokensPrompt
 
-    outputs = llm.generate(
+    internal_ids = llm.enqueue(
         [TokensPrompt(prompt_token_ids=list(p)) for p in prompts], sampling_params=list(params), use_tqdm=False
     )
-    return [compact_output(o) for o in outputs]
+    # enqueue returns vLLM's internal ids, "<counter>-<8 random chars>"; outputs carry "<counter>"
+    pending = {rid.split("-", 1)[0]: (index, rid) for index, rid in enumerate(internal_ids)}
+    engine = llm.llm_engine
+    try:
+        while engine.has_unfinished_requests():
+            finished = [(pending.pop(o.request_id)[0], compact_output(o)) for o in engine.step() if o.finished]
+            if finished:
+                yield finished
+    finally:
+        if pending:
+            engine.abort_request([rid for _, rid in pending.values()], internal=True)
+
+
+def collect(batches: Iterator[list[tuple[int, EngineOutput]]], num_prompts: int) -> list[EngineOutput]:
+    """``iter_batches`` output -> outputs in prompt order."""
+    results: list[Any] = [None] * num_prompts
+    for batch in batches:
+        for index, output in batch:
+            results[index] = output
+    return results
 
 
 class InProcessEngine:
@@ -126,13 +152,13 @@ class InProcessEngine:
         self.num_engine_starts = 1
         self.max_model_len: int = self._llm.llm_engine.model_config.max_model_len
 
-    def iter_run(
+    def iter_batches(
         self, prompts: Sequence[list[int]], params: Sequence[Any], group_keys: Sequence[Hashable] | None = None
-    ) -> Iterator[tuple[int, EngineOutput]]:
-        yield from enumerate(generate_outputs(self._llm, prompts, params))
+    ) -> Iterator[list[tuple[int, EngineOutput]]]:
+        yield from iter_finished(self._llm, prompts, params)
 
     def run(self, prompts, params, group_keys=None) -> list[EngineOutput]:
-        return [output for _, output in self.iter_run(prompts, params, group_keys)]
+        return collect(self.iter_batches(prompts, params, group_keys), len(prompts))
 
     def close(self) -> None:
         if self._llm is not None:

@@ -28,7 +28,7 @@ from collections.abc import Hashable, Iterator, Sequence
 from multiprocessing.connection import wait as wait_for_connections
 from typing import Any
 
-from lm_eval_ext.vllm_engines import EngineOutput, count_engine_start
+from lm_eval_ext.vllm_engines import EngineOutput, collect, count_engine_start
 
 logger = logging.getLogger("lm_eval_ext.vllm")
 
@@ -87,12 +87,13 @@ def _exit_when_orphaned(parent_pid: int) -> None:
 
 
 def _replica_main(conn: Any, index: int, env: dict[str, str], kwargs: dict, parent_pid: int) -> None:
-    """Worker process: build one engine, then answer ("run", prompts, params) until ("close",)."""
+    """Worker process: build one engine, then answer ("run", prompts, params) until ("close",):
+    one ("part", [(index, output), ...]) per engine step that finished requests, then ("done", None)."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     os.setpgid(0, 0)
     os.environ.update(env)
     threading.Thread(target=_exit_when_orphaned, args=(parent_pid,), daemon=True).start()
-    from lm_eval_ext.vllm_engines import generate_outputs, shutdown_llm
+    from lm_eval_ext.vllm_engines import iter_finished, shutdown_llm
 
     try:
         from vllm import LLM
@@ -108,7 +109,9 @@ def _replica_main(conn: Any, index: int, env: dict[str, str], kwargs: dict, pare
             if message[0] == "close":
                 break
             try:
-                conn.send(("ok", generate_outputs(llm, message[1], message[2])))
+                for batch in iter_finished(llm, message[1], message[2]):
+                    conn.send(("part", batch))
+                conn.send(("done", None))
             except Exception:
                 conn.send(("error", traceback.format_exc()))
     except EOFError:
@@ -119,7 +122,7 @@ def _replica_main(conn: Any, index: int, env: dict[str, str], kwargs: dict, pare
 
 
 class ReplicaPool:
-    """N persistent replicas; ``iter_run`` splits one call's requests over all of them."""
+    """N persistent replicas; ``iter_batches`` splits one call's requests over all of them."""
 
     kind = "data_parallel"
 
@@ -170,10 +173,10 @@ class ReplicaPool:
             code = self._processes[index].exitcode
             raise RuntimeError(f"vllm_ext replica {index} exited unexpectedly (exit code {code})") from None
 
-    def iter_run(
+    def iter_batches(
         self, prompts: Sequence[list[int]], params: Sequence[Any], group_keys: Sequence[Hashable] | None = None
-    ) -> Iterator[tuple[int, EngineOutput]]:
-        """Yield ``(index, output)`` as each replica finishes its share; the pool is closed if the
+    ) -> Iterator[list[tuple[int, EngineOutput]]]:
+        """Yield ``[(index, output), ...]`` as replicas finish requests; the pool is closed if the
         caller fails or is interrupted meanwhile (replicas would otherwise answer a dead request)."""
         if not self._processes:
             raise RuntimeError("vllm_ext replica pool is closed (a request failed or the run was interrupted)")
@@ -187,20 +190,20 @@ class ReplicaPool:
                     pending[conn] = shard
             while pending:
                 for conn in wait_for_connections(list(pending)):
-                    shard = pending.pop(conn)
+                    shard = pending[conn]
                     status, payload = self._receive(self._connections.index(conn), conn)
-                    if status != "ok":
+                    if status == "part":
+                        yield [(shard[position], output) for position, output in payload]
+                    elif status == "done":
+                        del pending[conn]
+                    else:
                         raise RuntimeError(f"vllm_ext replica failed:\n{payload}")
-                    yield from zip(shard, payload)
         except BaseException:
             self.close(graceful=False)  # busy replicas would finish the abandoned work first
             raise
 
     def run(self, prompts, params, group_keys=None) -> list[EngineOutput]:
-        results: list[Any] = [None] * len(prompts)
-        for index, output in self.iter_run(prompts, params, group_keys):
-            results[index] = output
-        return results
+        return collect(self.iter_batches(prompts, params, group_keys), len(prompts))
 
     def close(self, graceful: bool = True) -> None:
         """Ask every replica to exit (``graceful``: wait up to :data:`REPLICA_EXIT_GRACE_S`), then

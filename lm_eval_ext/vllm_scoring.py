@@ -1,15 +1,16 @@
 """Loglikelihood scoring for ``vllm_ext``: stock truncation and parsing, engine-friendly order.
 
-Equal to stock ``VLLM._loglikelihood_tokens`` request by request (same kept tokens, same context
-length, same ``_parse_logprobs``); what differs is the order: the choices of one multiple-choice item
-(same context tokens) are sent together and kept on one replica, and each result reaches the
-cache hook as soon as its engine call returns instead of after the whole list.
+Equal to stock ``VLLM._loglikelihood_tokens`` and ``VLLM.loglikelihood_rolling`` request by request
+(same kept tokens, same context length, same windows, same ``_parse_logprobs``, same summation
+order); what differs is the order: the choices of one multiple-choice item (same context tokens)
+are sent together and kept on one replica, and each result reaches the cache hook as soon as the
+engine returns it (a rolling document: as soon as its last window does), and is stored then.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 logger = logging.getLogger("lm_eval_ext.vllm")
@@ -33,8 +34,11 @@ def grouped_order(group_keys: Sequence[Any]) -> list[int]:
     return sorted(range(len(group_keys)), key=lambda i: (first_seen[group_keys[i]], i))
 
 
-def score_requests(lm: Any, requests: Sequence[tuple]) -> list[tuple[float, bool]]:
-    """``requests``: ``(cache_key, context_tokens, continuation_tokens)`` as lm-eval builds them."""
+def score_requests(
+    lm: Any, requests: Sequence[tuple], on_scored: Callable[[int, tuple[float, bool]], None] | None = None
+) -> list[tuple[float, bool]]:
+    """``requests``: ``(cache_key, context_tokens, continuation_tokens)`` as lm-eval builds them;
+    ``on_scored(index, answer)`` is called as each answer arrives."""
     from lm_eval.models.vllm_causallms import VLLM, SamplingParams
 
     prepared = [truncate_for_scoring(ctx, cont, lm.max_length) for _, ctx, cont in requests]
@@ -45,16 +49,61 @@ def score_requests(lm: Any, requests: Sequence[tuple]) -> list[tuple[float, bool
     keys = [tuple(ctx) for _, ctx, _ in requests]
     order = grouped_order(keys)
     params = SamplingParams(temperature=0, prompt_logprobs=1, max_tokens=1, detokenize=False)
-    chunk_size = len(order) if lm.batch_size == "auto" else int(lm.batch_size)
     results: list[Any] = [None] * len(requests)
-    for start in range(0, len(order), max(chunk_size, 1)):
-        chunk = order[start:start + chunk_size]
+    for chunk in chunked(order, lm.batch_size):
         prompts = [prepared[i][0] for i in chunk]
-        for position, output in lm._engine.iter_run(prompts, [params] * len(chunk), [keys[i] for i in chunk]):
-            index = chunk[position]
-            tokens, context_len = prepared[index]
-            answer = VLLM._parse_logprobs(tokens=tokens, outputs=output, ctxlen=context_len)
-            results[index] = answer
-            if requests[index][0] is not None:  # rolling windows have none; stock caches them per document
-                lm.cache_hook.add_partial("loglikelihood", requests[index][0], answer)
+        for batch in lm.engine.iter_batches(prompts, [params] * len(chunk), [keys[i] for i in chunk]):
+            for position, output in batch:
+                index = chunk[position]
+                tokens, context_len = prepared[index]
+                results[index] = answer = VLLM._parse_logprobs(tokens=tokens, outputs=output, ctxlen=context_len)
+                if requests[index][0] is not None:  # rolling windows have none (see rolling_loglikelihoods)
+                    lm.cache_hook.add_partial("loglikelihood", requests[index][0], answer)
+                if on_scored is not None:
+                    on_scored(index, answer)
+            lm.store_arrived_results()
     return results
+
+
+def chunked(order: list[int], batch_size: int | str) -> list[list[int]]:
+    """``batch_size`` requests per engine call; ``auto``: all at once (vLLM schedules them)."""
+    size = len(order) if batch_size == "auto" else int(batch_size)
+    return [order[start:start + size] for start in range(0, len(order), max(size, 1))]
+
+
+def rolling_loglikelihoods(lm: Any, requests: Sequence[Any]) -> list[float]:
+    """Stock ``VLLM.loglikelihood_rolling``: disjoint windows of ``max_length - 2`` tokens, each
+    document's window scores summed in window order; a document is handed to the cache hook as
+    soon as its last window is scored."""
+    from lm_eval.utils import get_rolling_token_windows, make_disjoint_window
+
+    windows, owners = [], []
+    for doc, request in enumerate(requests):
+        (text,) = request.args
+        for window in map(make_disjoint_window, get_rolling_token_windows(
+            token_list=lm.tok_encode(text), prefix_token=lm.prefix_token_id,
+            max_seq_len=lm.max_length - 2, context_len=1,  # 1 for context, 1 for generation
+        )):
+            windows.append((None, *window))
+            owners.append(doc)
+    windows_of: list[list[int]] = [[] for _ in requests]
+    for window_index, doc in enumerate(owners):
+        windows_of[doc].append(window_index)
+    scores: list[Any] = [None] * len(windows)
+    totals: list[Any] = [None] * len(requests)
+    remaining = [len(w) for w in windows_of]
+
+    def finish(doc: int) -> None:
+        totals[doc] = sum(scores[w][0] for w in windows_of[doc])
+        lm.cache_hook.add_partial("loglikelihood_rolling", requests[doc].args, totals[doc])
+
+    def on_scored(window_index: int, answer: tuple[float, bool]) -> None:
+        scores[window_index] = answer
+        remaining[owners[window_index]] -= 1
+        if remaining[owners[window_index]] == 0:
+            finish(owners[window_index])
+
+    for doc in (d for d, count in enumerate(remaining) if count == 0):
+        finish(doc)
+    score_requests(lm, windows, on_scored)
+    return totals

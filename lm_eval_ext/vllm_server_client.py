@@ -29,7 +29,7 @@ import requests
 
 from lm_eval_ext.errors import UserError
 from lm_eval_ext.vllm_config import VllmExtConfig
-from lm_eval_ext.vllm_engines import EngineOutput, GeneratedText
+from lm_eval_ext.vllm_engines import EngineOutput, GeneratedText, collect
 
 logger = logging.getLogger("lm_eval_ext.vllm")
 
@@ -102,6 +102,7 @@ class ServerEngine:
     kind: str = "server"
     num_engine_starts: int = 0
     num_http_requests: int = 0  # answered ones; tests watch it to interrupt a run midway
+    model_card: dict = field(default_factory=dict)  # the server's /v1/models entry for ``model``
     _local: threading.local = field(default_factory=threading.local, repr=False)
     _rng: random.Random = field(default_factory=random.Random, repr=False)
 
@@ -123,7 +124,7 @@ class ServerEngine:
         if chosen is None:
             served = ", ".join(m["id"] for m in models)
             raise UserError(f"served_model_name={self.model!r} is not served by {self.base_url}; it serves: {served}")
-        self.model = chosen["id"]
+        self.model, self.model_card = chosen["id"], dict(chosen)
         self.max_model_len = int(chosen.get("max_model_len") or 0)
         logger.info("vllm_ext: server %s serves %s (max_model_len=%d)", self.base_url, self.model, self.max_model_len)
 
@@ -170,10 +171,11 @@ class ServerEngine:
             return [parse_echo_logprobs(p, c) for p, c in zip(prompts, choices)]
         return [EngineOutput(None, (GeneratedText(c["text"] or ""),)) for c in choices]
 
-    def iter_run(
+    def iter_batches(
         self, prompts: Sequence[list[int]], params: Sequence[Any], group_keys: Sequence[Hashable] | None = None
-    ) -> Iterator[tuple[int, EngineOutput]]:
-        """Yield ``(index, output)`` in completion order, at most ``num_concurrent`` calls in flight."""
+    ) -> Iterator[list[tuple[int, EngineOutput]]]:
+        """Yield one ``[(index, output), ...]`` per HTTP response, in completion order, with at most
+        ``num_concurrent`` calls in flight."""
         fields = [request_fields(p) for p in params]
         keys = [json.dumps(f, sort_keys=True) for f in fields]
         batches = pack_by_tokens(prompts, keys, self.tokens_per_request)
@@ -184,15 +186,12 @@ class ServerEngine:
                 done, _ = wait_for_futures(pending, return_when=FIRST_COMPLETED)
                 for future in done:
                     batch = pending.pop(future)
-                    yield from zip(batch, future.result())
+                    yield list(zip(batch, future.result()))
         finally:
             pool.shutdown(wait=False, cancel_futures=True)
 
     def run(self, prompts, params, group_keys=None) -> list[EngineOutput]:
-        results: list[Any] = [None] * len(prompts)
-        for index, output in self.iter_run(prompts, params, group_keys):
-            results[index] = output
-        return results
+        return collect(self.iter_batches(prompts, params, group_keys), len(prompts))
 
     def close(self) -> None:
         """Nothing to stop: the server is not ours."""

@@ -9,6 +9,7 @@ scenario that could not run says why. Plugging in another script is one more reg
 from __future__ import annotations
 
 import dataclasses
+import importlib
 import importlib.util
 import subprocess
 from collections.abc import Callable
@@ -63,9 +64,12 @@ class Context:
     def ext_fields(self, model: str = "hf_ext") -> set[str]:
         """``model_args`` names ``model`` accepts in this checkout (cache, budget knobs appear as
         they land); empty when its config class is not there."""
-        import lm_eval_ext.config as config
-
-        cls = getattr(config, {"hf_ext": "HfExtConfig", "vllm_ext": "VllmExtConfig"}.get(model, ""), None)
+        module_name, class_name = {"hf_ext": ("lm_eval_ext.config", "HfExtConfig"),
+                                   "vllm_ext": ("lm_eval_ext.vllm_config", "VllmExtConfig")}.get(model, ("", ""))
+        try:
+            cls = getattr(importlib.import_module(module_name), class_name, None) if module_name else None
+        except ImportError:
+            cls = None
         return {f.name for f in dataclasses.fields(cls)} if cls is not None else set()
 
     def ext_args(self, model: str, extra_args: str = "") -> str:

@@ -19,6 +19,10 @@ from benchmarks.lib.scenarios_hf import _result, _tag
 VLLM_ENV = {
     "VLLM_CPU_KVCACHE_SPACE": "1", "VLLM_HOST_IP": "127.0.0.1", "GLOO_SOCKET_IFNAME": "lo",
     "VLLM_NO_USAGE_STATS": "1", "DO_NOT_TRACK": "1", "VLLM_ENABLE_V1_MULTIPROCESSING": "0",
+    # Not "1" (the workers' default): stock vllm with batch_size=auto asks vLLM for a progress bar,
+    # and vLLM 0.32 divides tokens by that bar's elapsed time, which a disabled bar reports as 0
+    # (ZeroDivisionError in LLM._run_engine). An empty value leaves tqdm enabled.
+    "TQDM_DISABLE": "",
 }
 
 

@@ -40,25 +40,28 @@ SUITES: dict[str, Suite] = {
         name="cpu-quick", model="smollm2-135m", device="cpu", dtype="float32", batch_size=8,
         repetitions=3, warmup_limit=1,
         limits={"hf-suite": 3, "data-parallel": 4, "cache": 2, "gsm8k": 1, "vllm": 3, "planner": 4},
-        worker_timeout_s=900,
+        # compare-vllm restarts stock's Ray engines per request type: minutes per repetition (cpu-full)
+        scenarios=tuple(s for s in ALL_SCENARIOS if s != "compare-vllm"), worker_timeout_s=900,
     ),
     "cpu-full": Suite(
         name="cpu-full", model="smollm2-135m", device="cpu", dtype="float32", batch_size=8,
         repetitions=3, warmup_limit=2,
-        limits={"hf-suite": None, "data-parallel": 60, "cache": 30, "gsm8k": 16, "vllm": 30, "planner": 30},
+        limits={"hf-suite": None, "data-parallel": 60, "cache": 30, "gsm8k": 16, "vllm": 30, "planner": 30,
+                "compare-vllm": 30},
         stock_data_parallel=True, worker_timeout_s=1800,
     ),
     "gpu": Suite(
         name="gpu", model="smollm2-135m", device="cuda", dtype="float32", batch_size=32,
         repetitions=3, warmup_limit=4,
-        limits={"hf-suite": None, "data-parallel": None, "cache": None, "gsm8k": 64, "vllm": None, "planner": None},
+        limits={"hf-suite": None, "data-parallel": None, "cache": None, "gsm8k": 64, "vllm": None, "planner": None,
+                "compare-vllm": None},
         worker_timeout_s=300,
     ),
     # for developing the instrument: the tiny random model, a few documents
     "dev": Suite(
         name="dev", model="tiny-llama", device="cpu", dtype="float32", batch_size=8,
         repetitions=3, warmup_limit=1,
-        limits={"hf-suite": 4, "data-parallel": 4, "cache": 4, "gsm8k": 2, "vllm": 4, "planner": 4},
+        limits={"hf-suite": 4, "data-parallel": 4, "cache": 4, "gsm8k": 2, "vllm": 4, "planner": 4, "compare-vllm": 3},
         worker_timeout_s=300,
     ),
 }

@@ -13,7 +13,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import re
 from typing import Any
 
 import torch
@@ -22,10 +21,11 @@ from lm_eval.models.utils import resolve_max_length
 
 from lm_eval_ext.cached_lm import CacheMode, RequestCacheMixin
 from lm_eval_ext.fast_path import memo_key, write_memo
-from lm_eval_ext.fingerprint import ModelIdentity, digest_text, hash_checkpoint, hash_tokenizer, sorted_settings
+from lm_eval_ext.fingerprint import (
+    ModelIdentity, checkpoint_identity, digest_text, hash_checkpoint, hash_tokenizer, sorted_settings,
+)
 
 logger = logging.getLogger("lm_eval_ext.cache")
-_COMMIT = re.compile(r"^[0-9a-f]{40}$")
 
 
 class DeferredModel:
@@ -194,37 +194,18 @@ def _resolved_dtype(requested: Any, config: Any) -> str:
     return str(requested).replace("torch.", "")
 
 
-def _local_or_hub(name: str, revision: str | None, subfolder: str, memo_dir) -> tuple[str, str | None]:
-    """``(weights digest, revision)`` for a local path or a hub id (snapshot digest if downloaded)."""
-    if os.path.exists(name):
-        return hash_checkpoint(os.path.join(name, subfolder) if subfolder else name, memo_dir), None
-    try:
-        from huggingface_hub import snapshot_download
-
-        local = snapshot_download(name, revision=revision, local_files_only=True)
-        commit = os.path.basename(local.rstrip("/"))
-        return hash_checkpoint(os.path.join(local, subfolder) if subfolder else local, memo_dir), commit
-    except Exception:  # not downloaded yet: identify by hub id and revision (pin a commit to be safe)
-        if not (revision and _COMMIT.match(revision)):
-            logger.warning(
-                "request cache: %s is identified by hub revision '%s' only; pin revision=<commit> "
-                "so that a moved branch cannot serve stale answers", name, revision,
-            )
-        return f"hub:{name}", revision
-
-
 def _weights_identity(kwargs: dict, memo_dir) -> tuple[str, str | None]:
     name, revision = str(kwargs.get("pretrained")), kwargs.get("revision")
     gguf = kwargs.get("gguf_file")
     if gguf and os.path.exists(os.path.join(name, gguf)):
         return hash_checkpoint(os.path.join(name, gguf), memo_dir), None
-    return _local_or_hub(name, revision, kwargs.get("subfolder") or "", memo_dir)
+    return checkpoint_identity(name, revision, kwargs.get("subfolder") or "", memo_dir)
 
 
 def _adapter_identities(kwargs: dict, memo_dir) -> tuple[tuple[str, str], ...]:
     adapters = []
     for kind in ("peft", "delta"):
         if kwargs.get(kind):
-            digest, revision = _local_or_hub(str(kwargs[kind]), kwargs.get("revision"), "", memo_dir)
+            digest, revision = checkpoint_identity(str(kwargs[kind]), kwargs.get("revision"), "", memo_dir)
             adapters.append((kind, f"{digest}@{revision}" if revision else digest))
     return tuple(adapters)

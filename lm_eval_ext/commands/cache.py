@@ -31,7 +31,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     actions.add_parser("stats", help="entries per model and request type, size, hit counts")
     verify = actions.add_parser("verify", help="integrity check; recompute a random sample with the model")
     verify.add_argument("--model-args", default=None,
-                        help="hf_ext model_args of the model to recompute with, e.g. pretrained=PATH")
+                        help="model_args of the model to recompute with, e.g. pretrained=PATH")
+    verify.add_argument("--backend", choices=("hf_ext", "vllm_ext"), default="hf_ext",
+                        help="the lm-eval-ext model that filled the cache (default hf_ext)")
     verify.add_argument("--sample", type=int, default=20, help="entries to recompute (default 20)")
     verify.add_argument("--seed", type=int, default=0)
     clear = actions.add_parser("clear", help="delete entries: --all, --model, --older-than")
@@ -146,7 +148,8 @@ def _verify(store: RequestStore, args) -> int:
     if args.model_args:
         from lm_eval_ext.commands.cache_verify import recompute_sample
 
-        mismatches = recompute_sample(store, args.model_args, args.sample, random.Random(args.seed), emit)
+        mismatches = recompute_sample(store, args.model_args, args.sample, random.Random(args.seed), emit,
+                                      backend=args.backend)
     elif args.sample:
         emit("recompute: skipped (give --model-args pretrained=... to recompute a sample with the model)")
     return 1 if problems or mismatches else 0

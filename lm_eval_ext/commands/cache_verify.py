@@ -23,15 +23,24 @@ LOGLIKELIHOOD_ABS_TOLERANCE = 1e-4
 LOGLIKELIHOOD_REL_TOLERANCE = 1e-5
 
 
+def model_class(backend: str) -> type:
+    """The lm-eval-ext model that recomputes entries: ``hf_ext`` or ``vllm_ext``."""
+    if backend == "vllm_ext":
+        from lm_eval_ext.adapters.vllm import VllmExtLM
+
+        return VllmExtLM
+    from lm_eval_ext.adapters.hf import HfExtLM
+
+    return HfExtLM
+
+
 def recompute_sample(store: RequestStore, model_args: str, sample_size: int,
-                     rng: random.Random, emit: Callable[[str], None]) -> int:
+                     rng: random.Random, emit: Callable[[str], None], backend: str = "hf_ext") -> int:
     """Returns the number of mismatches (each one is also emitted)."""
     from lm_eval.api.instance import Instance
     from lm_eval.utils import simple_parse_args_string
 
-    from lm_eval_ext.adapters.hf import HfExtLM
-
-    lm = HfExtLM(**{**simple_parse_args_string(model_args), "cache": "off"})
+    lm = model_class(backend)(**{**simple_parse_args_string(model_args), "cache": "off"})
     model_fingerprint = fingerprint(lm._cache_model_identity())
     keys = [row[0] for row in store.query("SELECT key FROM entries WHERE fingerprint = ?", (model_fingerprint,))]
     if not keys:

@@ -29,7 +29,7 @@ def test_in_process_tp1_equals_stock_and_builds_what_was_asked(stock_samples, ti
 
     lm = VllmExtLM(pretrained=tiny_vllm_model_path, max_model_len=1024, **ENGINE_ARGS)
     try:
-        built = lm._engine._llm.llm_engine.vllm_config  # read each setting back from the engine
+        built = lm.engine._llm.llm_engine.vllm_config  # read each setting back from the engine
         assert built.parallel_config.tensor_parallel_size == 1
         assert built.model_config.max_model_len == 1024 and str(built.model_config.dtype) == "torch.float32"
         assert built.model_config.enforce_eager and built.cache_config.enable_prefix_caching
@@ -75,8 +75,8 @@ def test_data_parallel_2_equals_stock_and_loads_each_replica_once(stock_samples,
     from lm_eval_ext.adapters.vllm import VllmExtLM
 
     lm = VllmExtLM(pretrained=tiny_vllm_model_path, data_parallel_size=2, **ENGINE_ARGS)
-    pids = [process.pid for process in lm._engine._processes]
-    scratch_dir = lm._engine._scratch_dir
+    pids = [process.pid for process in lm.engine._processes]
+    scratch_dir = lm.engine._scratch_dir
     try:
         samples = evaluate_samples(lm, task_manager)
     finally:
