@@ -220,17 +220,25 @@ class RequestCacheMixin(abc.ABC):
         inner_hook = getattr(self, "cache_hook", None)
         self.cache_hook = _ChainedHook(inner_hook, request_type, writer)
         self._cache_writer = writer
+        computed: list = []
         try:
-            computed = self._compute(request_type, todo, disable_tqdm)
+            for chunk in self._cache_compute_chunks(request_type, todo):
+                values = self._compute(request_type, chunk, disable_tqdm)
+                if len(values) != len(chunk):
+                    raise RuntimeError(f"{request_type} returned {len(values)} results for {len(chunk)} requests")
+                for request, value in zip(chunk, values):
+                    writer.add(request.args, value)
+                writer.flush()
+                computed += values
         finally:
             self.cache_hook, self._cache_writer = inner_hook, None
             writer.flush()  # results the hook saw before an exception are kept
-        if len(computed) != len(todo):
-            raise RuntimeError(f"{request_type} returned {len(computed)} results for {len(todo)} requests")
-        for request, value in zip(todo, computed):
-            writer.add(request.args, value)
-        writer.flush()
         return computed
+
+    def _cache_compute_chunks(self, request_type: str, todo: list) -> list[list]:
+        """How the misses are handed to the backend; all at once unless a backend reports a
+        request type's results only when its whole call returns (see HfRequestCacheMixin)."""
+        return [todo]
 
     def store_arrived_results(self) -> None:
         """Write the results the hook has buffered now, in one transaction (no-op outside a

@@ -27,6 +27,9 @@ from lm_eval_ext.fingerprint import (
 
 logger = logging.getLogger("lm_eval_ext.cache")
 
+#: rolling documents per backend call when the cache writes (a kill loses at most one chunk)
+ROLLING_CHUNK_REQUESTS = 16
+
 
 class DeferredModel:
     """Stands where the model will be: knows the config, remembers ``.to(device)``; anything else
@@ -129,6 +132,15 @@ class HfRequestCacheMixin(RequestCacheMixin):
             "max_length": int(self.max_length),
             "model_info": {k: v for k, v in model_info.items() if k not in {"request_cache", "cost_report"}},
         })
+
+    def _cache_compute_chunks(self, request_type: str, todo: list) -> list[list]:
+        """HFLM reports rolling loglikelihoods only when its whole rolling call returns, so a kill
+        would lose every rolling document of the run: hand them over in chunks, each stored when
+        it returns. Not under data parallel, where rolling is collective and ranks would disagree
+        on the number of calls."""
+        if request_type != "loglikelihood_rolling" or self._cache_compute_is_collective(request_type):
+            return [todo]
+        return [todo[i : i + ROLLING_CHUNK_REQUESTS] for i in range(0, len(todo), ROLLING_CHUNK_REQUESTS)]
 
     def _cache_flush_every(self) -> int:
         return self.batch_size if isinstance(self.batch_size, int) else 1

@@ -63,3 +63,40 @@ def test_verify_recomputes_a_sample_and_reports_a_tampered_entry(tiny_model_path
     assert recompute_sample(store, model_args, 7, random.Random(0), lines.append) == 1
     assert lines[0].startswith("MISMATCH loglikelihood") and "cached (-0.5, False)" in lines[0]
     assert lines[-1] == "recompute: 7 of 7 entries checked, 1 mismatches"
+
+
+def test_rolling_documents_are_stored_chunk_by_chunk(tiny_model_path, tmp_path, monkeypatch):
+    """HFLM reports rolling results only when its call returns: a failure in the second chunk
+    keeps the first chunk's documents, and the rerun computes only the rest, with equal values."""
+    from lm_eval.api.instance import Instance
+    from lm_eval.models.huggingface import HFLM
+
+    from lm_eval_ext.adapters import hf_cache
+
+    monkeypatch.setattr(hf_cache, "ROLLING_CHUNK_REQUESTS", 3)
+    texts = [f"Paragraph {n}: " + " ".join(f"word{n * k % 17}" for k in range(40)) for n in range(7)]
+    requests = [Instance("loglikelihood_rolling", {}, (text,), n) for n, text in enumerate(texts)]
+    undisturbed = build(tiny_model_path, tmp_path / "clean", batch_size=4).loglikelihood_rolling(requests)
+
+    real = HFLM.loglikelihood_rolling
+    calls = []
+
+    def second_call_dies(self, chunk, disable_tqdm=False):
+        calls.append(len(chunk))
+        if len(calls) == 2:
+            raise KeyboardInterrupt("killed in the second chunk")
+        return real(self, chunk, disable_tqdm=disable_tqdm)
+
+    monkeypatch.setattr(HFLM, "loglikelihood_rolling", second_call_dies)
+    lm = build(tiny_model_path, tmp_path / "run", batch_size=4)
+    try:
+        lm.loglikelihood_rolling(requests)
+    except KeyboardInterrupt:
+        pass
+    assert calls == [3, 3]
+    monkeypatch.setattr(HFLM, "loglikelihood_rolling", real)
+    resumed = build(tiny_model_path, tmp_path / "run", batch_size=4)
+    values = resumed.loglikelihood_rolling(requests)
+    counters = resumed.request_cache_report()["totals"]
+    assert (counters["hits"], counters["misses"]) == (3, 4)
+    assert all(abs(a - b) <= 1e-6 * abs(a) for a, b in zip(values, undisturbed, strict=True))
