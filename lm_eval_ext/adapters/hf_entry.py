@@ -21,11 +21,13 @@ from lm_eval.api.model import LM
 from lm_eval_ext.cache import RequestStore, default_cache_dir
 from lm_eval_ext.cache_report import CacheStats, build_report
 from lm_eval_ext.config import HfExtConfig
+from lm_eval_ext.errors import install_excepthook
 from lm_eval_ext.fast_path import memo_key, read_memo
 from lm_eval_ext.report import CostReport
 from lm_eval_ext.request_keys import CachedValueError, decode_value, request_key
 
 logger = logging.getLogger("lm_eval_ext.cache")
+install_excepthook()  # a bad model_arg is one line, not a traceback (it fails in HfExtEntry.__new__)
 
 _REQUEST_TYPES = ("loglikelihood", "loglikelihood_rolling", "generate_until")
 
