@@ -200,6 +200,11 @@ class HfExtConfig:
     )
     share_contexts: bool = arg(as_bool, True, "score requests sharing a prefix from one pass over it",
                          hflm=False)
+    prompt_lookup_num_tokens: int = arg(
+        lambda n, v: as_int(n, v, 0), 8,
+        "greedy generation checks up to this many prompt-lookup draft tokens per step (same output, "
+        "fewer forwards); 0 turns speculation off", hflm=False,
+    )
 
     @classmethod
     def from_model_args(cls, args: Mapping[str, Any]) -> HfExtConfig:
