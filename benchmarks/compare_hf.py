@@ -204,8 +204,8 @@ def compare(model: str, tasks=TASKS, *, fixed_sizes=(8, 16, 32), generation_fixe
             forward_rows: int = 8, forward_row_tokens: int = 512, limits: dict | None = None,
             long_docs: int = 4, long_repeats: int = 3, repetitions: int = 1, data_dir: Path | None = None,
             device: str = "cpu", dtype: str = "float32") -> dict:
-    """Run everything; returns the dict that ``main`` prints and writes. ``data_dir`` holds
-    ``gsm8k/{train,test}.jsonl``, needed when ``tasks`` has :data:`GSM8K_TASK`."""
+    """Run everything; returns the dict that ``main`` prints and writes. ``data_dir`` holds GSM8K's
+    ``train.jsonl`` and ``test.jsonl``, needed when ``tasks`` has :data:`GSM8K_TASK`."""
     limits = {**DEFAULT_LIMITS, **(limits or {})}
     result = {"model": model, "machine_before": _machine(), "limits": limits, "repetitions": repetitions,
               "tasks": {}}
@@ -214,7 +214,7 @@ def compare(model: str, tasks=TASKS, *, fixed_sizes=(8, 16, 32), generation_fixe
     with tempfile.TemporaryDirectory() as folder:
         include = [str(ROOT / "tasks")]
         if GSM8K_TASK in tasks:
-            include.append(str(gsm8k.write_local_task(Path(data_dir) / "gsm8k", Path(folder) / "gsm8k")))
+            include.append(str(gsm8k.write_local_task(Path(data_dir), Path(folder) / "gsm8k")))
         for task in tasks:
             configs = task_configurations(task, fixed_sizes, generation_fixed_sizes,
                                           stock_auto_all or task in STOCK_AUTO_SAFE, task == "ext_arith_mc")
@@ -277,17 +277,11 @@ def format_table(result: dict) -> str:
     return "\n".join(lines)
 
 
-def find_data_dir() -> Path | None:
-    """``../shared/data`` next to the checkout (or ``BENCH_DATA_DIR``), holding ``gsm8k/``."""
-    candidates = [os.environ.get("BENCH_DATA_DIR"), ROOT.parent / "shared" / "data", Path("/work/shared/data")]
-    return next((Path(c) for c in candidates if c and (Path(c) / "gsm8k" / "test.jsonl").exists()), None)
-
-
 def bench_scenario(ctx) -> dict:
     """``benchmarks/run.py``'s ``compare-hf`` scenario: this script with the suite's model, device,
     dtype and repetitions; documents per task from the suite's ``compare-hf`` limit (GSM8K:
     ``compare-hf-gsm8k``), GSM8K only where its data is found."""
-    data_dir = ctx.data_dir if ctx.data_dir and (ctx.data_dir / "gsm8k" / "test.jsonl").exists() else None
+    data_dir = ctx.data_dir / "gsm8k" if ctx.data_dir and (ctx.data_dir / "gsm8k" / "test.jsonl").exists() else None
     tasks = TASKS + ((GSM8K_TASK,) if data_dir else ())
     limits = {t: ctx.suite.limit("compare-hf") for t in TASKS} | {GSM8K_TASK: ctx.suite.limit("compare-hf-gsm8k")}
     result = compare(str(ctx.model_path), tasks, repetitions=ctx.suite.repetitions, limits=limits,
@@ -300,12 +294,12 @@ def bench_scenario(ctx) -> dict:
 
 
 def main(argv: list[str] | None = None) -> int:
-    data_dir = find_data_dir()
+    data_dir = gsm8k.find_data_dir(ROOT)
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default=str(ROOT / ".models" / "smollm2-135m"))
     parser.add_argument("--tasks", default=",".join(TASKS + ((GSM8K_TASK,) if data_dir else ())),
                         help=f"{GSM8K_TASK} needs --data-dir (default: found when present)")
-    parser.add_argument("--data-dir", type=Path, default=data_dir, help="folder holding gsm8k/{train,test}.jsonl")
+    parser.add_argument("--data-dir", type=Path, default=data_dir, help="folder holding GSM8K's {train,test}.jsonl")
     parser.add_argument("--fixed-sizes", default="8,16,32", help="stock batch sizes to try on scoring tasks")
     parser.add_argument("--generation-fixed-sizes", default="1,8,16", help="stock batch sizes on generation tasks")
     parser.add_argument("--repetitions", type=int, default=1, help="runs per configuration, interleaved")

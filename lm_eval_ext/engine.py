@@ -30,6 +30,7 @@ from lm_eval_ext.batching import (
 )
 from lm_eval_ext.generation import eos_token_ids, greedy_generate, is_plain_greedy
 from lm_eval_ext.progress import CallProgress
+from lm_eval_ext.prompt_lookup import DEFAULT_DRAFT_TOKENS
 from lm_eval_ext.report import CostReport
 from lm_eval_ext.scoring import ModelParts, score_batch, split_model
 
@@ -71,7 +72,7 @@ class ScoringEngineMixin:
 
     def _init_scoring_engine(self, *, max_batch_tokens: int | str | None, share_contexts: bool = True,
                              row_tokens: int = DEFAULT_ROW_TOKENS, probe_cache: Any = None,
-                             prompt_lookup_num_tokens: int = 0) -> None:
+                             prompt_lookup_num_tokens: int = DEFAULT_DRAFT_TOKENS) -> None:
         self._engine_max_batch_tokens = max_batch_tokens
         self._engine_draft_tokens = prompt_lookup_num_tokens
         self._engine_share = share_contexts

@@ -8,6 +8,11 @@ the decode loop as soon as it has emitted EOS or one of the stop strings. Up to 
 string the tokens are the greedy tokens stock computes; what stock generates after it is cut
 off by lm-eval's post-processing anyway.
 
+With ``draft_tokens > 0`` a decode step also checks prompt-lookup drafts (``prompt_lookup``):
+the forward covers each row's newest token and its draft, a row keeps what matches its argmax,
+and the cache columns of rejected drafts are masked (and cropped where no row kept them), the
+way padding columns already are.
+
 Only plain greedy decoding takes this path; ``is_plain_greedy`` sends anything else (sampling,
 beams, logits processors from the model's generation config) to stock ``generate``.
 """
@@ -20,7 +25,7 @@ from dataclasses import dataclass
 import torch
 
 from lm_eval_ext.batching import common_prefix_tokens
-from lm_eval_ext.prompt_lookup import PromptLookup, StopStrings, accepted_tokens, clip_emitted
+from lm_eval_ext.prompt_lookup import PromptLookup, StopStrings, accepted_tokens, clip_emitted, draft_room
 from lm_eval_ext.scoring import ModelParts, execution_device
 
 #: generation_config fields that add logits processors; any non-default value -> stock generate
@@ -191,7 +196,8 @@ def greedy_generate(
         if not still:
             break
         active.keep(still, cache)
-        drafts = [lookups[r].draft(min(draft_tokens, max_new_tokens - len(outputs[r]) - 1)) if lookups else []
+        room = draft_room(len(active.rows), draft_tokens)
+        drafts = [lookups[r].draft(min(room, max_new_tokens - len(outputs[r]) - 1)) if lookups else []
                   for r in active.rows]
         emitted, computed = _verify(parts, cache, active, drafts)
         cost.computed_tokens += computed

@@ -50,6 +50,27 @@ class PromptLookup:
         return []
 
 
+#: draft tokens per row and step, unless ``prompt_lookup_num_tokens`` says otherwise. Off: on the
+#: project's 2-core CPU a forward over 2-9 positions cost ~2x one over a single position (a
+#: matrix-vector product becomes a matrix product), more than the ~2 tokens per forward that
+#: drafts won on GSM8K and ext_copy_gen (README, scoring engine); untested on GPUs
+DEFAULT_DRAFT_TOKENS = 0
+#: positions a verifying forward may hold: decoding one position per row is bound by reading the
+#: weights, and a few more positions ride along almost free; many rows x long drafts are compute
+#: bound, where every rejected draft token costs as much as a real one
+MAX_VERIFY_POSITIONS = 32
+
+
+def draft_room(num_rows: int, draft_tokens: int, max_positions: int = MAX_VERIFY_POSITIONS) -> int:
+    """Draft tokens per row this step: ``draft_tokens``, fewer when ``num_rows`` rows of
+    ``1 + draft`` positions would pass ``max_positions``; 0 (plain decoding) for large batches.
+
+    >>> draft_room(2, 8), draft_room(8, 8), draft_room(40, 8)
+    (8, 3, 0)
+    """
+    return max(0, min(draft_tokens, max_positions // max(1, num_rows) - 1))
+
+
 def accepted_tokens(draft: Sequence[int], predicted: Sequence[int]) -> list[int]:
     """The tokens greedy decoding emits after checking ``draft``.
 

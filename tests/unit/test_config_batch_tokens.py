@@ -39,6 +39,6 @@ def test_prompt_lookup_num_tokens_zero_turns_speculation_off():
     config = HfExtConfig.from_model_args({"pretrained": "m", "prompt_lookup_num_tokens": "0"})
     assert config.prompt_lookup_num_tokens == 0
     assert "prompt_lookup_num_tokens" not in config.hflm_kwargs(device="cpu", dtype="float32")
-    assert HfExtConfig.from_model_args({"pretrained": "m"}).prompt_lookup_num_tokens > 0
+    assert HfExtConfig.from_model_args({"pretrained": "m", "prompt_lookup_num_tokens": "8"}).prompt_lookup_num_tokens == 8
     with pytest.raises(ConfigError, match="prompt_lookup_num_tokens=-1 must be at least 0"):
         HfExtConfig.from_model_args({"pretrained": "m", "prompt_lookup_num_tokens": "-1"})

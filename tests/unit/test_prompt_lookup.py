@@ -6,7 +6,7 @@ import random
 
 import pytest
 
-from lm_eval_ext.prompt_lookup import PromptLookup, StopStrings, accepted_tokens, clip_emitted
+from lm_eval_ext.prompt_lookup import PromptLookup, StopStrings, accepted_tokens, clip_emitted, draft_room
 
 
 def test_draft_follows_the_latest_occurrence_of_the_longest_matching_suffix():
@@ -48,6 +48,12 @@ def test_extend_equals_building_from_the_whole_sequence():
 ])
 def test_accepted_tokens_keep_drafts_until_the_first_disagreement(draft, predicted, expected):
     assert accepted_tokens(draft, predicted) == expected
+
+
+@pytest.mark.parametrize("rows, expected", [(1, 8), (4, 7), (8, 3), (16, 1), (17, 0), (64, 0)])
+def test_draft_room_shrinks_with_the_batch_so_a_forward_stays_small(rows, expected):
+    assert draft_room(rows, 8, max_positions=32) == expected
+    assert draft_room(rows, 0, max_positions=32) == 0
 
 
 def test_clip_emitted_stops_at_eos_and_room():
