@@ -175,7 +175,8 @@ def task_configurations(task: str, fixed_sizes, generation_fixed_sizes, stock_au
     sizes = generation_fixed_sizes if task in GENERATION_TASKS else fixed_sizes
     configs: dict[str, dict | None] = {f"hf batch_size={n}": {"backend": "hf", "batch_size": n} for n in sizes}
     configs["hf batch_size=auto"] = {"backend": "hf", "batch_size": "auto"} if stock_auto else None
-    configs[EXT] = {"backend": "hf_ext", "batch_size": "auto", "max_batch_tokens": "auto"}
+    # request cache off: a repetition (or an earlier run) would otherwise read its answers
+    configs[EXT] = {"backend": "hf_ext", "batch_size": "auto", "max_batch_tokens": "auto", "cache": "off"}
     if unshared:
         configs[EXT_UNSHARED] = {**configs[EXT], "share_contexts": "false"}
     return configs
@@ -232,7 +233,7 @@ def compare(model: str, tasks=TASKS, *, fixed_sizes=(8, 16, 32), generation_fixe
 def _long_context_run(model, folder: Path, include, timeout_s, long_docs, long_repeats, device, dtype) -> dict:
     write_long_task(folder, num_docs=long_docs, repeats=long_repeats)
     spec = {"backend": "hf_ext", "task": LONG_TASK, "include_paths": include + [str(folder)],
-            "model_args": _model_args(model, device, dtype, batch_size="auto", max_batch_tokens="auto")}
+            "model_args": _model_args(model, device, dtype, batch_size="auto", max_batch_tokens="auto", cache="off")}
     run = _run_subprocess("evaluate", spec, timeout_s)
     run.pop("responses", None)
     return run

@@ -23,6 +23,7 @@ def test_generation_tasks_try_their_own_stock_batch_sizes_and_skip_stock_auto():
     scoring = task_configurations("ext_arith_mc", (8, 32), (1, 8), stock_auto=True, unshared=True)
     assert scoring["hf batch_size=32"] == {"backend": "hf", "batch_size": 32}
     assert scoring["hf_ext unshared"]["share_contexts"] == "false"
+    assert configs[EXT]["cache"] == scoring["hf_ext unshared"]["cache"] == "off"  # repetitions compute
 
 
 def test_repetitions_merge_to_their_median_and_a_failed_one_wins():
