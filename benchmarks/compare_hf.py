@@ -19,7 +19,6 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import math
 import os
 import resource
 import subprocess
@@ -29,7 +28,21 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:  # run as a script: benchmarks.lib is imported from the checkout
+    sys.path.insert(0, str(ROOT))
+
+from benchmarks.lib import gsm8k  # noqa: E402
+from benchmarks.lib.compare_summary import (  # noqa: E402
+    EXT, EXT_UNSHARED, efficiency, merge_repetitions, runner_rows, summarize_task,
+)
+from benchmarks.lib.stats import interleaved_order  # noqa: E402
+
 TASKS = ("ext_arith_mc", "ext_copy_gen", "ext_prose_rolling")
+#: lm-eval's own gsm8k definition over ../shared/data (benchmarks/lib/gsm8k.py): generations of
+#: real length (few-shot prompts of ~1,000 tokens), so a run's fixed costs do not dominate
+GSM8K_TASK = gsm8k.TASK_NAME
+GENERATION_TASKS = ("ext_copy_gen", GSM8K_TASK)
+DEFAULT_LIMITS = {GSM8K_TASK: 8}
 LONG_TASK = "ext_long_rolling"
 #: Stock batch_size=auto probes generation and rolling at the model's full max_length (SmolLM2:
 #: 8192): measured >10 min and 15 GB RSS here, so it is only run for these unless asked.
@@ -122,32 +135,6 @@ def _run_subprocess(kind: str, spec: dict, timeout_s: float) -> dict:
     return json.loads(Path(out_path).read_text())
 
 
-def _useful_tokens(result: dict) -> int:
-    return sum(int(e.get("useful_tokens", 0)) for e in result.get("cost_report", {}).values())
-
-
-def agreement(expected: dict, got: dict) -> dict:
-    """Per-sample agreement of two runs: worst |delta loglikelihood|, mismatched is_greedy and
-    generations, and whether every metric is equal (rel 1e-6)."""
-    worst_abs, worst_rel, greedy_diff, text_diff = 0.0, 0.0, 0, 0
-    for doc, want in expected["responses"].items():
-        have = got["responses"][doc]
-        for w, h in zip(want, have, strict=True):
-            if isinstance(w, str):
-                text_diff += w != h
-                continue
-            w_ll, h_ll = (w, h) if isinstance(w, float) else (w[0], h[0])
-            worst_abs = max(worst_abs, abs(w_ll - h_ll))
-            worst_rel = max(worst_rel, abs(w_ll - h_ll) / max(1e-12, abs(w_ll)))
-            if isinstance(w, list):
-                greedy_diff += w[1] != h[1]
-    metrics_equal = all(math.isclose(v, got["metrics"].get(k, float("nan")), rel_tol=1e-6)
-                        for k, v in expected["metrics"].items())
-    return {"max_abs_loglikelihood_diff": worst_abs, "max_rel_loglikelihood_diff": worst_rel,
-            "is_greedy_mismatches": greedy_diff, "generation_mismatches": text_diff,
-            "metrics_equal": metrics_equal}
-
-
 def write_long_task(folder: Path, num_docs: int = 4, repeats: int = 3) -> Path:
     """A rolling-loglikelihood task whose documents are ~repeats x 5k tokens (SmolLM2 tokenizer)."""
     paragraphs = [json.loads(line)["text"] for line in (ROOT / "tasks/data/prose_test.jsonl").open()]
@@ -178,99 +165,84 @@ def _machine() -> dict:
     return info
 
 
-def _model_args(backend: str, model: str, **extra) -> dict:
-    args = {"pretrained": model, "device": "cpu", "dtype": "float32", **extra}
-    return args
+def _model_args(model: str, device: str, dtype: str, **extra) -> dict:
+    return {"pretrained": model, "device": device, "dtype": dtype, **extra}
 
 
-def run_task(model: str, task: str, *, include_paths: list[str], fixed_sizes, stock_auto: bool,
-             timeout_s: float, unshared: bool, limit: int | None = None) -> dict:
-    """All configurations of one task; stock's best is the fastest stock run that finished."""
-    def run(backend, **extra):
-        spec = {"backend": backend, "task": task, "include_paths": include_paths, "limit": limit,
-                "model_args": _model_args(backend, model, **extra)}
-        logger.info("running %s %s %s", task, backend, extra)
-        return _run_subprocess("evaluate", spec, timeout_s)
-
-    runs = {f"hf batch_size={n}": run("hf", batch_size=n) for n in fixed_sizes}
-    runs["hf batch_size=auto"] = run("hf", batch_size="auto") if stock_auto else {
-        "skipped": "stock auto probes at max_length (TOOLCHAIN.md: >10 min, 15 GB RSS on this CPU)"}
-    runs["hf_ext max_batch_tokens=auto"] = run("hf_ext", batch_size="auto", max_batch_tokens="auto")
+def task_configurations(task: str, fixed_sizes, generation_fixed_sizes, stock_auto: bool,
+                        unshared: bool) -> dict[str, dict | None]:
+    """Configuration name -> (backend and model_args extras), or None where skipped (PURE)."""
+    sizes = generation_fixed_sizes if task in GENERATION_TASKS else fixed_sizes
+    configs: dict[str, dict | None] = {f"hf batch_size={n}": {"backend": "hf", "batch_size": n} for n in sizes}
+    configs["hf batch_size=auto"] = {"backend": "hf", "batch_size": "auto"} if stock_auto else None
+    # request cache off: a repetition (or an earlier run) would otherwise read its answers
+    configs[EXT] = {"backend": "hf_ext", "batch_size": "auto", "max_batch_tokens": "auto", "cache": "off"}
     if unshared:
-        runs["hf_ext unshared"] = run("hf_ext", batch_size="auto", max_batch_tokens="auto", share_contexts="false")
-    return summarize_task(runs)
+        configs[EXT_UNSHARED] = {**configs[EXT], "share_contexts": "false"}
+    return configs
 
 
-def summarize_task(runs: dict) -> dict:
-    ext = runs["hf_ext max_batch_tokens=auto"]
-    stock = {k: v for k, v in runs.items() if k.startswith("hf ") and "wall_s" in v}
-    if "wall_s" not in ext or not stock:
-        return {"runs": runs, "error": "a configuration failed"}
-    best = min(stock, key=lambda k: stock[k]["wall_s"])
-    useful = _useful_tokens(ext)
-    for result in runs.values():
-        if "wall_s" in result:
-            result["useful_tokens_per_s"] = useful / result["wall_s"]
-    summary = {
-        "best_stock": best,
-        "speedup_vs_best_stock": stock[best]["wall_s"] / ext["wall_s"],
-        "peak_rss_ratio_vs_best_stock": ext["peak_rss_bytes"] / stock[best]["peak_rss_bytes"],
-        "agreement_vs_best_stock": agreement(stock[best], ext),
-    }
-    if "hf_ext unshared" in runs and "wall_s" in runs["hf_ext unshared"]:
-        summary["agreement_unshared_vs_shared"] = agreement(ext, runs["hf_ext unshared"])
-    for result in runs.values():
-        result.pop("responses", None)
-    return {"runs": runs, **summary}
+def run_task(model: str, task: str, *, include_paths: list[str], configs: dict, timeout_s: float,
+             limit: int | None, repetitions: int, device: str, dtype: str) -> dict:
+    """Every configuration of one task, ``repetitions`` times, interleaved; stock's best is the
+    stock configuration with the lowest median."""
+    reps: dict[str, list[dict]] = {name: [] for name, c in configs.items() if c}
+    for rep, name in interleaved_order(list(reps), repetitions):
+        extra = dict(configs[name])
+        backend = extra.pop("backend")
+        spec = {"backend": backend, "task": task, "include_paths": include_paths, "limit": limit,
+                "model_args": _model_args(model, device, dtype, **extra)}
+        logger.info("running %s %s (repetition %d)", task, name, rep + 1)
+        reps[name].append(_run_subprocess("evaluate", spec, timeout_s))
+    runs = {name: merge_repetitions(results) for name, results in reps.items()}
+    runs |= {name: {"skipped": "stock auto probes at max_length (TOOLCHAIN.md: >10 min, 15 GB RSS on this CPU)"}
+             for name, c in configs.items() if c is None}
+    return summarize_task(task, runs)
 
 
-def compare(model: str, tasks=TASKS, *, fixed_sizes=(8, 16, 32), stock_auto_all: bool = False,
-            timeout_s: float = 900, long_context: bool = True, forward_rows: int = 8,
-            forward_row_tokens: int = 512, limits: dict | None = None, long_docs: int = 4,
-            long_repeats: int = 3) -> dict:
-    """Run everything; returns the dict that ``main`` prints and writes."""
-    result = {"model": model, "machine_before": _machine(), "limits": limits, "tasks": {}}
+def compare(model: str, tasks=TASKS, *, fixed_sizes=(8, 16, 32), generation_fixed_sizes=(1, 8, 16),
+            stock_auto_all: bool = False, timeout_s: float = 900, long_context: bool = True,
+            forward_rows: int = 8, forward_row_tokens: int = 512, limits: dict | None = None,
+            long_docs: int = 4, long_repeats: int = 3, repetitions: int = 1, data_dir: Path | None = None,
+            device: str = "cpu", dtype: str = "float32") -> dict:
+    """Run everything; returns the dict that ``main`` prints and writes. ``data_dir`` holds GSM8K's
+    ``train.jsonl`` and ``test.jsonl``, needed when ``tasks`` has :data:`GSM8K_TASK`."""
+    limits = {**DEFAULT_LIMITS, **(limits or {})}
+    result = {"model": model, "machine_before": _machine(), "limits": limits, "repetitions": repetitions,
+              "tasks": {}}
     result["peak_forward"] = _run_subprocess("peak_forward", {
         "model": model, "batch_rows": forward_rows, "row_tokens": forward_row_tokens, "repeats": 3}, timeout_s)
-    include = [str(ROOT / "tasks")]
-    for task in tasks:
-        result["tasks"][task] = run_task(
-            model, task, include_paths=include, fixed_sizes=fixed_sizes,
-            stock_auto=stock_auto_all or task in STOCK_AUTO_SAFE, timeout_s=timeout_s,
-            unshared=task == "ext_arith_mc", limit=(limits or {}).get(task))
-    if long_context:
-        with tempfile.TemporaryDirectory() as folder:
-            write_long_task(Path(folder), num_docs=long_docs, repeats=long_repeats)
-            spec = {"backend": "hf_ext", "task": LONG_TASK, "include_paths": include + [folder],
-                    "model_args": _model_args("hf_ext", model, batch_size="auto", max_batch_tokens="auto")}
-            long_run = _run_subprocess("evaluate", spec, timeout_s)
-            long_run.pop("responses", None)
-            result["long_context"] = long_run
+    with tempfile.TemporaryDirectory() as folder:
+        include = [str(ROOT / "tasks")]
+        if GSM8K_TASK in tasks:
+            include.append(str(gsm8k.write_local_task(Path(data_dir), Path(folder) / "gsm8k")))
+        for task in tasks:
+            configs = task_configurations(task, fixed_sizes, generation_fixed_sizes,
+                                          stock_auto_all or task in STOCK_AUTO_SAFE, task == "ext_arith_mc")
+            result["tasks"][task] = run_task(model, task, include_paths=include, configs=configs,
+                                             timeout_s=timeout_s, limit=limits.get(task),
+                                             repetitions=repetitions, device=device, dtype=dtype)
+        if long_context:
+            result["long_context"] = _long_context_run(model, Path(folder), include, timeout_s, long_docs,
+                                                       long_repeats, device, dtype)
     result["machine_after"] = _machine()
     result["efficiency"] = efficiency(result)
     return result
 
 
-def efficiency(result: dict) -> dict:
-    """Useful-token throughput of unshared hf_ext scoring against the peak forward throughput:
-    end to end (lm-eval's whole evaluate) and inside the engine's batches only."""
-    peak = result.get("peak_forward", {}).get("tokens_per_s")
-    unshared = result["tasks"].get("ext_arith_mc", {}).get("runs", {}).get("hf_ext unshared", {})
-    if not peak or "wall_s" not in unshared:
-        return {}
-    report = unshared["cost_report"]
-    useful = sum(e["useful_tokens"] for e in report.values())
-    engine_s = sum(e["wall_s"] for e in report.values())
-    return {"peak_forward_tokens_per_s": peak,
-            "unshared_end_to_end_tokens_per_s": useful / unshared["wall_s"],
-            "unshared_engine_tokens_per_s": useful / engine_s,
-            "end_to_end_fraction_of_peak": useful / unshared["wall_s"] / peak,
-            "engine_fraction_of_peak": useful / engine_s / peak}
+def _long_context_run(model, folder: Path, include, timeout_s, long_docs, long_repeats, device, dtype) -> dict:
+    write_long_task(folder, num_docs=long_docs, repeats=long_repeats)
+    spec = {"backend": "hf_ext", "task": LONG_TASK, "include_paths": include + [str(folder)],
+            "model_args": _model_args(model, device, dtype, batch_size="auto", max_batch_tokens="auto", cache="off")}
+    run = _run_subprocess("evaluate", spec, timeout_s)
+    run.pop("responses", None)
+    return run
 
 
 def format_table(result: dict) -> str:
     mib = 2**20
-    lines = [f"model: {result['model']}  documents per task: {result.get('limits') or 'all'}",
+    lines = [f"model: {result['model']}  documents per task: {result.get('limits') or 'all'}  "
+             f"repetitions: {result.get('repetitions', 1)} (wall_s: median, configurations interleaved)",
              f"machine: {result['machine_before'].get('cpus')} CPUs, load avg before "
              f"{tuple(round(x, 2) for x in result['machine_before']['load_avg_1_5_15'])}, after "
              f"{tuple(round(x, 2) for x in result['machine_after']['load_avg_1_5_15'])}",
@@ -284,7 +256,8 @@ def format_table(result: dict) -> str:
                 lines.append(f"{task:<18} {name:<30} {run.get('skipped') or run.get('error')}")
         if "speedup_vs_best_stock" in entry:
             agree = entry["agreement_vs_best_stock"]
-            lines.append(f"{'':<18} -> speedup {entry['speedup_vs_best_stock']:.2f}x vs {entry['best_stock']}; "
+            verdict = entry.get("comparison", {}).get("verdict", "")
+            lines.append(f"{'':<18} -> speedup {entry['speedup_vs_best_stock']:.2f}x ({verdict}) vs {entry['best_stock']}; "
                          f"peak RSS {entry['peak_rss_ratio_vs_best_stock']:.2f}x; max |dLL| "
                          f"{agree['max_abs_loglikelihood_diff']:.2e} (rel {agree['max_rel_loglikelihood_diff']:.1e}); "
                          f"is_greedy diffs {agree['is_greedy_mismatches']}; generation diffs "
@@ -305,16 +278,38 @@ def format_table(result: dict) -> str:
     return "\n".join(lines)
 
 
+def bench_scenario(ctx) -> dict:
+    """``benchmarks/run.py``'s ``compare-hf`` scenario: this script with the suite's model, device,
+    dtype and repetitions; documents per task from the suite's ``compare-hf`` limit (GSM8K:
+    ``compare-hf-gsm8k``), GSM8K only where its data is found."""
+    data_dir = ctx.data_dir / "gsm8k" if ctx.data_dir and (ctx.data_dir / "gsm8k" / "test.jsonl").exists() else None
+    tasks = TASKS + ((GSM8K_TASK,) if data_dir else ())
+    limits = {t: ctx.suite.limit("compare-hf") for t in TASKS} | {GSM8K_TASK: ctx.suite.limit("compare-hf-gsm8k")}
+    result = compare(str(ctx.model_path), tasks, repetitions=ctx.suite.repetitions, limits=limits,
+                     timeout_s=ctx.suite.worker_timeout_s, data_dir=data_dir, device=ctx.suite.device,
+                     dtype=ctx.suite.dtype)
+    notes = [] if data_dir else ["GSM8K data not found (../shared/data/gsm8k): generation measured on ext_copy_gen only"]
+    notes += [line for line in format_table(result).splitlines() if line.startswith(("peak forward", "long context"))]
+    config = {"tasks": list(tasks), "limits": limits, "repetitions": ctx.suite.repetitions}
+    return {"rows": runner_rows(result), "runs": {"compare_hf": result}, "config": config, "notes": notes}
+
+
 def main(argv: list[str] | None = None) -> int:
+    data_dir = gsm8k.find_data_dir(ROOT)
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default=str(ROOT / ".models" / "smollm2-135m"))
-    parser.add_argument("--tasks", default=",".join(TASKS))
-    parser.add_argument("--fixed-sizes", default="8,16,32", help="stock batch sizes to try")
+    parser.add_argument("--tasks", default=",".join(TASKS + ((GSM8K_TASK,) if data_dir else ())),
+                        help=f"{GSM8K_TASK} needs --data-dir (default: found when present)")
+    parser.add_argument("--data-dir", type=Path, default=data_dir, help="folder holding GSM8K's {train,test}.jsonl")
+    parser.add_argument("--fixed-sizes", default="8,16,32", help="stock batch sizes to try on scoring tasks")
+    parser.add_argument("--generation-fixed-sizes", default="1,8,16", help="stock batch sizes on generation tasks")
+    parser.add_argument("--repetitions", type=int, default=1, help="runs per configuration, interleaved")
     parser.add_argument("--stock-auto-all", action="store_true", help="also run stock auto on gen/rolling")
     parser.add_argument("--no-long-context", action="store_true")
     parser.add_argument("--timeout-s", type=float, default=900)
     parser.add_argument("--out", default="compare_hf.json")
-    parser.add_argument("--limit", default="", help="documents per task, e.g. ext_arith_mc=20,ext_copy_gen=10")
+    parser.add_argument("--limit", default="", help="documents per task, e.g. ext_arith_mc=20,ext_copy_gen=10 "
+                        f"(default {DEFAULT_LIMITS})")
     parser.add_argument("--forward-rows", type=int, default=8, help="rows of 512 tokens in the peak forward")
     parser.add_argument("--long-docs", type=int, default=4)
     parser.add_argument("--long-repeats", type=int, default=3, help="x ~5k tokens per long document")
@@ -327,12 +322,12 @@ def main(argv: list[str] | None = None) -> int:
         Path(out_path).write_text(json.dumps(out, default=float))
         return 0
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
-    result = compare(args.model, tuple(args.tasks.split(",")),
-                     fixed_sizes=tuple(int(n) for n in args.fixed_sizes.split(",")),
+    sizes = {name: tuple(int(n) for n in getattr(args, name).split(",")) for name in ("fixed_sizes", "generation_fixed_sizes")}
+    result = compare(args.model, tuple(args.tasks.split(",")), **sizes, repetitions=args.repetitions,
                      stock_auto_all=args.stock_auto_all, timeout_s=args.timeout_s,
                      long_context=not args.no_long_context, forward_rows=args.forward_rows,
                      limits={k: int(v) for k, v in (p.split("=") for p in args.limit.split(",") if p)},
-                     long_docs=args.long_docs, long_repeats=args.long_repeats)
+                     long_docs=args.long_docs, long_repeats=args.long_repeats, data_dir=args.data_dir)
     Path(args.out).write_text(json.dumps(result, indent=1, default=float))
     sys.stdout.write(format_table(result) + "\n")
     return 0

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 from lm_eval_ext.errors import ConfigError, did_you_mean
+from lm_eval_ext.prompt_lookup import DEFAULT_DRAFT_TOKENS
 
 T = TypeVar("T")
 
@@ -200,6 +201,11 @@ class HfExtConfig:
     )
     share_contexts: bool = arg(as_bool, True, "score requests sharing a prefix from one pass over it",
                          hflm=False)
+    prompt_lookup_num_tokens: int = arg(
+        lambda n, v: as_int(n, v, 0), DEFAULT_DRAFT_TOKENS,
+        "greedy generation checks up to this many prompt-lookup draft tokens per step (same output, "
+        "fewer forwards); 0 turns speculation off", hflm=False,
+    )
 
     @classmethod
     def from_model_args(cls, args: Mapping[str, Any]) -> HfExtConfig:

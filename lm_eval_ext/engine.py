@@ -30,6 +30,7 @@ from lm_eval_ext.batching import (
 )
 from lm_eval_ext.generation import eos_token_ids, greedy_generate, is_plain_greedy
 from lm_eval_ext.progress import CallProgress
+from lm_eval_ext.prompt_lookup import DEFAULT_DRAFT_TOKENS
 from lm_eval_ext.report import CostReport
 from lm_eval_ext.scoring import ModelParts, score_batch, split_model
 
@@ -70,8 +71,10 @@ class ScoringEngineMixin:
     """Mixed in before HFLM; call :meth:`_init_scoring_engine` after HFLM's constructor."""
 
     def _init_scoring_engine(self, *, max_batch_tokens: int | str | None, share_contexts: bool = True,
-                             row_tokens: int = DEFAULT_ROW_TOKENS, probe_cache: Any = None) -> None:
+                             row_tokens: int = DEFAULT_ROW_TOKENS, probe_cache: Any = None,
+                             prompt_lookup_num_tokens: int = DEFAULT_DRAFT_TOKENS) -> None:
         self._engine_max_batch_tokens = max_batch_tokens
+        self._engine_draft_tokens = prompt_lookup_num_tokens
         self._engine_share = share_contexts
         self._engine_row_tokens = row_tokens
         self._engine_probe_cache = probe_cache if probe_cache is not None else probe.ProbeCache()
@@ -377,7 +380,7 @@ class ScoringEngineMixin:
             return greedy_generate(
                 self._engine_parts, [r.prompt_tokens for r in batch], max_new_tokens=max_new,
                 eos_ids=eos_token_ids(self.model.generation_config), stop_strings=stop,
-                decode=self.tok_decode, device=self.device,
+                decode=self.tok_decode, device=self.device, draft_tokens=self._engine_draft_tokens,
             )
 
     def get_model_info(self) -> dict:

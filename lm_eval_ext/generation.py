@@ -8,6 +8,11 @@ the decode loop as soon as it has emitted EOS or one of the stop strings. Up to 
 string the tokens are the greedy tokens stock computes; what stock generates after it is cut
 off by lm-eval's post-processing anyway.
 
+With ``draft_tokens > 0`` a decode step also checks prompt-lookup drafts (``prompt_lookup``):
+the forward covers each row's newest token and its draft, a row keeps what matches its argmax,
+and the cache columns of rejected drafts are masked (and cropped where no row kept them), the
+way padding columns already are.
+
 Only plain greedy decoding takes this path; ``is_plain_greedy`` sends anything else (sampling,
 beams, logits processors from the model's generation config) to stock ``generate``.
 """
@@ -20,6 +25,7 @@ from dataclasses import dataclass
 import torch
 
 from lm_eval_ext.batching import common_prefix_tokens
+from lm_eval_ext.prompt_lookup import PromptLookup, StopStrings, accepted_tokens, clip_emitted, draft_room
 from lm_eval_ext.scoring import ModelParts, execution_device
 
 #: generation_config fields that add logits processors; any non-default value -> stock generate
@@ -51,6 +57,8 @@ def eos_token_ids(generation_config) -> set[int]:
 class GenerationCost:
     computed_tokens: int = 0
     useful_tokens: int = 0
+    decode_steps: int = 0
+    """forwards after the prefill (drafts make them fewer than the tokens generated)"""
 
 
 def _last_logits(parts: ModelParts, hidden: torch.Tensor, last: torch.Tensor) -> torch.Tensor:
@@ -93,6 +101,64 @@ def _prefill(parts: ModelParts, prompts: Sequence[Sequence[int]], device) -> tup
     return cache, mask, lengths + shared, first, computed
 
 
+@dataclass
+class _Active:
+    """Decode state of the rows still generating, in the order of the cache's batch dimension."""
+
+    rows: list[int]
+    tokens: torch.Tensor
+    """(rows,) each row's newest token: emitted, not yet in the cache"""
+    positions: torch.Tensor
+    """(rows,) that token's position in its sequence"""
+    mask: torch.Tensor
+    """(rows, cache columns) 1 where a column holds one of the row's tokens"""
+
+    def keep(self, at: list[int], cache) -> None:
+        """Keep the rows at these indices (finished rows leave; stock keeps computing them)."""
+        if len(at) == len(self.rows):
+            return
+        index = torch.tensor(at, device=self.mask.device)
+        cache.batch_select_indices(index)
+        self.rows = [self.rows[i] for i in at]
+        self.tokens, self.positions, self.mask = self.tokens[index], self.positions[index], self.mask[index]
+
+
+def _draft_inputs(active: _Active, drafts: list[list[int]]) -> torch.Tensor:
+    """(rows, 1 + longest draft): each row's newest token, then its draft; a shorter draft is
+    padded with its row's newest token (positions whose predictions are never read)."""
+    width = 1 + max(len(d) for d in drafts)
+    ids = active.tokens.unsqueeze(1).repeat(1, width)
+    for i, draft in enumerate(drafts):
+        if draft:
+            ids[i, 1 : 1 + len(draft)] = torch.tensor(draft, dtype=ids.dtype)
+    return ids
+
+
+def _verify(parts: ModelParts, cache, active: _Active, drafts: list[list[int]]) -> tuple[list[list[int]], int]:
+    """One forward over every row's newest token and draft; returns the tokens each row emits
+    and the forward's size in tokens. Cache columns of rejected drafts are masked, and trailing
+    columns no row kept are cropped, so the cache holds exactly each row's tokens."""
+    ids = _draft_inputs(active, drafts).to(active.mask.device)
+    rows, width = ids.shape
+    columns = active.mask.shape[1]
+    active.mask = torch.cat([active.mask, torch.ones_like(ids, dtype=active.mask.dtype)], dim=1)
+    positions = active.positions.unsqueeze(1) + torch.arange(width, device=ids.device)
+    hidden = parts.decoder(input_ids=ids, attention_mask=active.mask, position_ids=positions,
+                           past_key_values=cache, use_cache=True).last_hidden_state
+    predicted = parts.head(hidden.to(execution_device(parts.head))).argmax(dim=-1).tolist()
+    emitted = [accepted_tokens(d, p) for d, p in zip(drafts, predicted, strict=True)]
+    kept = max(len(e) for e in emitted)  # cache columns: the newest token plus accepted drafts
+    for i, tokens in enumerate(emitted):
+        active.mask[i, columns + len(tokens) :] = 0
+    if kept < width:
+        cache.crop(kept - width)
+        active.mask = active.mask[:, : columns + kept]
+    last = torch.tensor([e[-1] for e in emitted], device=active.tokens.device)
+    lengths = torch.tensor([len(e) for e in emitted], device=active.positions.device)
+    active.tokens, active.positions = last, active.positions + lengths
+    return emitted, rows * width
+
+
 @torch.no_grad()
 def greedy_generate(
     parts: ModelParts,
@@ -103,34 +169,38 @@ def greedy_generate(
     stop_strings: Sequence[str],
     decode: Callable[[list[int]], str],
     device,
+    draft_tokens: int = 0,
 ) -> tuple[list[list[int]], GenerationCost]:
     """Greedy continuations (without the prompt), each ending at EOS, at the first stop string
-    or at ``max_new_tokens``."""
+    or at ``max_new_tokens``. ``draft_tokens > 0`` checks up to that many prompt-lookup guesses
+    per row and step (``prompt_lookup``); the tokens are the same, the forwards fewer."""
     cost = GenerationCost(useful_tokens=sum(len(p) for p in prompts))
-    cache, mask, positions, tokens, cost.computed_tokens = _prefill(parts, prompts, device)
+    cache, mask, positions, first, cost.computed_tokens = _prefill(parts, prompts, device)
+    if any(getattr(layer, "is_sliding", False) for layer in getattr(cache, "layers", ())):
+        draft_tokens = 0  # a sliding window counts cache columns, and rejected drafts leave masked ones
+    # positions: the first generated token sits right after its prompt
+    active = _Active(list(range(len(prompts))), first, positions, mask)
     outputs: list[list[int]] = [[] for _ in prompts]
-    active = list(range(len(prompts)))
-    for step in range(max_new_tokens):
-        still, keep_at = [], []
-        for at, (row, token) in enumerate(zip(active, tokens.tolist(), strict=True)):
-            outputs[row].append(token)
-            if token in eos_ids or any(s in decode(outputs[row]) for s in stop_strings):
-                continue
-            still.append(row)
-            keep_at.append(at)
-        if not still or step == max_new_tokens - 1:
+    lookups = [PromptLookup(p) for p in prompts] if draft_tokens > 0 else None
+    stops = StopStrings(stop_strings, decode)
+    emitted = [[token] for token in first.tolist()]
+    while True:
+        still = []
+        for at, (row, tokens) in enumerate(zip(active.rows, emitted, strict=True)):
+            tokens, done = clip_emitted(tokens, room=max_new_tokens - len(outputs[row]), eos_ids=eos_ids)
+            outputs[row].extend(tokens)
+            if lookups:
+                lookups[row].extend(tokens)
+            if not (done or stops.hit(outputs[row], len(tokens))):
+                still.append(at)
+        if not still:
             break
-        if len(still) < len(active):  # finished rows leave the batch (stock keeps computing them)
-            keep = torch.tensor(keep_at, device=device)
-            cache.batch_select_indices(keep)
-            mask, positions, tokens = mask[keep], positions[keep], tokens[keep]
-        active = still
-        mask = torch.cat([mask, torch.ones((len(active), 1), dtype=mask.dtype, device=device)], dim=1)
-        hidden = parts.decoder(input_ids=tokens.unsqueeze(1), attention_mask=mask,
-                               position_ids=positions.unsqueeze(1), past_key_values=cache,
-                               use_cache=True).last_hidden_state
-        tokens = _last_logits(parts, hidden, torch.zeros(len(active), dtype=torch.long, device=device)).argmax(-1)
-        positions = positions + 1
-        cost.computed_tokens += len(active)
+        active.keep(still, cache)
+        room = draft_room(len(active.rows), draft_tokens)
+        drafts = [lookups[r].draft(min(room, max_new_tokens - len(outputs[r]) - 1)) if lookups else []
+                  for r in active.rows]
+        emitted, computed = _verify(parts, cache, active, drafts)
+        cost.computed_tokens += computed
+        cost.decode_steps += 1
     cost.useful_tokens += sum(len(o) for o in outputs)
     return outputs, cost

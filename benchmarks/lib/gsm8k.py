@@ -6,11 +6,21 @@ prompt, 5-shot from train, generation settings, filters, metrics.
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import yaml
 
 TASK_NAME = "gsm8k_local"
+
+
+def find_data_dir(checkout: Path) -> Path | None:
+    """The folder holding GSM8K's ``train.jsonl``/``test.jsonl``: ``$BENCH_DATA_DIR/gsm8k``, else
+    ``../shared/data/gsm8k`` next to the checkout (or next to its parent, for a worktree)."""
+    roots = [os.environ.get("BENCH_DATA_DIR"), checkout.parent / "shared" / "data",
+             checkout.parent.parent / "shared" / "data"]
+    found = (Path(r) / "gsm8k" for r in roots if r)
+    return next((d for d in found if (d / "test.jsonl").exists()), None)
 
 
 def stock_definition() -> dict:

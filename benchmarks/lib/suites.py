@@ -10,6 +10,10 @@ from dataclasses import dataclass, field
 
 ALL_SCENARIOS = ("hf-suite", "data-parallel", "cache", "demo-cache", "gsm8k", "vllm", "planner", "compare-hf",
                  "compare-vllm")
+#: for suites with a time bound (cpu-quick: 10 minutes, gpu: one device call): compare-hf runs
+#: stock at several batch sizes per task, three times each; compare-vllm restarts stock's Ray
+#: engines per request type (minutes per repetition)
+BOUNDED_SCENARIOS = tuple(s for s in ALL_SCENARIOS if s not in {"compare-hf", "compare-vllm"})
 
 
 @dataclass(frozen=True)
@@ -40,14 +44,13 @@ SUITES: dict[str, Suite] = {
         name="cpu-quick", model="smollm2-135m", device="cpu", dtype="float32", batch_size=8,
         repetitions=3, warmup_limit=1,
         limits={"hf-suite": 3, "data-parallel": 4, "cache": 2, "gsm8k": 1, "vllm": 3, "planner": 4},
-        # compare-vllm restarts stock's Ray engines per request type: minutes per repetition (cpu-full)
-        scenarios=tuple(s for s in ALL_SCENARIOS if s != "compare-vllm"), worker_timeout_s=900,
+        scenarios=BOUNDED_SCENARIOS, worker_timeout_s=900,
     ),
     "cpu-full": Suite(
         name="cpu-full", model="smollm2-135m", device="cpu", dtype="float32", batch_size=8,
         repetitions=3, warmup_limit=2,
         limits={"hf-suite": None, "data-parallel": 60, "cache": 30, "gsm8k": 16, "vllm": 30, "planner": 30,
-                "compare-vllm": 30},
+                "compare-hf": 20, "compare-hf-gsm8k": 8, "compare-vllm": 30},
         stock_data_parallel=True, worker_timeout_s=1800,
     ),
     "gpu": Suite(
@@ -55,13 +58,14 @@ SUITES: dict[str, Suite] = {
         repetitions=3, warmup_limit=4,
         limits={"hf-suite": None, "data-parallel": None, "cache": None, "gsm8k": 64, "vllm": None, "planner": None,
                 "compare-vllm": None},
-        worker_timeout_s=300,
+        scenarios=BOUNDED_SCENARIOS, worker_timeout_s=300,
     ),
     # for developing the instrument: the tiny random model, a few documents
     "dev": Suite(
         name="dev", model="tiny-llama", device="cpu", dtype="float32", batch_size=8,
         repetitions=3, warmup_limit=1,
-        limits={"hf-suite": 4, "data-parallel": 4, "cache": 4, "gsm8k": 2, "vllm": 4, "planner": 4, "compare-vllm": 3},
+        limits={"hf-suite": 4, "data-parallel": 4, "cache": 4, "gsm8k": 2, "vllm": 4, "planner": 4,
+                "compare-hf": 4, "compare-hf-gsm8k": 2, "compare-vllm": 3},
         worker_timeout_s=300,
     ),
 }

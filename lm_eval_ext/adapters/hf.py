@@ -68,7 +68,8 @@ class HfExtLM(HfRequestCacheMixin, ScoringEngineMixin, HFLM):
         super().__init__(**{**config.hflm_kwargs(device=device, dtype=dtype), **self._layout.hflm_overrides()})
         self.ext_config = config
         self._adopt_launcher_ranks()
-        self._init_scoring_engine(max_batch_tokens=config.max_batch_tokens, share_contexts=config.share_contexts)
+        self._init_scoring_engine(max_batch_tokens=config.max_batch_tokens, share_contexts=config.share_contexts,
+                                  prompt_lookup_num_tokens=config.prompt_lookup_num_tokens)
 
     def _adopt_launcher_ranks(self) -> None:
         """Shard documents over every process of the launch, GPUs or not.

@@ -1,4 +1,5 @@
-"""``max_batch_tokens`` / ``share_contexts`` model_args: parsing, messages, not forwarded to HFLM."""
+"""``max_batch_tokens`` / ``share_contexts`` / ``prompt_lookup_num_tokens`` model_args: parsing, messages,
+not forwarded to HFLM."""
 
 from __future__ import annotations
 
@@ -32,3 +33,12 @@ def test_engine_fields_are_not_passed_to_hflm():
     kwargs = config.hflm_kwargs(device="cpu", dtype="float32")
     assert "max_batch_tokens" not in kwargs and "share_contexts" not in kwargs
     assert config.share_contexts is False
+
+
+def test_prompt_lookup_num_tokens_zero_turns_speculation_off():
+    config = HfExtConfig.from_model_args({"pretrained": "m", "prompt_lookup_num_tokens": "0"})
+    assert config.prompt_lookup_num_tokens == 0
+    assert "prompt_lookup_num_tokens" not in config.hflm_kwargs(device="cpu", dtype="float32")
+    assert HfExtConfig.from_model_args({"pretrained": "m", "prompt_lookup_num_tokens": "8"}).prompt_lookup_num_tokens == 8
+    with pytest.raises(ConfigError, match="prompt_lookup_num_tokens=-1 must be at least 0"):
+        HfExtConfig.from_model_args({"pretrained": "m", "prompt_lookup_num_tokens": "-1"})
