@@ -49,7 +49,9 @@ def test_ctrl_c_during_a_request_stops_every_replica(tiny_vllm_model_path):
         threading.Thread(target=lambda: [None for _ in child.stdout], daemon=True).start()
         time.sleep(3.0)  # let the replicas start generating
         os.kill(child.pid, signal.SIGINT)
-        child.wait(60)
+        # 40 s alone or beside CPU hogs; once, late in a full `make test` on the 2-core machine, the
+        # interrupted child needed more than 60 s to exit: what matters is the assertions below
+        child.wait(180)
     finally:
         if child.poll() is None:
             os.killpg(child.pid, signal.SIGKILL)
