@@ -15,6 +15,9 @@ SHARED_DATA = ROOT.parent / "shared" / "data"
 for _name in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE", "TRANSFORMERS_OFFLINE"):
     os.environ[_name] = "1"
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+#: the environment as the session began, for children that must not inherit what earlier tests
+#: changed in os.environ (e.g. vllm_ext's CPU thread binding for tensor parallel)
+SESSION_START_ENV = dict(os.environ)
 
 sys.path.insert(0, str(ROOT / "scripts"))
 

@@ -13,6 +13,7 @@ import time
 
 import pytest
 
+from tests.conftest import SESSION_START_ENV
 from tests.vllm.support import ENGINE_ARGS, ROOT, is_running, requires_vllm
 
 pytestmark = [
@@ -41,7 +42,10 @@ def _read_replicas_line(child) -> dict:
 def test_ctrl_c_during_a_request_stops_every_replica(tiny_vllm_model_path):
     child = subprocess.Popen(
         [sys.executable, "-m", "tests.vllm.interrupt_replicas", tiny_vllm_model_path],
-        cwd=ROOT, stdout=subprocess.PIPE, text=True, start_new_session=True,
+        cwd=ROOT, stdout=subprocess.PIPE, text=True, start_new_session=True, env=SESSION_START_ENV,
+        # Ctrl-C must reach the child's Python even if something earlier in this pytest process
+        # ignored SIGINT: an ignored signal stays ignored across exec, and Python keeps it so
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )
     try:
         started = _read_replicas_line(child)
