@@ -39,13 +39,18 @@ def _read_replicas_line(child) -> dict:
     raise AssertionError(f"child exited ({child.wait()}) before reporting its replicas")
 
 
+def _deliverable_sigint() -> None:
+    """Ctrl-C must reach the child's Python whatever this pytest process did before: an ignored
+    or blocked SIGINT stays ignored or blocked across exec (Python keeps an ignored one ignored)."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
+
+
 def test_ctrl_c_during_a_request_stops_every_replica(tiny_vllm_model_path):
     child = subprocess.Popen(
         [sys.executable, "-m", "tests.vllm.interrupt_replicas", tiny_vllm_model_path],
         cwd=ROOT, stdout=subprocess.PIPE, text=True, start_new_session=True, env=SESSION_START_ENV,
-        # Ctrl-C must reach the child's Python even if something earlier in this pytest process
-        # ignored SIGINT: an ignored signal stays ignored across exec, and Python keeps it so
-        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+        preexec_fn=_deliverable_sigint,
     )
     try:
         started = _read_replicas_line(child)
