@@ -27,7 +27,8 @@ from pathlib import Path
 from typing import Any
 
 from lm_eval_ext.errors import UserError
-from lm_eval_ext.param_formulas import formula_counts
+from lm_eval_ext.param_formulas import ParamCounts, formula_counts
+from lm_eval_ext.param_formulas import first_set as _first
 
 logger = logging.getLogger(__name__)
 
@@ -39,21 +40,6 @@ DTYPE_BYTES: dict[str, int] = {
 #: config keys that never change the parameter count; dropped from the cache key
 _KEY_IGNORED = {"dtype", "torch_dtype", "transformers_version", "_name_or_path", "quantization_config",
                 "use_cache", "architectures", "auto_map", "bos_token_id", "eos_token_id", "pad_token_id"}
-
-
-@dataclass(frozen=True)
-class ParamCounts:
-    """Parameters by how quantization treats them. ``num_matrix_params`` are the weight matrices
-    inside the blocks (quantizable); embeddings and the untied LM head stay in compute dtype."""
-
-    num_params: int
-    num_embedding_params: int
-    num_matrix_params: int
-    tied_embeddings: bool
-
-    @property
-    def num_other_params(self) -> int:
-        return self.num_params - self.num_embedding_params - self.num_matrix_params
 
 
 @dataclass(frozen=True)
@@ -186,13 +172,6 @@ def read_config(path: Path) -> dict[str, Any]:
     return config
 
 
-def _first(config: dict[str, Any], *keys: str, default: Any = None) -> Any:
-    for key in keys:
-        if config.get(key) is not None:
-            return config[key]
-    return default
-
-
 def _kv_heads(config: dict[str, Any], num_heads: int) -> int:
     explicit = _first(config, "num_key_value_heads", "n_head_kv", "num_kv_heads", "multi_query_group_num")
     if config.get("model_type") == "falcon" and not config.get("new_decoder_architecture"):
@@ -292,7 +271,7 @@ def count_params(config: dict[str, Any], *, trust_remote_code: bool = False,
             return _memory_cache[key]
     formula = formula_counts(config)
     if formula is not None:
-        counts = ParamCounts(**vars(formula))
+        counts = formula
         with _cache_lock:
             _memory_cache[key] = counts
         return counts

@@ -45,14 +45,22 @@ _SHAPE_WORDS = re.compile(r"bias|norm|expert|moe|shared|lora|rank|proj|layers|in
 
 
 @dataclass(frozen=True)
-class FormulaCounts:
+class ParamCounts:
+    """Parameters by how quantization treats them. ``num_matrix_params`` are the weight matrices
+    inside the blocks (quantizable); embeddings and the untied LM head stay in compute dtype."""
+
     num_params: int
     num_embedding_params: int
     num_matrix_params: int
     tied_embeddings: bool
 
+    @property
+    def num_other_params(self) -> int:
+        return self.num_params - self.num_embedding_params - self.num_matrix_params
 
-def _get(config: dict[str, Any], *keys: str, default: Any = None) -> Any:
+
+def first_set(config: dict[str, Any], *keys: str, default: Any = None) -> Any:
+    """The value of the first of ``keys`` the config sets (not None), else ``default``."""
     for key in keys:
         if config.get(key) is not None:
             return config[key]
@@ -66,8 +74,8 @@ def _unread_shape_keys(config: dict[str, Any], read: set[str]) -> list[str]:
 def _llama_like(c: dict[str, Any], family: str) -> tuple[int, int, int, set[str]]:
     """(per-layer matrix params, per-layer other params, final other params, keys read)."""
     hidden, heads = int(c["hidden_size"]), int(c["num_attention_heads"])
-    kv_heads = int(_get(c, "num_key_value_heads", default=heads))
-    head_dim = int(_get(c, "head_dim", default=hidden // heads))
+    kv_heads = int(first_set(c, "num_key_value_heads", default=heads))
+    head_dim = int(first_set(c, "head_dim", default=hidden // heads))
     inter = int(c["intermediate_size"])
     q_out, kv_out = heads * head_dim, kv_heads * head_dim
     attn_matrix = hidden * q_out + 2 * hidden * kv_out + q_out * hidden
@@ -75,7 +83,7 @@ def _llama_like(c: dict[str, Any], family: str) -> tuple[int, int, int, set[str]
     attn_bias = (q_out + 2 * kv_out + hidden) if attention_bias else 0
     if family == "qwen2":  # q, k and v always carry a bias, o never
         attn_bias = q_out + 2 * kv_out
-    experts = int(_get(c, "num_local_experts", default=1)) if family == "mixtral" else 1
+    experts = int(first_set(c, "num_local_experts", default=1)) if family == "mixtral" else 1
     mlp_matrix = 3 * hidden * inter * experts + (hidden * experts if family == "mixtral" else 0)
     mlp_bias = (2 * inter + hidden) if c.get("mlp_bias") else 0
     norms = (4 if family == "gemma2" else 2) * hidden + (2 * head_dim if family == "qwen3" else 0)
@@ -86,7 +94,7 @@ def _llama_like(c: dict[str, Any], family: str) -> tuple[int, int, int, set[str]
 
 def _gpt2(c: dict[str, Any]) -> tuple[int, int, int, set[str], int]:
     hidden = int(c["n_embd"])
-    inner = int(_get(c, "n_inner", default=4 * hidden))
+    inner = int(first_set(c, "n_inner", default=4 * hidden))
     matrix = hidden * 3 * hidden + hidden * hidden + 2 * hidden * inner
     other = 4 * hidden + 3 * hidden + hidden + inner + hidden  # two layer norms, then the biases
     positions = int(c["n_positions"]) * hidden  # learned positions are an nn.Embedding
@@ -107,13 +115,13 @@ def _falcon(c: dict[str, Any]) -> tuple[int, int, int, set[str]] | None:
     head_dim = hidden // heads
     new_arch = bool(c.get("new_decoder_architecture", False))
     if new_arch:
-        qkv_out = (2 * int(_get(c, "num_kv_heads", default=heads)) + heads) * head_dim
+        qkv_out = (2 * int(first_set(c, "num_kv_heads", default=heads)) + heads) * head_dim
     else:
         qkv_out = hidden + 2 * head_dim if c.get("multi_query", True) else 3 * hidden
-    ffn = int(_get(c, "ffn_hidden_size", default=4 * hidden))
+    ffn = int(first_set(c, "ffn_hidden_size", default=4 * hidden))
     bias = bool(c.get("bias", False))
     matrix = hidden * qkv_out + hidden * hidden + 2 * hidden * ffn
-    ln_in_parallel = _get(c, "num_ln_in_parallel_attn", default=2 if new_arch else None)
+    ln_in_parallel = first_set(c, "num_ln_in_parallel_attn", default=2 if new_arch else None)
     if new_arch and ln_in_parallel == 2:
         norms = 2
     else:
@@ -125,7 +133,7 @@ def _falcon(c: dict[str, Any]) -> tuple[int, int, int, set[str]] | None:
     return matrix, other, 2 * hidden, read
 
 
-def formula_counts(config: dict[str, Any]) -> FormulaCounts | None:
+def formula_counts(config: dict[str, Any]) -> ParamCounts | None:
     """Exact counts for a known family, or ``None`` when only a meta build can tell."""
     family = config.get("model_type")
     if family not in FAMILIES or "text_config" in config or config.get("auto_map"):
@@ -141,9 +149,9 @@ def formula_counts(config: dict[str, Any]) -> FormulaCounts | None:
         layers, hidden = int(config["num_hidden_layers"]), int(config["hidden_size"])
     if _unread_shape_keys(config, read | {"vocab_size", "num_attention_heads"}):
         return None
-    tied = bool(_get(config, "tie_word_embeddings", default=_TIE_DEFAULT[family]))
+    tied = bool(first_set(config, "tie_word_embeddings", default=_TIE_DEFAULT[family]))
     vocab = int(config["vocab_size"])
     embedding = vocab * hidden * (1 if tied else 2) + extra_embedding
     total = embedding + layers * (matrix + other) + final
-    return FormulaCounts(num_params=total, num_embedding_params=embedding,
+    return ParamCounts(num_params=total, num_embedding_params=embedding,
                          num_matrix_params=layers * matrix, tied_embeddings=tied)
