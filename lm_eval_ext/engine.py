@@ -191,7 +191,7 @@ class ScoringEngineMixin:
             self._engine_shape(), kind=kind, scored_fraction=stats.get("scored_fraction", 1.0),
             row_tokens=stats.get("row_tokens", self._engine_row_tokens),
         )
-        return probe.cpu_budget_tokens(psutil.virtual_memory().available, token_bytes)
+        return probe.cpu_budget_tokens(psutil.virtual_memory().available, token_bytes, kind)
 
     def _engine_probe_gpu(self, kind: str, stats: dict) -> int:
         """Grow-then-bisect with batches of the real rows (loglikelihood) or of the real widest

@@ -27,6 +27,12 @@ logger = logging.getLogger("lm_eval_ext.probe")
 #: On CPU the matmul throughput of a forward pass stops growing long before this many tokens
 #: per batch (see benchmarks/README.md, "peak forward"), while peak RSS keeps growing with it.
 CPU_MAX_BATCH_TOKENS = 4096
+#: Generation budgets count rows x (prompt + max_gen_toks): KV cache held, not tokens computed
+#: per forward (long prompts are prefilled one row at a time, decode steps compute one token per
+#: row). A decode step reads all weights whatever the rows, so more rows are nearly free: 8
+#: GSM8K rows of ~1,000 cached tokens took 14 ms per row-token on the 2-core CPU, 1 row 67-77 ms.
+#: The cap bounds the KV cache instead (SmolLM2-135M: 45 KiB per token, ~1.4 GiB at the cap).
+CPU_MAX_GENERATION_TOKENS = 32768
 #: Share of the RAM reported available that one batch may use; the rest is headroom for the
 #: allocator, the tokenizer, lm-eval's own data, and other processes on the machine.
 CPU_RAM_FRACTION = 0.5
@@ -65,10 +71,11 @@ def per_token_bytes(shape: ModelShape, *, kind: str, scored_fraction: float, row
     return int(activations + attention + logits + kv_cache)
 
 
-def cpu_budget_tokens(available_bytes: int, token_bytes: int) -> int:
-    """``available_bytes * CPU_RAM_FRACTION / token_bytes`` clamped to the CPU range."""
+def cpu_budget_tokens(available_bytes: int, token_bytes: int, kind: str = "loglikelihood") -> int:
+    """``available_bytes * CPU_RAM_FRACTION / token_bytes`` clamped to the CPU range of ``kind``."""
     fitted = int(available_bytes * CPU_RAM_FRACTION) // max(1, token_bytes)
-    return max(MIN_BATCH_TOKENS, min(CPU_MAX_BATCH_TOKENS, fitted))
+    cap = CPU_MAX_GENERATION_TOKENS if kind == "generate_until" else CPU_MAX_BATCH_TOKENS
+    return max(MIN_BATCH_TOKENS, min(cap, fitted))
 
 
 def search_budget(fits: Callable[[int], bool], *, start_tokens: int, max_tokens: int) -> int:

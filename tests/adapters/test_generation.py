@@ -11,7 +11,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from lm_eval_ext.generation import greedy_generate
+from lm_eval_ext import generation
+from lm_eval_ext.generation import SOLO_PREFILL_TOKENS, greedy_generate
+from lm_eval_ext.kv_cache import GrowingLayer
 from lm_eval_ext.scoring import split_model
 
 MAX_NEW = 24
@@ -77,3 +79,47 @@ def test_rows_leave_at_eos_and_stop_strings_with_drafts(model_and_tokenizer, pro
     assert len(want[0]) <= 6 and stop[0] in tokenizer.decode(want[1])
     # a drafted step may emit tokens past the stop string; lm-eval cuts the text there
     assert [cut(tokenizer.decode(w), stop) for w in want] == [cut(tokenizer.decode(g), stop) for g in got]
+
+
+@pytest.fixture(scope="module")
+def long_prompts(model_and_tokenizer):
+    """Prompts that differ from their first token on, longer than SOLO_PREFILL_TOKENS and of
+    different lengths: each row is prefilled alone and the rows stacked into one cache."""
+    _, tokenizer = model_and_tokenizer
+    out = []
+    for row, extra in enumerate((0, 37, 5, 90)):
+        text = f"{'ABCD'[row]} list: " + " ".join(f"item {i} is {i * (row + 3) % 13}." for i in range(80))
+        out.append(tokenizer(text)["input_ids"][: SOLO_PREFILL_TOKENS + 8 + extra])
+    return out
+
+
+def with_head(tokenizer, prompts):
+    """A few-shot-like common head: computed once, copied to every row."""
+    head = tokenizer("Example: one two three. " * 8)["input_ids"]
+    return head, [head + p for p in prompts]
+
+
+@pytest.mark.parametrize("shared_prefix", [False, True])
+@pytest.mark.parametrize("draft_tokens", [0, 3])
+def test_long_prompts_prefilled_row_by_row_equal_greedy(model_and_tokenizer, long_prompts, shared_prefix,
+                                                        draft_tokens):
+    model, tokenizer = model_and_tokenizer
+    prompts = with_head(tokenizer, long_prompts)[1] if shared_prefix else long_prompts
+    outputs, _ = run(model, tokenizer, prompts, draft_tokens)
+    assert outputs == [reference(model, p, MAX_NEW, set()) for p in prompts]
+
+
+@pytest.mark.parametrize("shared_prefix", [False, True])
+def test_long_remainders_take_the_row_by_row_prefill(model_and_tokenizer, long_prompts, shared_prefix):
+    """No padding computed, and one growing cache holding every row (what the decode steps use)."""
+    model, tokenizer = model_and_tokenizer
+    head, prompts = with_head(tokenizer, long_prompts) if shared_prefix else ([], long_prompts)
+    with torch.no_grad():
+        cache, mask, positions, first, computed = generation._prefill(split_model(model), prompts, "cpu",
+                                                                      room=MAX_NEW)
+    assert computed == len(head) + sum(len(p) - len(head) for p in prompts)
+    assert positions.tolist() == [len(p) for p in prompts] and mask.sum(dim=1).tolist() == [len(p) for p in prompts]
+    assert all(isinstance(layer, GrowingLayer) for layer in cache.layers)
+    assert cache.layers[0].keys.shape[0] == len(prompts) and cache.get_seq_length() == max(len(p) for p in prompts)
+    want = [reference(model, p, 1, set())[0] for p in prompts]
+    assert first.tolist() == want

@@ -50,6 +50,13 @@ def test_cpu_budget_is_clamped():
     assert probe.cpu_budget_tokens(400 * 2**20, 100_000) == 2097
 
 
+def test_cpu_generation_budget_has_its_own_cap():
+    plenty = 100 * 2**30
+    assert probe.cpu_budget_tokens(plenty, 100_000, "generate_until") == probe.CPU_MAX_GENERATION_TOKENS
+    assert probe.cpu_budget_tokens(plenty, 100_000, "loglikelihood") == probe.CPU_MAX_BATCH_TOKENS
+    assert probe.cpu_budget_tokens(400 * 2**20, 100_000, "generate_until") == 2097  # RAM still bounds it
+
+
 def test_probe_cache_round_trip_keyed_by_everything(tmp_path):
     cache = probe.ProbeCache(tmp_path / "sub" / "probe.json")
     key = probe.ProbeKey("m@main", "float16", "H100", 80 * 2**30, "single", "loglikelihood")
