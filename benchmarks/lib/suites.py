@@ -49,8 +49,8 @@ SUITES: dict[str, Suite] = {
     "cpu-full": Suite(
         name="cpu-full", model="smollm2-135m", device="cpu", dtype="float32", batch_size=8,
         repetitions=3, warmup_limit=2,
-        # sized to finish in under 90 minutes on the 2-core CPU (4989 s measured): the shipped tasks whole in hf-suite,
-        # real-length GSM8K generations, and stock vLLM's six engine starts per DP run dominate
+        # sized to finish in under 90 minutes on the 2-core CPU (4989 s measured): the shipped
+        # tasks whole in hf-suite, real-length GSM8K generations, stock vLLM's engine starts
         limits={"hf-suite": None, "data-parallel": 30, "cache": 20, "gsm8k": 8, "vllm": 20, "planner": 30,
                 "compare-hf": 12, "compare-hf-gsm8k": 8, "compare-vllm": 10},
         stock_data_parallel=True, worker_timeout_s=1800,
