@@ -12,7 +12,7 @@ from typing import Any
 from lm_eval_ext.adapters import require
 from lm_eval_ext.adapters.hf_cache import HfRequestCacheMixin
 from lm_eval_ext.config import HfExtConfig
-from lm_eval_ext.dist import prefer_cpu_collectives
+from lm_eval_ext.dist import prefer_cpu_collectives, release_process_group_at_exit
 from lm_eval_ext.errors import install_excepthook
 from lm_eval_ext.layout import build_layout
 from lm_eval_ext.logs import share_lm_eval_handlers
@@ -83,6 +83,7 @@ class HfExtLM(HfRequestCacheMixin, ScoringEngineMixin, HFLM):
             return
         self._rank = accelerator.process_index
         self._world_size = accelerator.num_processes
+        release_process_group_at_exit()
         if self._rank == 0:
             logger.info("data parallel over %d processes (%s)", self._world_size, accelerator.distributed_type)
 
