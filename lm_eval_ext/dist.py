@@ -8,7 +8,9 @@ nodes the same shard).
 from __future__ import annotations
 
 import atexit
+import functools
 import os
+import sys
 from collections.abc import Mapping
 from dataclasses import dataclass
 
@@ -44,26 +46,19 @@ def prefer_cpu_collectives(has_cuda: bool, environ=os.environ) -> bool:
     return True
 
 
+@functools.cache  # registered once per process
 def release_process_group_at_exit() -> None:
     """Destroy the default process group when the interpreter exits.
 
     Left to interpreter teardown, a gloo process group's C++ threads were sometimes destroyed
     while still joinable: the rank that finished first died with "terminate called without an
     active exception" (SIGABRT) after a complete evaluation, and the launch failed (seen in 1 of
-    3 two-rank runs here). Registered once per process; does nothing if no group exists by then.
+    3 two-rank runs here). Does nothing if no group exists by then.
     """
-    global _RELEASE_REGISTERED
-    if _RELEASE_REGISTERED:
-        return
-    _RELEASE_REGISTERED = True
 
     def release() -> None:
-        import torch.distributed as dist
-
-        if dist.is_available() and dist.is_initialized():
+        dist = sys.modules.get("torch.distributed")  # never imported at exit: too late to load torch
+        if dist is not None and dist.is_available() and dist.is_initialized():
             dist.destroy_process_group()
 
     atexit.register(release)
-
-
-_RELEASE_REGISTERED = False

@@ -75,14 +75,11 @@ def _last_logits(parts: ModelParts, hidden: torch.Tensor, last: torch.Tensor) ->
 SOLO_PREFILL_TOKENS = 128
 
 
-def _new_cache(config):
+def _legacy_cache(config):
     from transformers import DynamicCache
 
-    cache = growing_cache(config)
-    if cache is not None:
-        return cache
     try:  # the config decides per-layer cache kinds (sliding windows) where supported
-        return DynamicCache(config=config)
+        return plain_cache(config)
     except TypeError:
         return DynamicCache()
 
@@ -94,22 +91,23 @@ def _prefill(parts: ModelParts, prompts: Sequence[Sequence[int]], device, room: 
     shared = min(shared, min(len(p) for p in prompts) - 1)  # every row keeps >= 1 token to predict from
     config = parts.model.config
     rests = [list(p[shared:]) for p in prompts]
-    solo = len(prompts) > 1 and max(len(r) for r in rests) >= SOLO_PREFILL_TOKENS and growing_cache(config)
-    cache = plain_cache(config) if solo else _new_cache(config)
-    if shared > 0:
-        prefix = torch.tensor([list(prompts[0][:shared])], dtype=torch.long, device=device)
-        parts.decoder(input_ids=prefix, past_key_values=cache, use_cache=True)
-    if solo:  # every layer is a plain DynamicLayer (growing_cache said so): rows stack
-        cache, first = _prefill_rows(parts, cache, shared, rests, device, room)
-    else:
-        if shared > 0:
-            cache.batch_repeat_interleave(len(prompts))
-        first = _prefill_batch(parts, cache, shared, rests, device)
     width = max(len(r) for r in rests)
     mask = torch.zeros((len(prompts), shared + width), dtype=torch.long)
     mask[:, :shared] = 1
     for i, rest in enumerate(rests):
         mask[i, shared : shared + len(rest)] = 1
+    growing = growing_cache(config)  # None: some layer is not a plain DynamicLayer (sliding windows)
+    solo = len(prompts) > 1 and width >= SOLO_PREFILL_TOKENS and growing is not None
+    cache = plain_cache(config) if solo else (growing or _legacy_cache(config))
+    if shared > 0:
+        prefix = torch.tensor([list(prompts[0][:shared])], dtype=torch.long, device=device)
+        parts.decoder(input_ids=prefix, past_key_values=cache, use_cache=True)
+    if solo:  # every layer is a plain DynamicLayer: rows stack
+        cache, first = _prefill_rows(parts, cache, shared, rests, device, room)
+    else:
+        if shared > 0:
+            cache.batch_repeat_interleave(len(prompts))
+        first = _prefill_batch(parts, cache, shared, rests, mask, device)
     lengths = torch.tensor([len(r) for r in rests], device=device)
     computed = shared + (sum(len(r) for r in rests) if solo else len(prompts) * width)
     return cache, mask.to(device), lengths + shared, first, computed
@@ -132,15 +130,13 @@ def _prefill_rows(parts: ModelParts, prefix_cache, shared: int, rests, device, r
     return stack.finish(), torch.cat(first)
 
 
-def _prefill_batch(parts: ModelParts, cache, shared: int, rests, device) -> torch.Tensor:
-    """Every remainder in one right-padded forward over the (repeated) prefix cache."""
+def _prefill_batch(parts: ModelParts, cache, shared: int, rests, mask: torch.Tensor, device) -> torch.Tensor:
+    """Every remainder in one right-padded forward over the (repeated) prefix cache; ``mask``
+    covers the prefix and each row's remainder."""
     width = max(len(r) for r in rests)
     ids = torch.zeros((len(rests), width), dtype=torch.long)
-    mask = torch.zeros((len(rests), shared + width), dtype=torch.long)
-    mask[:, :shared] = 1
     for i, rest in enumerate(rests):
         ids[i, : len(rest)] = torch.tensor(rest)
-        mask[i, shared : shared + len(rest)] = 1
     positions = torch.arange(shared, shared + width).expand(len(rests), -1)
     hidden = parts.decoder(input_ids=ids.to(device), attention_mask=mask.to(device),
                            position_ids=positions.to(device), past_key_values=cache,
