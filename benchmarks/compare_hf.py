@@ -66,7 +66,7 @@ def _build_lm(spec: dict):
         from lm_eval.models.huggingface import HFLM
 
         return HFLM(**spec["model_args"])
-    from lm_eval_ext.adapters.hf import HfExtLM
+    from lm_eval_ext.hf.adapter import HfExtLM
 
     return HfExtLM(**spec["model_args"])
 

@@ -73,7 +73,7 @@ def _build_stock(model: str, data_parallel_size: int, engine_args: dict):
 
 
 def _build_ext(model: str, data_parallel_size: int, engine_args: dict):
-    from lm_eval_ext.adapters.vllm import VllmExtLM
+    from lm_eval_ext.vllm.adapter import VllmExtLM
 
     lm = VllmExtLM(pretrained=model, data_parallel_size=data_parallel_size, cache="off", **engine_args)
     return lm, lambda: lm.num_engine_starts

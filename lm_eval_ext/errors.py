@@ -1,4 +1,4 @@
-"""Errors for user mistakes: one message that names the field, the value and the fix.
+"""PURE: errors for user mistakes: one message that names the field, the value and the fix.
 
 A :class:`UserError` reaching the top of a process is printed as that one message, without a
 traceback (see :func:`install_excepthook`); everything else keeps Python's normal report.

@@ -13,8 +13,8 @@ logger = logging.getLogger(__name__)
 
 #: alias -> lazy target. Keep in sync with ``[project.entry-points."lm_eval.models"]``.
 MODEL_TARGETS: dict[str, str] = {
-    "hf_ext": "lm_eval_ext.adapters.hf_entry:HfExtEntry",
-    "vllm_ext": "lm_eval_ext.adapters.vllm:VllmExtLM",
+    "hf_ext": "lm_eval_ext.hf.entry:HfExtEntry",
+    "vllm_ext": "lm_eval_ext.vllm.adapter:VllmExtLM",
 }
 
 

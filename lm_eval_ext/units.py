@@ -1,4 +1,4 @@
-"""Memory sizes: ``"20GiB"``, ``"24GB"``, ``"80G"`` <-> bytes. Bytes are ints everywhere inside.
+"""PURE: memory sizes: ``"20GiB"``, ``"24GB"``, ``"80G"`` <-> bytes. Bytes are ints everywhere inside.
 
 Binary units (KiB, MiB, GiB, TiB) are powers of 1024; decimal units (KB, MB, GB, TB) powers of
 1000, as vendors label cards. A bare letter (``"80G"``) follows accelerate's ``max_memory``

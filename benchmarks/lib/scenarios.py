@@ -64,8 +64,8 @@ class Context:
     def ext_fields(self, model: str = "hf_ext") -> set[str]:
         """``model_args`` names ``model`` accepts in this checkout (cache, budget knobs appear as
         they land); empty when its config class is not there."""
-        module_name, class_name = {"hf_ext": ("lm_eval_ext.config", "HfExtConfig"),
-                                   "vllm_ext": ("lm_eval_ext.vllm_config", "VllmExtConfig")}.get(model, ("", ""))
+        module_name, class_name = {"hf_ext": ("lm_eval_ext.hf.config", "HfExtConfig"),
+                                   "vllm_ext": ("lm_eval_ext.vllm.config", "VllmExtConfig")}.get(model, ("", ""))
         try:
             cls = getattr(importlib.import_module(module_name), class_name, None) if module_name else None
         except ImportError:

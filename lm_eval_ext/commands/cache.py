@@ -14,9 +14,9 @@ import random
 import sys
 from pathlib import Path
 
-from lm_eval_ext.cache import DB_FILE, RequestStore, default_cache_dir
+from lm_eval_ext.cache.store import DB_FILE, RequestStore, default_cache_dir
 from lm_eval_ext.errors import UserError
-from lm_eval_ext.request_keys import CachedValueError, decode_value, request_key
+from lm_eval_ext.cache.keys import CachedValueError, decode_value, request_key
 
 
 def emit(text: str = "") -> None:

@@ -14,10 +14,10 @@ import random
 from collections import defaultdict
 from collections.abc import Callable
 
-from lm_eval_ext.cache import RequestStore
+from lm_eval_ext.cache.store import RequestStore
 from lm_eval_ext.errors import UserError
-from lm_eval_ext.fingerprint import fingerprint
-from lm_eval_ext.request_keys import decode_value
+from lm_eval_ext.cache.fingerprint import fingerprint
+from lm_eval_ext.cache.keys import decode_value
 
 LOGLIKELIHOOD_ABS_TOLERANCE = 1e-4
 LOGLIKELIHOOD_REL_TOLERANCE = 1e-5
@@ -26,10 +26,10 @@ LOGLIKELIHOOD_REL_TOLERANCE = 1e-5
 def model_class(backend: str) -> type:
     """The lm-eval-ext model that recomputes entries: ``hf_ext`` or ``vllm_ext``."""
     if backend == "vllm_ext":
-        from lm_eval_ext.adapters.vllm import VllmExtLM
+        from lm_eval_ext.vllm.adapter import VllmExtLM
 
         return VllmExtLM
-    from lm_eval_ext.adapters.hf import HfExtLM
+    from lm_eval_ext.hf.adapter import HfExtLM
 
     return HfExtLM
 

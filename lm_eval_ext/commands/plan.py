@@ -16,7 +16,7 @@ import sys
 from typing import Any
 
 from lm_eval_ext.errors import UserError, did_you_mean
-from lm_eval_ext.plan_types import BACKENDS, Plan, PlanRequest
+from lm_eval_ext.plan.types import BACKENDS, Plan, PlanRequest
 from lm_eval_ext.units import format_bytes, parse_bytes
 
 #: model_args keys the planner reads; other keys that hf_ext or vllm_ext accept pass unread
@@ -94,7 +94,8 @@ def build_request(args: argparse.Namespace, model_args: dict[str, str]) -> PlanR
 
 
 def _hardware(args: argparse.Namespace):
-    from lm_eval_ext.hardware import describe_hardware, detect_hardware
+    from lm_eval_ext.plan.detect import detect_hardware
+    from lm_eval_ext.plan.hardware import describe_hardware
 
     ram = parse_bytes(args.cpu_ram, what="--cpu_ram") if args.cpu_ram else None
     if args.gpus is not None:
@@ -109,8 +110,8 @@ def _hardware(args: argparse.Namespace):
 
 
 def main(args: argparse.Namespace) -> int:
-    from lm_eval_ext.model_facts import load_model_facts
-    from lm_eval_ext.planner import plan
+    from lm_eval_ext.plan.model_facts import load_model_facts
+    from lm_eval_ext.plan.planner import plan
 
     model_args = parse_model_args(args.model_args)
     trust = model_args.get("trust_remote_code", "false").lower() in ("true", "1", "yes")

@@ -43,7 +43,7 @@ def stock_results(tiny_model_path):
 
 @pytest.fixture(scope="session")
 def ext_lm(tiny_model_path):
-    from lm_eval_ext.adapters.hf import HfExtLM
+    from lm_eval_ext.hf.adapter import HfExtLM
 
     # cache off: this one model serves many comparisons, which a request cache would answer itself
     return HfExtLM(pretrained=tiny_model_path, batch_size="auto", device="cpu", cache="off")

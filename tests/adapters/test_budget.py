@@ -7,8 +7,8 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from lm_eval_ext import probe  # noqa: E402
-from lm_eval_ext.batching import ScoreRequest, pack_rows  # noqa: E402
+from lm_eval_ext.hf import probe  # noqa: E402
+from lm_eval_ext.hf.batching import ScoreRequest, pack_rows  # noqa: E402
 
 
 def rows_of(width, count=6):

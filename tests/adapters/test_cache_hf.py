@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import torch
 
-from lm_eval_ext.fingerprint import fingerprint
+from lm_eval_ext.cache.fingerprint import fingerprint
 
 
 def build(tiny_model_path, tmp_path, **extra):
-    from lm_eval_ext.adapters.hf import HfExtLM
+    from lm_eval_ext.hf.adapter import HfExtLM
 
     return HfExtLM(pretrained=str(tiny_model_path), cache_dir=str(tmp_path), **extra)
 
@@ -46,7 +46,7 @@ def test_verify_recomputes_a_sample_and_reports_a_tampered_entry(tiny_model_path
 
     from lm_eval.api.instance import Instance
 
-    from lm_eval_ext.cache import DB_FILE, RequestStore
+    from lm_eval_ext.cache.store import DB_FILE, RequestStore
     from lm_eval_ext.commands.cache_verify import recompute_sample
 
     lm = build(tiny_model_path, tmp_path, batch_size=4)
@@ -71,7 +71,7 @@ def test_rolling_documents_are_stored_chunk_by_chunk(tiny_model_path, tmp_path, 
     from lm_eval.api.instance import Instance
     from lm_eval.models.huggingface import HFLM
 
-    from lm_eval_ext.adapters import hf_cache
+    from lm_eval_ext.compat import hf_cache
 
     monkeypatch.setattr(hf_cache, "ROLLING_CHUNK_REQUESTS", 3)
     texts = [f"Paragraph {n}: " + " ".join(f"word{n * k % 17}" for k in range(40)) for n in range(7)]

@@ -15,7 +15,7 @@ import sys
 
 import pytest
 
-from lm_eval_ext.fast_path import memo_key
+from lm_eval_ext.cache.fast_path import memo_key
 from tests.conftest import ROOT
 
 TASKS = "ext_arith_mc,ext_copy_gen,ext_prose_rolling"

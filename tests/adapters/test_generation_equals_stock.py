@@ -41,7 +41,7 @@ def generations(model: str, lm, task: str, limit: int, include: list[str]) -> di
 def compare_with_stock(model_path: str, task: str, limit: int, include: list[str]) -> None:
     from lm_eval.models.huggingface import HFLM
 
-    from lm_eval_ext.adapters.hf import HfExtLM
+    from lm_eval_ext.hf.adapter import HfExtLM
 
     stock = generations(model_path, HFLM(pretrained=model_path, batch_size=4, device="cpu", dtype="float32"),
                         task, limit, include)

@@ -30,7 +30,7 @@ def test_hf_ext_matches_stock_per_sample(tiny_model_path, task_manager, stock_re
 
 
 def test_dtype_auto_is_float32_on_cpu(tiny_model_path):
-    from lm_eval_ext.adapters.hf import HfExtLM
+    from lm_eval_ext.hf.adapter import HfExtLM
 
     lm = HfExtLM(pretrained=str(tiny_model_path))
     assert str(lm.model.dtype) == "torch.float32" and lm.device.type == "cpu"

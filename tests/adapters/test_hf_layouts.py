@@ -37,7 +37,7 @@ def stock(tiny_model_path, task_manager):
     ({"strategy": "cpu_offload", "max_cpu_memory": "500000"}, "cpu_offload", True),
 ])
 def test_layout_matches_stock_hf(stock, tiny_model_path, task_manager, tmp_path, model_args, strategy, on_disk):
-    from lm_eval_ext.adapters.hf import HfExtLM
+    from lm_eval_ext.hf.adapter import HfExtLM
 
     lm = HfExtLM(pretrained=str(tiny_model_path), device="cpu", dtype="float32", batch_size=4,
                  offload_folder=str(tmp_path / "offload"), **model_args)
@@ -54,7 +54,7 @@ def test_layout_matches_stock_hf(stock, tiny_model_path, task_manager, tmp_path,
 
 
 def test_parallelize_on_cpu_is_refused_with_the_fix(tiny_model_path):
-    from lm_eval_ext.adapters.hf import HfExtLM
+    from lm_eval_ext.hf.adapter import HfExtLM
     from lm_eval_ext.errors import UserError
 
     with pytest.raises(UserError, match="strategy=model_split splits a model over GPUs, and none is visible; "
@@ -63,7 +63,7 @@ def test_parallelize_on_cpu_is_refused_with_the_fix(tiny_model_path):
 
 
 def test_unknown_strategy_is_refused(tiny_model_path):
-    from lm_eval_ext.adapters.hf import HfExtLM
+    from lm_eval_ext.hf.adapter import HfExtLM
     from lm_eval_ext.errors import ConfigError
 
     with pytest.raises(ConfigError, match="strategy='tensor_parallel' is not valid; use one of: auto, single"):

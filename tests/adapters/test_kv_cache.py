@@ -7,8 +7,8 @@ import pytest
 import torch
 from transformers.cache_utils import DynamicLayer
 
-from lm_eval_ext import decode_attention
-from lm_eval_ext.kv_cache import SPARE_COLUMNS, GrowingLayer, RowStack, clone_cache, growing_cache, plain_cache
+from lm_eval_ext.hf import decode_attention
+from lm_eval_ext.hf.kv_cache import SPARE_COLUMNS, GrowingLayer, RowStack, clone_cache, growing_cache, plain_cache
 
 
 def states(rows: int, length: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:

@@ -8,8 +8,8 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from lm_eval_ext.batching import ScoreRequest, pack_batches, pack_rows  # noqa: E402
-from lm_eval_ext.scoring import score_batch, split_model  # noqa: E402
+from lm_eval_ext.hf.batching import ScoreRequest, pack_batches, pack_rows  # noqa: E402
+from lm_eval_ext.hf.scoring import score_batch, split_model  # noqa: E402
 
 
 @pytest.fixture(scope="module")

@@ -18,7 +18,7 @@ SCRIPT = textwrap.dedent("""
     from lm_eval.tasks import TaskManager
     model, tiny, tasks, out = sys.argv[1:5]
     if model == "hf_ext":
-        from lm_eval_ext.adapters.hf import HfExtLM as Model
+        from lm_eval_ext.hf.adapter import HfExtLM as Model
     else:
         from lm_eval.models.huggingface import HFLM as Model
     lm = Model(pretrained=tiny, device="cpu", dtype="float32", batch_size=4)

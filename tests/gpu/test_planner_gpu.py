@@ -29,7 +29,7 @@ def stock(tiny_model_path, task_manager):
 
 @pytest.mark.skipif(NUM_GPUS < 1, reason="needs a CUDA GPU")
 def test_detected_gpus_report_free_memory():
-    from lm_eval_ext.hardware import detect_hardware
+    from lm_eval_ext.plan.detect import detect_hardware
 
     hardware = detect_hardware()
     assert len(hardware.gpus) == NUM_GPUS
@@ -43,7 +43,7 @@ def test_detected_gpus_report_free_memory():
      {"cuda", "cpu"}),
 ])
 def test_gpu_layouts_match_stock(stock, tiny_model_path, task_manager, model_args, strategy, devices, tmp_path):
-    from lm_eval_ext.adapters.hf import HfExtLM
+    from lm_eval_ext.hf.adapter import HfExtLM
 
     lm = HfExtLM(pretrained=str(tiny_model_path), dtype="float32", batch_size=4, offload_folder=str(tmp_path),
                  **model_args)
@@ -61,7 +61,7 @@ def test_gpu_layouts_match_stock(stock, tiny_model_path, task_manager, model_arg
 
 @pytest.mark.skipif(NUM_GPUS < 2, reason="needs two CUDA GPUs")
 def test_model_split_over_two_gpus_matches_stock(stock, tiny_model_path, task_manager, tmp_path):
-    from lm_eval_ext.adapters.hf import HfExtLM
+    from lm_eval_ext.hf.adapter import HfExtLM
 
     lm = HfExtLM(pretrained=str(tiny_model_path), dtype="float32", batch_size=4, strategy="model_split",
                  max_memory_per_gpu="400000", offload_folder=str(tmp_path))

@@ -30,7 +30,7 @@ def preload() -> None:
     import lm_eval.evaluator  # noqa: F401
     import lm_eval.tasks  # noqa: F401
 
-    import lm_eval_ext.adapters.hf  # noqa: F401
+    import lm_eval_ext.hf.adapter  # noqa: F401
     import lm_eval_ext.registry
 
     lm_eval_ext.registry.register_models()

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from tests.reliability.forking import REPO, TASKS_DIR, tiny_model
 
-from lm_eval_ext.cache import DB_FILE, Entry, RequestStore
+from lm_eval_ext.cache.store import DB_FILE, Entry, RequestStore
 
 
 @pytest.mark.skipif(not (tiny_model() / "config.json").exists(), reason="tiny model not built: run `make models`")

@@ -137,7 +137,7 @@ def launch_two_ranks(cache_dir: Path, out: Path, extra_model_args: str = "") -> 
 
 def forget_rolling_documents_of_rank_one(cache_dir: Path) -> int:
     """Rank 1 of 2 evaluates documents 1, 3, 5: drop their rolling entries only."""
-    from lm_eval_ext.request_keys import canonical_json
+    from lm_eval_ext.cache.keys import canonical_json
 
     rows = (TASKS_DIR / "data" / "prose_test.jsonl").read_text().splitlines()
     texts = [json.loads(rows[doc])["text"] for doc in range(1, LIMIT, 2)]

@@ -8,8 +8,8 @@ import hashlib
 from lm_eval.api.instance import Instance
 from lm_eval.api.model import CacheHook
 
-from lm_eval_ext.cached_lm import RequestCacheMixin
-from lm_eval_ext.fingerprint import ModelIdentity
+from lm_eval_ext.cache.cached_lm import RequestCacheMixin
+from lm_eval_ext.cache.fingerprint import ModelIdentity
 
 
 def fake_value(request_type: str, args: tuple, salt: str = ""):

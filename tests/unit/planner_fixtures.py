@@ -20,6 +20,6 @@ for _name in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE", "TRANSFORMERS_OFFLINE"):
 
 @functools.lru_cache(maxsize=None)
 def facts(name: str, dtype: str = "auto"):
-    from lm_eval_ext.model_facts import load_model_facts
+    from lm_eval_ext.plan.model_facts import load_model_facts
 
     return load_model_facts(str(CONFIGS / name), dtype)

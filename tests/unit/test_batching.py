@@ -6,7 +6,7 @@ import random
 
 import pytest
 
-from lm_eval_ext.batching import (
+from lm_eval_ext.hf.batching import (
     Batch, GenerationRequest, ScoreRequest, common_prefix_tokens, lowered_budget, pack_batches,
     pack_generation, pack_rows, split_batch,
 )

@@ -7,8 +7,8 @@ import time
 import pytest
 
 from lm_eval_ext import cli
-from lm_eval_ext.cache import DB_FILE, Entry, RequestStore
-from lm_eval_ext.request_keys import encode_value, request_key
+from lm_eval_ext.cache.store import DB_FILE, Entry, RequestStore
+from lm_eval_ext.cache.keys import encode_value, request_key
 
 
 def _fill(cache_dir, label, fingerprint, count, created_s=None):

@@ -8,8 +8,8 @@ import struct
 
 import pytest
 
-from lm_eval_ext import fingerprint as fp
-from lm_eval_ext.config import HfExtConfig
+from lm_eval_ext.cache import fingerprint as fp
+from lm_eval_ext.hf.config import HfExtConfig
 from lm_eval_ext.errors import ConfigError
 
 

@@ -4,7 +4,7 @@ import pytest
 from tests.unit.cache_fakes import FakeCachedLM, fake_value, requests
 from lm_eval.api.model import CachingLM
 
-from lm_eval_ext.cache import DB_FILE, CacheFileError, RequestStore
+from lm_eval_ext.cache.store import DB_FILE, CacheFileError, RequestStore
 
 TYPES = ["loglikelihood", "loglikelihood_rolling", "generate_until"]
 

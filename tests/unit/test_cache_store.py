@@ -12,9 +12,9 @@ import time
 
 import pytest
 
-from lm_eval_ext.cache import DB_FILE, CacheFileError, Entry, RequestStore, default_cache_dir
+from lm_eval_ext.cache.store import DB_FILE, CacheFileError, Entry, RequestStore, default_cache_dir
 from lm_eval_ext.errors import UserError
-from lm_eval_ext.request_keys import CachedValueError, decode_value, encode_value, is_cacheable, request_key
+from lm_eval_ext.cache.keys import CachedValueError, decode_value, encode_value, is_cacheable, request_key
 
 
 def entry(index: int, fingerprint: str = "fp", value=None) -> Entry:
@@ -193,8 +193,8 @@ def test_cli_reports_a_damaged_file_in_one_line_without_traceback(tmp_path):
 
 WRITER = textwrap.dedent("""
     import os, sys, time
-    from lm_eval_ext.cache import Entry, RequestStore
-    from lm_eval_ext.request_keys import encode_value
+    from lm_eval_ext.cache.store import Entry, RequestStore
+    from lm_eval_ext.cache.keys import encode_value
     writer, batches, per_batch, cache_dir = int(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3]), sys.argv[4]
     while not os.path.exists(os.path.join(cache_dir, "start")):  # all four begin together
         time.sleep(0.005)

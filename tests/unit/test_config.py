@@ -6,7 +6,7 @@ import inspect
 
 import pytest
 
-from lm_eval_ext.config import HfExtConfig
+from lm_eval_ext.hf.config import HfExtConfig
 from lm_eval_ext.errors import ConfigError
 
 

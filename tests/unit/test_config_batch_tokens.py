@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from lm_eval_ext.config import HfExtConfig
+from lm_eval_ext.hf.config import HfExtConfig
 from lm_eval_ext.errors import ConfigError
 
 

@@ -36,7 +36,7 @@ def test_stock_loops_call_the_hooks_we_rely_on():
 
 def test_hf_ext_uses_the_engine():
     pytest.importorskip("torch")
-    from lm_eval_ext.adapters.hf import HfExtLM
-    from lm_eval_ext.engine import ScoringEngineMixin
+    from lm_eval_ext.hf.adapter import HfExtLM
+    from lm_eval_ext.hf.engine import ScoringEngineMixin
 
     assert HfExtLM.__mro__.index(ScoringEngineMixin) < [c.__name__ for c in HfExtLM.__mro__].index("HFLM")

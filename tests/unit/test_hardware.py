@@ -1,9 +1,8 @@
 import pytest
 
 from lm_eval_ext.errors import UserError
-from lm_eval_ext.hardware import (
-    Gpu, Hardware, describe_hardware, detect_hardware, detect_launcher, parse_gpu_spec, read_launch_env,
-)
+from lm_eval_ext.plan.detect import detect_hardware, detect_launcher, read_launch_env
+from lm_eval_ext.plan.hardware import Gpu, Hardware, describe_hardware, parse_gpu_spec
 from lm_eval_ext.units import GiB
 
 
@@ -99,7 +98,7 @@ def test_detect_gpus_reads_nvml_usage_and_falls_back_to_mem_get_info(monkeypatch
 
     import torch
 
-    from lm_eval_ext.hardware import detect_gpus
+    from lm_eval_ext.plan.detect import detect_gpus
 
     def used(index):
         if index == 1:
@@ -118,7 +117,7 @@ def test_detect_gpus_reads_nvml_usage_and_falls_back_to_mem_get_info(monkeypatch
 
 
 def test_cpu_ram_is_what_is_available(tmp_path):
-    from lm_eval_ext.hardware import _cpu_ram_bytes
+    from lm_eval_ext.plan.detect import _cpu_ram_bytes
 
     meminfo = tmp_path / "meminfo"
     meminfo.write_text("MemTotal:       24000000 kB\nMemFree:         1000000 kB\nMemAvailable:   20000000 kB\n")

@@ -5,12 +5,12 @@ from dataclasses import replace
 import pytest
 from tests.unit.planner_fixtures import CONFIGS, facts
 
-from lm_eval_ext.config import HfExtConfig
+from lm_eval_ext.hf.config import HfExtConfig
 from lm_eval_ext.errors import UserError
-from lm_eval_ext.hardware import LaunchEnv, describe_hardware
-from lm_eval_ext.layout import apply_omp_default, build_layout, layout_from_plan, plan_request
-from lm_eval_ext.plan_types import PlanRequest, Strategy
-from lm_eval_ext.planner import plan
+from lm_eval_ext.plan.hardware import LaunchEnv, describe_hardware
+from lm_eval_ext.plan.layout import apply_omp_default, build_layout, layout_from_plan, plan_request
+from lm_eval_ext.plan.types import PlanRequest, Strategy
+from lm_eval_ext.plan.planner import plan
 from lm_eval_ext.units import GiB
 
 
@@ -97,7 +97,7 @@ def test_build_layout_stops_when_the_launch_cannot_hold_the_plan():
 def test_omp_default_is_set_and_logged(caplog):
     hardware = replace(describe_hardware("", num_cpu_cores=8), launch=LaunchEnv(world_size=2, local_world_size=2))
     environ = {}
-    with caplog.at_level("INFO", logger="lm_eval_ext.layout"):
+    with caplog.at_level("INFO", logger="lm_eval_ext.plan.layout"):
         assert apply_omp_default(hardware, environ) == 4
     assert environ == {"OMP_NUM_THREADS": "4"}
     assert "OMP_NUM_THREADS was unset; set to 4 (8 cores / 2 local processes)" in caplog.text

@@ -7,7 +7,7 @@ import pytest
 from tests.unit.planner_fixtures import CONFIGS, facts
 
 from lm_eval_ext.errors import UserError
-from lm_eval_ext.model_facts import (
+from lm_eval_ext.plan.model_facts import (
     ParamCounts, Quantization, facts_from_config, load_model_facts, parse_quantization, weights_bytes,
 )
 
@@ -145,7 +145,7 @@ def test_bad_dtype():
 
 
 def test_param_count_is_cached_on_disk(tmp_path, monkeypatch):
-    from lm_eval_ext import model_facts
+    from lm_eval_ext.plan import model_facts
 
     monkeypatch.setenv("LM_EVAL_EXT_CACHE_DIR", str(tmp_path))
     monkeypatch.setattr(model_facts, "_memory_cache", {})

@@ -5,8 +5,8 @@ import json
 import pytest
 from tests.unit.planner_fixtures import CONFIGS
 
-from lm_eval_ext.model_facts import ParamCounts, _count_on_meta
-from lm_eval_ext.param_formulas import formula_counts
+from lm_eval_ext.plan.model_facts import ParamCounts, _count_on_meta
+from lm_eval_ext.plan.param_formulas import formula_counts
 
 FIXTURES = sorted(p.name for p in CONFIGS.iterdir() if (p / "config.json").is_file())
 

@@ -8,10 +8,10 @@ import pytest
 from tests.unit.planner_fixtures import facts
 
 from lm_eval_ext.errors import UserError
-from lm_eval_ext.hardware import Gpu, describe_hardware
-from lm_eval_ext.plan_types import PlanRequest, Strategy, hf_headroom_bytes
-from lm_eval_ext.planner import plan
-from lm_eval_ext.planner_vllm import kv_bytes_per_token_per_gpu, kv_capacity_tokens
+from lm_eval_ext.plan.hardware import Gpu, describe_hardware
+from lm_eval_ext.plan.types import PlanRequest, Strategy, hf_headroom_bytes
+from lm_eval_ext.plan.planner import plan
+from lm_eval_ext.plan.vllm_policy import kv_bytes_per_token_per_gpu, kv_capacity_tokens
 from lm_eval_ext.units import GiB
 
 # model, dtype, --gpus, nodes, backend, request extras -> backend, strategy, replicas, GPUs/replica, tp, pp, max_model_len

@@ -6,10 +6,10 @@ import pytest
 from tests.unit.planner_fixtures import facts
 
 from lm_eval_ext.errors import UserError
-from lm_eval_ext.hardware import Gpu, LaunchEnv, describe_hardware
-from lm_eval_ext.plan_types import PlanRequest
-from lm_eval_ext.planner import plan
-from lm_eval_ext.preflight import check, omp_num_threads_default, omp_num_threads_to_set, raise_errors
+from lm_eval_ext.plan.hardware import Gpu, LaunchEnv, describe_hardware
+from lm_eval_ext.plan.types import PlanRequest
+from lm_eval_ext.plan.planner import plan
+from lm_eval_ext.plan.preflight import check, omp_num_threads_default, omp_num_threads_to_set, raise_errors
 from lm_eval_ext.units import GiB
 
 

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from lm_eval_ext.adapters import require
+from lm_eval_ext.compat import require
 from lm_eval_ext.registry import MODEL_TARGETS
 
 
@@ -37,7 +37,7 @@ def test_get_model_resolves_ours_and_keeps_builtins():
         "from lm_eval.api.registry import get_model\n"
         "print(get_model('hf_ext').__module__, get_model('hf').__name__, get_model('dummy').__name__)"
     )
-    assert out.split() == ["lm_eval_ext.adapters.hf_entry", "HFLM", "DummyLM"]
+    assert out.split() == ["lm_eval_ext.hf.entry", "HFLM", "DummyLM"]
 
 
 def test_vllm_ext_resolves_or_names_the_extra():
@@ -47,7 +47,7 @@ def test_vllm_ext_resolves_or_names_the_extra():
         "try:\n    print(get_model('vllm_ext').__module__)\n"
         "except ImportError as exc:\n    print('ImportError', exc)"
     )
-    assert out == "lm_eval_ext.adapters.vllm" or (
+    assert out == "lm_eval_ext.vllm.adapter" or (
         out.startswith("ImportError") and "pip install 'lm-eval-ext[vllm]'" in out
     ), out
 

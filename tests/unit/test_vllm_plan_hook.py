@@ -6,8 +6,8 @@ import pytest
 from tests.unit.planner_fixtures import CONFIGS, facts
 
 from lm_eval_ext.errors import UserError
-from lm_eval_ext.hardware import describe_hardware
-from lm_eval_ext.vllm_plan_hook import vllm_planner, vllm_request
+from lm_eval_ext.plan.hardware import describe_hardware
+from lm_eval_ext.vllm.plan_hook import vllm_planner, vllm_request
 
 
 def _config(name, **sizes):

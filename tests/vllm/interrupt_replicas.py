@@ -14,7 +14,7 @@ MARKER = "REPLICAS "  # vLLM logs to stdout too: the test looks for this line
 def main(model_path: str) -> None:
     from vllm import SamplingParams
 
-    from lm_eval_ext.vllm_replicas import ReplicaPool, replica_pinning
+    from lm_eval_ext.vllm.replicas import ReplicaPool, replica_pinning
 
     pinnings = [replica_pinning(index, 1, 0, [0, 1], 2) for index in range(2)]
     pool = ReplicaPool({"model": model_path, **ENGINE_ARGS}, pinnings)

@@ -9,7 +9,7 @@ import shutil
 
 import pytest
 
-from lm_eval_ext.cache import RequestStore
+from lm_eval_ext.cache.store import RequestStore
 from lm_eval_ext.commands.cache_verify import recompute_sample
 from tests.vllm.evaluation import evaluate_samples
 from tests.vllm.support import ENGINE_ARGS, requires_vllm
@@ -19,7 +19,7 @@ pytestmark = [pytest.mark.vllm, requires_vllm]
 
 def _evaluate(model_path: str, cache_dir, task_manager, limit: int | None = None, **args):
     """``(samples, request cache totals, engine starts)`` of one run over ``cache_dir``."""
-    from lm_eval_ext.adapters.vllm import VllmExtLM
+    from lm_eval_ext.vllm.adapter import VllmExtLM
 
     lm = VllmExtLM(pretrained=model_path, cache_dir=str(cache_dir), **ENGINE_ARGS, **args)
     try:
@@ -63,9 +63,9 @@ def test_another_model_over_the_same_cache_gets_no_hits(tiny_vllm_model_path, ta
 
 
 def test_fingerprint_ignores_the_layout_but_not_what_changes_outputs(tiny_vllm_model_path, tmp_path):
-    from lm_eval_ext.adapters.vllm import VllmExtLM
-    from lm_eval_ext.fingerprint import fingerprint
-    from lm_eval_ext.vllm_engines import engine_starts_so_far
+    from lm_eval_ext.vllm.adapter import VllmExtLM
+    from lm_eval_ext.cache.fingerprint import fingerprint
+    from lm_eval_ext.vllm.engines import engine_starts_so_far
 
     def fp(**args) -> str:
         lm = VllmExtLM(pretrained=tiny_vllm_model_path, cache_dir=str(tmp_path), **{**ENGINE_ARGS, **args})

@@ -15,7 +15,7 @@ pytestmark = [pytest.mark.vllm, requires_vllm]
 
 
 def _run_ext(tiny_vllm_model_path, task_manager, **model_args):
-    from lm_eval_ext.adapters.vllm import VllmExtLM
+    from lm_eval_ext.vllm.adapter import VllmExtLM
 
     lm = VllmExtLM(pretrained=tiny_vllm_model_path, **ENGINE_ARGS, **model_args)
     try:
@@ -25,7 +25,7 @@ def _run_ext(tiny_vllm_model_path, task_manager, **model_args):
 
 
 def test_in_process_tp1_equals_stock_and_builds_what_was_asked(stock_samples, tiny_vllm_model_path, task_manager):
-    from lm_eval_ext.adapters.vllm import VllmExtLM
+    from lm_eval_ext.vllm.adapter import VllmExtLM
 
     lm = VllmExtLM(pretrained=tiny_vllm_model_path, max_model_len=1024, **ENGINE_ARGS)
     try:
@@ -53,9 +53,9 @@ def test_in_process_tp1_equals_stock_and_builds_what_was_asked(stock_samples, ti
     ],
 )
 def test_impossible_settings_are_refused_before_any_engine_starts(tiny_vllm_model_path, args, message):
-    from lm_eval_ext.adapters.vllm import VllmExtLM
+    from lm_eval_ext.vllm.adapter import VllmExtLM
     from lm_eval_ext.errors import ConfigError
-    from lm_eval_ext.vllm_engines import engine_starts_so_far
+    from lm_eval_ext.vllm.engines import engine_starts_so_far
 
     before = engine_starts_so_far()
     with pytest.raises(ConfigError, match=message):
@@ -72,7 +72,7 @@ def test_tensor_parallel_2_equals_stock(stock_samples, tiny_vllm_model_path, tas
 
 @pytest.mark.skipif(len(os.sched_getaffinity(0)) < 2, reason="data parallel 2 needs 2 CPU cores")
 def test_data_parallel_2_equals_stock_and_loads_each_replica_once(stock_samples, tiny_vllm_model_path, task_manager):
-    from lm_eval_ext.adapters.vllm import VllmExtLM
+    from lm_eval_ext.vllm.adapter import VllmExtLM
 
     lm = VllmExtLM(pretrained=tiny_vllm_model_path, data_parallel_size=2, **ENGINE_ARGS)
     pids = [process.pid for process in lm.engine._processes]

@@ -8,10 +8,10 @@ import random
 import pytest
 
 from lm_eval_ext.errors import ConfigError
-from lm_eval_ext.vllm_config import VllmExtConfig
-from lm_eval_ext.vllm_replicas import replica_pinning, split_by_tokens
-from lm_eval_ext.vllm_server_client import backoff_delay_s, pack_by_tokens, parse_echo_logprobs
-from lm_eval_ext.vllm_sizes import HardwareView, ModelShape, choose_vllm_sizes
+from lm_eval_ext.vllm.config import VllmExtConfig
+from lm_eval_ext.vllm.replicas import replica_pinning, split_by_tokens
+from lm_eval_ext.vllm.server_client import backoff_delay_s, pack_by_tokens, parse_echo_logprobs
+from lm_eval_ext.vllm.sizes import HardwareView, ModelShape, choose_vllm_sizes
 
 LLAMA_SHAPE = ModelShape(num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=1024)
 TWO_CORES = HardwareView(num_gpus=0, num_cpu_cores=2)

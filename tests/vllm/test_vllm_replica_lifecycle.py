@@ -73,7 +73,7 @@ def test_ctrl_c_during_a_request_stops_every_replica(tiny_vllm_model_path):
 def test_a_failing_request_closes_the_pool_with_the_replica_traceback(tiny_vllm_model_path):
     from vllm import SamplingParams
 
-    from lm_eval_ext.vllm_replicas import ReplicaPool, replica_pinning
+    from lm_eval_ext.vllm.replicas import ReplicaPool, replica_pinning
 
     pool = ReplicaPool({"model": tiny_vllm_model_path, **ENGINE_ARGS}, [replica_pinning(i, 1, 0, [0, 1], 2) for i in range(2)])
     pids = [p.pid for p in pool._processes]

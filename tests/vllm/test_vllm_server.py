@@ -34,7 +34,7 @@ def vllm_server(tiny_vllm_model_path):
 
 
 def _server_lm(model_path: str, port: int, **args):
-    from lm_eval_ext.adapters.vllm import VllmExtLM
+    from lm_eval_ext.vllm.adapter import VllmExtLM
 
     return VllmExtLM(pretrained=model_path, base_url=f"http://127.0.0.1:{port}/v1", **args)
 
@@ -52,7 +52,7 @@ def _stored_keys(cache_dir) -> set[str]:
     """Keys in the request cache right now (a second connection: sees every committed batch)."""
     import sqlite3
 
-    from lm_eval_ext.cache import DB_FILE
+    from lm_eval_ext.cache.store import DB_FILE
 
     if not (cache_dir / DB_FILE).exists():
         return set()
@@ -63,7 +63,7 @@ def _stored_keys(cache_dir) -> set[str]:
 def _hit_keys(cache_dir) -> dict[str, int]:
     import sqlite3
 
-    from lm_eval_ext.cache import DB_FILE
+    from lm_eval_ext.cache.store import DB_FILE
 
     with sqlite3.connect(cache_dir / DB_FILE) as db:
         return dict(db.execute("SELECT key, hits FROM entries WHERE hits > 0"))
@@ -117,7 +117,7 @@ def test_server_killed_midrun_and_restarted_completes_through_retries(
 def test_run_failing_on_a_dead_server_resumes_from_the_cache(
     stock_samples, vllm_server, tiny_vllm_model_path, task_manager, tmp_path
 ):
-    from lm_eval_ext.vllm_server_client import ServerUnavailableError
+    from lm_eval_ext.vllm.server_client import ServerUnavailableError
 
     lm = _server_lm(tiny_vllm_model_path, vllm_server.port, num_concurrent=1, tokens_per_request=256,
                     max_retries=2, backoff_s=0.1, timeout_s=30, cache_dir=str(tmp_path))

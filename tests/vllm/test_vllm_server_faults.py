@@ -12,8 +12,8 @@ import time
 import pytest
 
 from lm_eval_ext.errors import UserError
-from lm_eval_ext.vllm_config import VllmExtConfig
-from lm_eval_ext.vllm_server_client import ServerEngine, ServerUnavailableError
+from lm_eval_ext.vllm.config import VllmExtConfig
+from lm_eval_ext.vllm.server_client import ServerEngine, ServerUnavailableError
 
 SECRET = "sk-test-do-not-leak-1234"
 

@@ -1,0 +1,149 @@
+"""What lm-eval builds for ``--model hf_ext``: the real backend, or a cache-only front for a re-run.
+
+``HfExtEntry(**model_args)`` returns an :class:`~lm_eval_ext.hf.adapter.HfExtLM` unless a memo of
+an earlier run with the same model, files, arguments and package versions exists (see
+:mod:`lm_eval_ext.cache.fast_path`); then it returns a front that answers requests from the request
+cache without importing torch or transformers. The first request the cache cannot answer (or
+any attribute the front does not know) builds the real backend, which serves the rest of the run
+and re-checks the cache itself, so a front never changes a result: at worst it costs the import
+it tried to save.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
+
+from lm_eval.api.model import LM
+
+from lm_eval_ext.cache.store import RequestStore, default_cache_dir
+from lm_eval_ext.cache.report import CacheStats, build_report
+from lm_eval_ext.hf.config import HfExtConfig
+from lm_eval_ext.errors import install_excepthook
+from lm_eval_ext.cache.fast_path import memo_key, read_memo
+from lm_eval_ext.hf.cost_report import CostReport
+from lm_eval_ext.cache.keys import CachedValueError, decode_value, request_key
+
+logger = logging.getLogger("lm_eval_ext.cache.store")
+install_excepthook()  # a bad model_arg is one line, not a traceback (it fails in HfExtEntry.__new__)
+
+_REQUEST_TYPES = ("loglikelihood", "loglikelihood_rolling", "generate_until")
+
+
+def _real_backend(model_args: dict[str, Any]):
+    from lm_eval_ext.hf.adapter import HfExtLM
+
+    return HfExtLM(**model_args)
+
+
+class HfExtEntry(LM):
+    """Registered as ``hf_ext``; see the module docstring."""
+
+    MULTIMODAL = False  # as HFLM; lm-eval reads it for every run
+
+    def __new__(cls, **model_args: Any):
+        config = HfExtConfig.from_model_args(model_args)  # bad input fails here, as in the backend
+        cache_dir = Path(config.cache_dir).expanduser() if config.cache_dir else default_cache_dir()
+        key = memo_key(model_args)
+        memo = read_memo(cache_dir, key) if key else None
+        if memo is None or not (cache_dir / "requests.sqlite").exists():
+            return _real_backend(model_args)
+        front = super().__new__(cls)
+        front._memo, front._cache_dir, front._cache_mode = memo, cache_dir, config.cache
+        return front
+
+    def __init__(self, **model_args: Any) -> None:
+        super().__init__()
+        self._model_args = dict(model_args)
+        self._stats = CacheStats()
+        self._backend = None
+        self._store: RequestStore | None = None
+        self.batch_sizes: dict = {}
+        logger.info("request cache: %s remembers model %s; answering from the cache before loading "
+                    "the backend", self._cache_dir, self._memo["fingerprint"][:16])
+
+    # ------------------------------------------------------------------ what lm-eval reads
+
+    @property
+    def tokenizer(self) -> SimpleNamespace:
+        return SimpleNamespace(**self._memo["tokenizer"])
+
+    @property
+    def eot_token_id(self) -> Any:
+        return self._memo["eot_token_id"]
+
+    @property
+    def max_length(self) -> int:
+        return self._memo["max_length"]
+
+    def __getattr__(self, name: str) -> Any:
+        # only reached for names the front does not define: they need the real backend
+        if name.startswith("_"):
+            raise AttributeError(name)
+        logger.info("request cache: '%s' needs the hf_ext backend; loading it", name)
+        return getattr(self._load_backend(), name)
+
+    # ------------------------------------------------------------------ requests
+
+    def loglikelihood(self, requests, disable_tqdm: bool = False):
+        return self._answer("loglikelihood", requests, disable_tqdm)
+
+    def loglikelihood_rolling(self, requests, disable_tqdm: bool = False):
+        return self._answer("loglikelihood_rolling", requests, disable_tqdm)
+
+    def generate_until(self, requests, disable_tqdm: bool = False):
+        return self._answer("generate_until", requests, disable_tqdm)
+
+    def _answer(self, request_type: str, requests: list, disable_tqdm: bool) -> list:
+        if self._backend is None:
+            values = self._from_cache(request_type, requests)
+            if values is not None:
+                return values
+            logger.info("request cache: %s: not every request is cached; loading the hf_ext backend", request_type)
+        return getattr(self._load_backend(), request_type)(requests, disable_tqdm=disable_tqdm)
+
+    def _from_cache(self, request_type: str, requests: list) -> list | None:
+        """Every request's cached value, or ``None`` if any is missing or unreadable."""
+        fingerprint = self._memo["fingerprint"]
+        keys = [request_key(fingerprint, request_type, tuple(r.args)) for r in requests]
+        if None in keys:
+            return None
+        if self._store is None:
+            self._store = RequestStore.open(self._cache_dir)
+        found = self._store.get_many(keys)
+        if len(found) < len(set(keys)):
+            return None
+        try:
+            values = [decode_value(request_type, found[key][0]) for key in keys]
+        except CachedValueError:
+            return None  # the backend's own lookup reports a damaged entry with the fix
+        for request, key in zip(requests, keys):
+            self._stats.add_hit(request, request_type, found[key][1])
+        if self._cache_mode == "readwrite":
+            self._store.count_hits(keys)
+        logger.info("request cache: %s: %d hits, 0 computed (backend not loaded)", request_type, len(requests))
+        return values
+
+    def _load_backend(self):
+        if self._backend is None:
+            backend = _real_backend(self._model_args)
+            backend._cache_stats = self._stats  # one report for the whole run
+            backend.set_cache_hook(self.cache_hook)
+            self._backend = backend
+        return self._backend
+
+    # ------------------------------------------------------------------ results
+
+    def get_model_info(self) -> dict:
+        if self._backend is not None:
+            return self._backend.get_model_info()
+        info = dict(self._memo["model_info"])
+        info["request_cache"] = build_report(
+            self._stats, mode=self._cache_mode, path=str(self._cache_dir),
+            fingerprint=self._memo["fingerprint"], rank=0, world_size=1,
+        )
+        info["request_cache"].update(model_loaded=False, fast_path=True)
+        info["cost_report"] = CostReport().as_dict()
+        return info

@@ -1,0 +1,158 @@
+"""EDGE (torch): score one packed batch of loglikelihood requests.
+
+The decoder runs over the packed rows; the LM head and the log-softmax run only on the hidden
+states of the positions that predict a continuation token. Stock lm-eval applies both to every
+padded position, and the ``[batch, length, vocab]`` log-softmax is its largest tensor.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from lm_eval_ext.hf.batching import Batch, Row
+
+#: Config attributes of models whose logits are more than ``lm_head(hidden)``; for those we keep
+#: the model's own forward (correct, just not cheaper) instead of guessing their post-processing.
+_LOGIT_POSTPROCESSING = ("final_logit_softcapping", "logit_scale", "logits_scaling", "output_multiplier_scale")
+
+
+@dataclass(frozen=True)
+class ModelParts:
+    """The causal LM split where scoring needs it; ``decoder``/``head`` are None when the model
+    has to be called whole."""
+
+    model: Any
+    decoder: Any | None
+    head: Any | None
+    supports_tree_mask: bool
+
+    @property
+    def split(self) -> bool:
+        return self.decoder is not None and self.head is not None
+
+
+def split_model(model: Any) -> ModelParts:
+    """Find the base decoder and the output embedding of a transformers causal LM."""
+    config = getattr(model, "config", None)
+    impl = getattr(config, "_attn_implementation", None) or "eager"
+    # flash kernels ignore custom 4D masks; eager/sdpa honour them
+    tree_ok = impl in ("eager", "sdpa")
+    if any(getattr(config, name, None) not in (None, 1, 1.0) for name in _LOGIT_POSTPROCESSING):
+        return ModelParts(model, None, None, tree_ok)
+    try:
+        decoder = model.get_decoder()
+        head = model.get_output_embeddings()
+    except (AttributeError, ValueError, NotImplementedError):
+        return ModelParts(model, None, None, tree_ok)
+    if decoder is None or head is None or decoder is model:
+        return ModelParts(model, None, None, tree_ok)
+    return ModelParts(model, decoder, head, tree_ok)
+
+
+def _is_chain(row: Row) -> bool:
+    return all(p == i - 1 for i, p in enumerate(row.parents))
+
+
+def tree_attention_mask(rows: list[Row], width: int, dtype: torch.dtype) -> torch.Tensor:
+    """Additive mask ``[rows, 1, width, width]``: node i sees itself and its ancestors.
+
+    Padding nodes see only themselves: a fully masked query row would be NaN, and a NaN value
+    leaks into real rows through ``0 * NaN`` in the attention product.
+    """
+    allowed = np.zeros((len(rows), width, width), dtype=bool)
+    for r, row in enumerate(rows):
+        for i, parent in enumerate(row.parents):
+            if parent >= 0:
+                allowed[r, i, : parent + 1] = allowed[r, parent, : parent + 1]
+            allowed[r, i, i] = True
+        for i in range(len(row), width):
+            allowed[r, i, i] = True
+    mask = torch.zeros(allowed.shape, dtype=dtype)
+    mask.masked_fill_(torch.from_numpy(~allowed), torch.finfo(dtype).min)
+    return mask.unsqueeze(1)
+
+
+def batch_inputs(batch: Batch, parts: ModelParts, device: Any, dtype: torch.dtype) -> dict:
+    """input_ids (right padded), and for packed rows position_ids (= depth) and the tree mask.
+
+    When every row is a plain chain the tensors are exactly stock's (right padding, no mask):
+    causal attention already is the ancestor relation.
+    """
+    width = max(len(row) for row in batch.rows)
+    ids = torch.zeros((len(batch.rows), width), dtype=torch.long)
+    for r, row in enumerate(batch.rows):
+        ids[r, : len(row)] = torch.tensor(row.tokens, dtype=torch.long)
+    inputs = {"input_ids": ids.to(device)}
+    if all(_is_chain(row) for row in batch.rows):
+        return inputs
+    if not parts.supports_tree_mask:
+        raise ValueError("packed rows need an attention implementation that accepts 4D masks")
+    pos = torch.zeros((len(batch.rows), width), dtype=torch.long)
+    for r, row in enumerate(batch.rows):
+        pos[r, : len(row)] = torch.tensor(row.depths, dtype=torch.long)
+    inputs["position_ids"] = pos.to(device)
+    inputs["attention_mask"] = tree_attention_mask(batch.rows, width, dtype).to(device)
+    return inputs
+
+
+def _target_index(batch: Batch) -> tuple[list[int], list[int]]:
+    rows_idx, nodes_idx = [], []
+    for r, row in enumerate(batch.rows):
+        for _, nodes in row.targets:
+            rows_idx.extend([r] * len(nodes))
+            nodes_idx.extend(nodes)
+    return rows_idx, nodes_idx
+
+
+def execution_device(module: torch.nn.Module) -> torch.device:
+    """Where a module computes: an offloaded module (device_map with disk/CPU offload) keeps its
+    weight on the meta device and runs on its accelerate hook's execution device."""
+    device = getattr(getattr(module, "_hf_hook", None), "execution_device", None)
+    return torch.device(device) if device is not None else module.weight.device
+
+
+def target_logits(parts: ModelParts, inputs: dict, batch: Batch) -> torch.Tensor:
+    """Logits ``[num_targets, vocab]`` at the continuation-predicting positions, in row order."""
+    rows_idx, nodes_idx = _target_index(batch)
+    if parts.split:
+        hidden = parts.decoder(**inputs, use_cache=False).last_hidden_state
+        picked = hidden[rows_idx, nodes_idx]
+        return parts.head(picked.to(execution_device(parts.head)))
+    logits = parts.model(**inputs, use_cache=False).logits
+    return logits[rows_idx, nodes_idx]
+
+
+@torch.no_grad()
+def score_batch(
+    parts: ModelParts,
+    batch: Batch,
+    *,
+    device: Any,
+    softmax_dtype: torch.dtype | None,
+    autocast_dtype: torch.dtype | None,
+) -> dict[int, tuple[float, bool]]:
+    """``{request index: (sum of continuation logprobs, continuation is greedy)}``."""
+    dtype = next(parts.model.parameters()).dtype
+    inputs = batch_inputs(batch, parts, device, autocast_dtype or dtype)
+    device_type = torch.device(device).type
+    with torch.autocast(device_type=device_type, dtype=autocast_dtype, enabled=autocast_dtype is not None):
+        logits = target_logits(parts, inputs, batch)
+    logprobs = F.log_softmax(logits, dim=-1, dtype=softmax_dtype)
+    greedy = logprobs.argmax(dim=-1).tolist()
+    wanted = [t for row in batch.rows for r, _ in row.targets for t in r.continuation_tokens]
+    wanted_t = torch.tensor(wanted, dtype=torch.long, device=logprobs.device)
+    picked = logprobs.gather(1, wanted_t.unsqueeze(1)).squeeze(1)
+    results: dict[int, tuple[float, bool]] = {}
+    start = 0
+    for row in batch.rows:
+        for request, nodes in row.targets:
+            end = start + len(nodes)
+            is_greedy = greedy[start:end] == wanted[start:end]
+            results[request.index] = (float(picked[start:end].sum()), bool(is_greedy))
+            start = end
+    return results

@@ -1,0 +1,149 @@
+"""PURE: launch checks that turn deep tracebacks into one clear message each.
+
+``check(hardware, plan)`` reads the launcher's variables from ``hardware.launch`` (a
+:class:`~lm_eval_ext.plan.hardware.LaunchEnv`, parsed at the edge) and returns :class:`Finding` s;
+errors stop the run before weights load, warnings are logged. The caller (the ``hf_ext`` edge)
+raises :func:`raise_errors` and sets ``OMP_NUM_THREADS`` from :func:`omp_num_threads_default`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from lm_eval_ext.errors import UserError
+from lm_eval_ext.plan.hardware import Hardware, LaunchEnv
+from lm_eval_ext.plan.types import Plan, Strategy
+from lm_eval_ext.units import format_bytes as fmt
+
+
+@dataclass(frozen=True)
+class Finding:
+    level: str  # "error" or "warning"
+    code: str
+    message: str
+
+
+def check(hardware: Hardware, plan: Plan | None = None) -> list[Finding]:
+    launch = hardware.launch
+    findings = check_variables(launch)
+    if any(f.level == "error" for f in findings):
+        return findings  # the rest would only repeat the same broken numbers
+    findings += check_devices(launch, hardware, plan)
+    if plan is not None:
+        findings += check_memory(hardware, plan)
+    return findings
+
+
+def check_variables(launch: LaunchEnv) -> list[Finding]:
+    out = []
+    if (launch.world_size or 1) > 1 and launch.local_rank is None:
+        out.append(Finding("error", "local_rank_missing",
+                           f"WORLD_SIZE={launch.world_size} is set but LOCAL_RANK is not, so no process knows "
+                           "its GPU; start with `accelerate launch` or `torchrun` (they set both), or unset "
+                           "WORLD_SIZE to run one process"))
+    if launch.rank is not None and launch.world_size is not None and not 0 <= launch.rank < launch.world_size:
+        out.append(Finding("error", "rank_out_of_range",
+                           f"RANK={launch.rank} is outside WORLD_SIZE={launch.world_size} (ranks are 0.."
+                           f"{launch.world_size - 1}); unset hand-set RANK/WORLD_SIZE and let the launcher set them"))
+    if launch.local_rank is not None and launch.local_world_size is not None \
+            and not 0 <= launch.local_rank < launch.local_world_size:
+        out.append(Finding("error", "local_rank_out_of_range",
+                           f"LOCAL_RANK={launch.local_rank} is outside LOCAL_WORLD_SIZE={launch.local_world_size}; "
+                           "unset hand-set LOCAL_RANK/LOCAL_WORLD_SIZE and let the launcher set them"))
+    return out
+
+
+def _gpus_per_process(plan: Plan | None) -> int:
+    if plan is None or plan.backend != "hf" or plan.device != "cuda":
+        return 1
+    return max(1, plan.gpus_per_replica)
+
+
+def check_devices(launch: LaunchEnv, hardware: Hardware, plan: Plan | None) -> list[Finding]:
+    num_visible = hardware.num_gpus_per_node
+    if num_visible == 0 or (plan is not None and plan.device != "cuda"):
+        return []
+    per_process = _gpus_per_process(plan)
+    local_procs = launch.num_local_processes
+    visible = f" (CUDA_VISIBLE_DEVICES={launch.cuda_visible_devices})" if launch.cuda_visible_devices is not None else ""
+    out = []
+    # the rank without a device is the one that crashes; name it rather than the count
+    if launch.local_rank is not None and (launch.local_rank + 1) * per_process > num_visible:
+        out.append(Finding("error", "local_rank_not_visible",
+                           f"LOCAL_RANK={launch.local_rank} has no GPU of its own: only {num_visible} device(s) "
+                           f"are visible{visible}, which gives 'invalid device ordinal'. A hand-set "
+                           "CUDA_VISIBLE_DEVICES hides the others; unset it, or list one device per process"))
+    elif local_procs * per_process > num_visible:
+        out.append(Finding("error", "too_many_processes",
+                           f"{local_procs} processes per node x {per_process} GPU(s) each need "
+                           f"{local_procs * per_process} GPUs, but {num_visible} are visible{visible}; launch "
+                           f"at most {max(1, num_visible // per_process)} process(es) per node"))
+    if launch.num_processes == 1 and num_visible > per_process and plan is not None \
+            and plan.strategy in (Strategy.SINGLE, Strategy.DATA_PARALLEL) and plan.backend == "hf":
+        wanted = num_visible // per_process
+        out.append(Finding("warning", "one_process_many_gpus",
+                           f"{num_visible} GPUs are visible but one process runs, so {num_visible - per_process} "
+                           f"stay idle; launch `accelerate launch --num_processes {wanted} -m lm_eval --model "
+                           f"hf_ext ...` for {wanted} replicas"))
+    return out
+
+
+def _weights_per_gpu(plan: Plan) -> tuple[int, ...]:
+    if plan.max_memory_per_gpu_bytes:
+        return plan.max_memory_per_gpu_bytes
+    return (plan.needs_bytes_per_gpu - plan.headroom_bytes,) * max(1, plan.gpus_per_replica)
+
+
+def _check_ram(hardware: Hardware, plan: Plan) -> list[Finding]:
+    need = hardware.launch.num_local_processes * (plan.weights_bytes + plan.headroom_bytes)
+    if plan.strategy != Strategy.CPU_OFFLOAD and need > hardware.cpu_ram_bytes:
+        return [Finding("error", "not_enough_ram",
+                        f"the plan needs {fmt(need)} of RAM ({hardware.launch.num_local_processes} replica(s)) "
+                        f"but the machine has {fmt(hardware.cpu_ram_bytes)}; use fewer processes or a smaller dtype")]
+    return []
+
+
+def check_memory(hardware: Hardware, plan: Plan) -> list[Finding]:
+    """Weights that do not fit the free memory fail for sure (error); a missing activation
+    headroom only risks an out-of-memory error later (warning), e.g. under a user's max_memory."""
+    if plan.device == "cpu":
+        return _check_ram(hardware, plan)
+    if plan.backend != "hf":
+        return []  # vLLM checks its own budget against free memory at start-up
+    out = []
+    first = (hardware.launch.local_rank or 0) * max(1, plan.gpus_per_replica)
+    for offset, weights in enumerate(_weights_per_gpu(plan)):
+        index = first + offset
+        if index >= len(hardware.gpus):
+            break
+        gpu = hardware.gpus[index]
+        held = f"another process holds {fmt(gpu.total_bytes - gpu.free_bytes)} (see nvidia-smi)"
+        if gpu.free_bytes < weights:
+            out.append(Finding("error", "not_enough_free_memory",
+                               f"GPU {index} ({gpu.name}) has {fmt(gpu.free_bytes)} free but the plan puts "
+                               f"{fmt(weights)} of weights there; {held}: free it, or plan again"))
+        elif gpu.free_bytes < weights + plan.headroom_bytes:
+            out.append(Finding("warning", "little_headroom",
+                               f"GPU {index} ({gpu.name}) keeps {fmt(gpu.free_bytes - weights)} beside the weights, "
+                               f"less than the planned {fmt(plan.headroom_bytes)} for activations; long batches "
+                               "may run out of memory (lower max_memory_per_gpu or the batch size)"))
+    return out
+
+
+def raise_errors(findings: list[Finding]) -> None:
+    errors = [f.message for f in findings if f.level == "error"]
+    if errors:
+        raise UserError("preflight: " + "; ".join(errors))
+
+
+def omp_num_threads_default(num_cpu_cores: int, num_local_processes: int) -> int:
+    """Cores per local process: unset OpenMP uses every core in every process, and N processes
+    then fight over the same cores (oversubscription slows CPU runs several times)."""
+    return max(1, num_cpu_cores // max(1, num_local_processes))
+
+
+def omp_num_threads_to_set(hardware: Hardware) -> int | None:
+    """The value to export, or ``None`` when the user (or launcher) already set OMP_NUM_THREADS."""
+    if hardware.launch.omp_num_threads not in (None, ""):
+        return None
+    return omp_num_threads_default(hardware.num_cpu_cores, hardware.launch.num_local_processes)

@@ -1,0 +1,248 @@
+"""``vllm_ext``: stock lm-eval ``vllm`` with planned sizes, persistent replicas and a server mode.
+
+Construction reads as config -> sizes -> tokenizer -> engine (deferred to the first request-cache
+miss). Between lm-eval's requests and the engine (tokenization, rolling windows, truncation, logprob
+parsing, stop handling) ``vllm_ext`` runs stock ``VLLM`` code or stock's helpers step by step, so
+results equal stock; results are handed to the request cache as the engine returns them. Token-id
+prompts go to one of three engines:
+
+- in-process (``data_parallel_size=1``): one ``vllm.LLM`` here, tensor parallel inside it;
+- data parallel: :class:`~lm_eval_ext.vllm.replicas.ReplicaPool`, started once per run;
+- server mode (``base_url=...``): :class:`~lm_eval_ext.vllm.server_client.ServerEngine`.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import weakref
+from typing import Any
+
+from lm_eval_ext.compat import require
+from lm_eval_ext.vllm.request_cache import VllmRequestCacheMixin
+from lm_eval_ext.errors import ConfigError, install_excepthook
+from lm_eval_ext.vllm.config import VllmExtConfig
+from lm_eval_ext.vllm.engines import InProcessEngine, llm_kwargs
+from lm_eval_ext.vllm.sizes import HardwareView, ModelShape, VllmSizes, choose_vllm_sizes
+
+require("vllm", "vllm")
+
+from lm_eval.api.model import TemplateLM  # noqa: E402
+from lm_eval.models.utils import configure_pad_token  # noqa: E402
+from lm_eval.models.vllm_causallms import VLLM, SamplingParams, get_tokenizer  # noqa: E402
+
+logger = logging.getLogger("lm_eval_ext.vllm")
+install_excepthook()
+
+
+def read_model_shape(config: VllmExtConfig) -> tuple[ModelShape, Any]:
+    """Heads and context window from the model's config (no weights), and the HF config itself."""
+    from transformers import AutoConfig
+
+    hf_config = AutoConfig.from_pretrained(
+        config.pretrained, trust_remote_code=config.trust_remote_code, revision=config.revision
+    )
+    text_config = getattr(hf_config, "get_text_config", lambda: hf_config)()
+    heads = getattr(text_config, "num_attention_heads", 1)
+    shape = ModelShape(
+        num_attention_heads=heads,
+        num_key_value_heads=getattr(text_config, "num_key_value_heads", None) or heads,
+        max_position_embeddings=getattr(text_config, "max_position_embeddings", None),
+    )
+    return shape, hf_config
+
+
+def read_hardware() -> HardwareView:
+    import torch
+
+    num_gpus = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    return HardwareView(num_gpus=num_gpus, num_cpu_cores=len(os.sched_getaffinity(0)))
+
+
+def plan_sizes(config: VllmExtConfig, shape: ModelShape, hardware: HardwareView) -> VllmSizes:
+    """Sizes for this run. MERGE HOOK: pass ``planner=`` (see ``lm_eval_ext.vllm.sizes.Planner``),
+    an adapter over ``lm_eval_ext.plan.planner.plan``, to let the project planner decide ``auto`` values."""
+    return choose_vllm_sizes(config, shape, hardware, planner=None)
+
+
+def build_engine(config: VllmExtConfig, sizes: VllmSizes, hardware: HardwareView) -> Any:
+    if config.is_server_mode:
+        from lm_eval_ext.vllm.server_client import ServerEngine
+
+        return ServerEngine.from_config(config)
+    from lm_eval_ext.vllm.replicas import ReplicaPool, replica_pinning
+
+    if sizes.data_parallel_size == 1:
+        if not hardware.num_gpus and sizes.tensor_parallel_size > 1 and "VLLM_CPU_OMP_THREADS_BIND" not in os.environ:
+            # TOOLCHAIN.md: CPU tensor parallel needs one core group per rank ("0|1" on 2 cores).
+            pinning = replica_pinning(0, sizes.tensor_parallel_size, 0, sorted(os.sched_getaffinity(0)), 1)
+            logger.info("vllm_ext: CPU tensor parallel ranks bound with %s", pinning)
+            os.environ.update(pinning)
+        return InProcessEngine(config, sizes)
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+    pinnings = [
+        replica_pinning(index, sizes.tensor_parallel_size, hardware.num_gpus, sorted(os.sched_getaffinity(0)),
+                        sizes.data_parallel_size, visible.split(",") if visible else None)
+        for index in range(sizes.data_parallel_size)
+    ]
+    return ReplicaPool(llm_kwargs(config, sizes), pinnings)
+
+
+def planned_model_config(config: VllmExtConfig, sizes: VllmSizes) -> Any:
+    """vLLM's own ``ModelConfig`` for this run, from config.json without weights (under a second):
+    the dtype every engine of the run will use, and the longest context vLLM allows for the model
+    (``max_model_len`` left to vLLM, so that a larger request is refused by our check, with the fix)."""
+    from vllm.engine.arg_utils import EngineArgs
+
+    return EngineArgs(**{**llm_kwargs(config, sizes), "max_model_len": None}).create_model_config()
+
+
+class VllmEngineLM(VLLM):
+    """Stock ``VLLM`` with lm-eval-ext's engines; the engine starts when first needed (at once
+    unless ``defer_engine``). Use :class:`VllmExtLM`, which adds the request cache."""
+
+    def __init__(self, config: VllmExtConfig, *, defer_engine: bool) -> None:
+        TemplateLM.__init__(self)  # stock VLLM.__init__ would build its own engine
+        self.ext_config = config
+        if config.device not in (None, "cpu", "cuda", "auto"):
+            logger.warning("vllm_ext: device=%s is ignored (as by stock vllm); pick GPUs with CUDA_VISIBLE_DEVICES",
+                           config.device)
+        shape, self._config = read_model_shape(config)
+        self._hardware = read_hardware()
+        self.sizes = plan_sizes(config, shape, self._hardware) if not config.is_server_mode else _server_sizes(config)
+        logger.info("vllm_ext: sizes %s", json.dumps(self.sizes.as_dict()))
+        self._engine: Any = None
+        self._adopt_stock_attributes(config)
+        if config.is_server_mode:  # no engine of ours to start; the identity needs the server's answer
+            self._max_length = self._checked_max_length(self.engine.max_model_len)
+        else:
+            self._planned_model_config = planned_model_config(config, self.sizes)
+            self._max_length = self._checked_max_length(self._planned_model_config.max_model_len)
+            if not defer_engine:
+                self.engine  # noqa: B018
+
+    @property
+    def engine(self) -> Any:
+        """The running engine; started here on first use."""
+        if self._engine is None:
+            engine = build_engine(self.ext_config, self.sizes, self._hardware)
+            weakref.finalize(self, engine.close)
+            if not self.ext_config.is_server_mode and engine.max_model_len != self._max_length:
+                engine.close()  # the cache keys were computed for the planned context window
+                raise RuntimeError(f"vllm_ext: the engine's max_model_len={engine.max_model_len} differs from "
+                                   f"the planned {self._max_length}; pass max_model_len explicitly")
+            self._engine = engine
+            logger.info("vllm_ext: %s engine ready, max_model_len=%d", engine.kind, engine.max_model_len)
+        return self._engine
+
+    @property
+    def engine_started(self) -> bool:
+        return self._engine is not None
+
+    def _adopt_stock_attributes(self, config: VllmExtConfig) -> None:
+        """The attributes stock ``VLLM`` methods read, set from the typed config."""
+        self.tensor_parallel_size = self.sizes.tensor_parallel_size
+        self.data_parallel_size = self.sizes.data_parallel_size
+        # "auto" and lm-eval's "auto:N" both mean: hand vLLM every request at once (it schedules them)
+        self.batch_size = "auto" if isinstance(config.batch_size, str) else config.batch_size
+        self.add_bos_token = config.add_bos_token
+        self.custom_prefix_token_id = config.prefix_token_id
+        self._max_gen_toks = config.max_gen_toks
+        self.truncation_side = config.truncation_side
+        self.think_end_token = config.think_end_token
+        self.enable_thinking = config.enable_thinking
+        self.chat_template_args = {}
+        self.lora_request = None
+        self.tokenizer = get_tokenizer(
+            config.tokenizer or config.pretrained,
+            tokenizer_mode=config.tokenizer_mode,
+            trust_remote_code=config.trust_remote_code,
+            revision=config.tokenizer_revision,
+            **({"add_bos_token": config.add_bos_token} if config.add_bos_token is not None else {}),
+        )
+        self.tokenizer = configure_pad_token(self.tokenizer, model_config=self._config)
+        self.hf_chat_template = None  # the tokenizer's own template (stock asks vLLM, same result for HF tokenizers)
+
+    def _checked_max_length(self, engine_max_len: int) -> int:
+        requested = self.sizes.max_model_len
+        if requested is not None and requested > engine_max_len:
+            raise ConfigError(
+                f"max_model_len={requested} exceeds the engine's {engine_max_len}; "
+                f"use max_model_len={engine_max_len} or less"
+            )
+        return requested or engine_max_len
+
+    @property
+    def num_engine_starts(self) -> int:
+        """Model loads this run caused (one per replica; stock DP: one per replica per request type)."""
+        return self._engine.num_engine_starts if self._engine is not None else 0
+
+    def close(self) -> None:
+        if self._engine is not None:
+            self._engine.close()
+
+    def _model_generate(self, requests: list[list[int]], generate: bool = False, sampling_params=None):
+        if not generate or sampling_params is None:
+            sampling_params = SamplingParams(temperature=0, prompt_logprobs=1, max_tokens=1, detokenize=False)
+        if not isinstance(sampling_params, list):
+            sampling_params = [sampling_params] * len(requests)
+        return self.engine.run(requests, sampling_params)
+
+    def _loglikelihood_tokens(self, requests, disable_tqdm: bool = False) -> list[tuple[float, bool]]:
+        """Stock truncation and parsing; the choices of one item (same context) go to the engine
+        together, and results are handed to the cache hook as they arrive."""
+        from lm_eval_ext.vllm.scoring import score_requests
+
+        return score_requests(self, requests)
+
+    def loglikelihood_rolling(self, requests, disable_tqdm: bool = False) -> list[float]:
+        from lm_eval_ext.vllm.scoring import rolling_loglikelihoods
+
+        return rolling_loglikelihoods(self, requests)
+
+    def generate_until(self, requests, disable_tqdm: bool = False) -> list[str]:
+        from lm_eval_ext.vllm.generation import generate_texts
+
+        return generate_texts(self, requests)
+
+    def store_arrived_results(self) -> None:
+        """Called when a unit of work lands; the request cache (``VllmExtLM``) stores it."""
+
+    def get_model_info(self) -> dict:
+        info = {
+            "lm_eval_ext_model": "vllm_ext",
+            "vllm_mode": engine_kind(self.ext_config, self.sizes),
+            "vllm_sizes": self.sizes.as_dict(),
+            "max_model_len": self._max_length,
+            "engine_starts": self.num_engine_starts,
+            "model_name": self.ext_config.pretrained,
+        }
+        if self.ext_config.base_url:
+            info["base_url"] = self.ext_config.base_url
+        return info
+
+
+class VllmExtLM(VllmRequestCacheMixin, VllmEngineLM):
+    """vLLM backend for lm-eval-ext; a drop-in for ``vllm`` (same model_args spellings).
+
+    Requests go through the request cache first; with a cache to read, the engine starts on the
+    first miss, so a fully cached run starts none."""
+
+    def __init__(self, **model_args: Any) -> None:
+        config = VllmExtConfig.from_model_args(model_args)
+        self._init_request_cache(mode=config.cache, cache_dir=config.cache_dir)
+        super().__init__(config, defer_engine=self._cache_mode.reads)
+
+
+def engine_kind(config: VllmExtConfig, sizes: VllmSizes) -> str:
+    if config.is_server_mode:
+        return "server"
+    return "in_process" if sizes.data_parallel_size == 1 else "data_parallel"
+
+
+def _server_sizes(config: VllmExtConfig) -> VllmSizes:
+    requested = config.requested_max_model_len
+    max_len = None if requested == "auto" else requested
+    return VllmSizes(1, 1, max_len, 0.0, ("server mode: the server owns its parallel layout",))
+

@@ -1,0 +1,166 @@
+"""EDGE: the in-process vLLM engine and what every ``vllm_ext`` engine returns.
+
+An engine answers ``run(prompts, params, group_keys)`` -- token-id prompts with one
+``SamplingParams`` each -- with :class:`EngineOutput` objects in prompt order, and
+``iter_batches`` yields lists of ``(index, output)`` pairs as results arrive, one list per finished
+unit of work (an engine step, a replica's message, an HTTP response): the request cache stores
+each list in one transaction, so a killed run keeps everything that had arrived.
+:class:`EngineOutput` is the small, picklable part of vLLM's ``RequestOutput`` that stock lm-eval's
+parsing reads (``prompt_logprobs`` and ``outputs[0].text``), so replica processes and the HTTP
+client return the same thing as the in-process engine.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Hashable, Iterator, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from lm_eval_ext.vllm.config import VllmExtConfig
+from lm_eval_ext.vllm.sizes import VllmSizes
+
+logger = logging.getLogger("lm_eval_ext.vllm")
+
+_engine_starts_lock = threading.Lock()
+_engine_starts = 0
+
+
+def count_engine_start(where: str) -> int:
+    """Record one vLLM engine construction (a full model load); returns the process-wide total."""
+    global _engine_starts
+    with _engine_starts_lock:
+        _engine_starts += 1
+        total = _engine_starts
+    logger.info("vllm_ext: engine start #%d (%s)", total, where)
+    return total
+
+
+def engine_starts_so_far() -> int:
+    """Engines this process has started (replicas are counted here when they report ready)."""
+    with _engine_starts_lock:
+        return _engine_starts
+
+
+@dataclass(frozen=True)
+class GeneratedText:
+    text: str
+
+
+@dataclass(frozen=True)
+class EngineOutput:
+    """``prompt_logprobs[i]``: ``{token_id: logprob}`` for prompt position i (None at 0, or when
+    not requested); ``outputs[0].text``: the generated text."""
+
+    prompt_logprobs: list[dict[int, float] | None] | None
+    outputs: tuple[GeneratedText, ...] = field(default=(GeneratedText(""),))
+
+
+def compact_output(request_output: Any) -> EngineOutput:
+    """vLLM ``RequestOutput`` -> :class:`EngineOutput` (floats instead of ``Logprob`` objects)."""
+    prompt_logprobs = None
+    if request_output.prompt_logprobs is not None:
+        prompt_logprobs = [
+            None if position is None else {token: float(lp.logprob) for token, lp in position.items()}
+            for position in request_output.prompt_logprobs
+        ]
+    texts = tuple(GeneratedText(c.text or "") for c in request_output.outputs) or (GeneratedText(""),)
+    return EngineOutput(prompt_logprobs, texts)
+
+
+def llm_kwargs(config: VllmExtConfig, sizes: VllmSizes, *, tensor_parallel_size: int | None = None) -> dict:
+    """Keyword arguments for ``vllm.LLM`` (one replica) from the parsed config and chosen sizes."""
+    kwargs = {
+        "model": config.pretrained,
+        "revision": config.revision,
+        "dtype": config.dtype,
+        "tokenizer": config.tokenizer,
+        "tokenizer_mode": config.tokenizer_mode,
+        "tokenizer_revision": config.tokenizer_revision,
+        "trust_remote_code": config.trust_remote_code,
+        "tensor_parallel_size": tensor_parallel_size or sizes.tensor_parallel_size,
+        "max_model_len": sizes.max_model_len,
+        "gpu_memory_utilization": sizes.gpu_memory_utilization,
+        "quantization": config.quantization,
+        "seed": config.seed,
+        "enforce_eager": config.enforce_eager,
+        "enable_prefix_caching": config.enable_prefix_caching,
+    }
+    if config.max_batch_size is not None:
+        kwargs["max_num_seqs"] = config.max_batch_size
+    return kwargs
+
+
+def build_llm(kwargs: dict, where: str) -> Any:
+    from vllm import LLM
+
+    llm = LLM(**kwargs)
+    count_engine_start(where)
+    return llm
+
+
+def shutdown_llm(llm: Any) -> None:
+    """Stop an ``LLM``'s engine core now; several engines in one process need this (see
+    TOOLCHAIN.md), and garbage collection alone leaves its workers and sockets behind."""
+    engine = getattr(llm, "llm_engine", None)
+    core = getattr(engine, "engine_core", None)
+    if core is not None and hasattr(core, "shutdown"):
+        core.shutdown()
+
+
+def iter_finished(llm: Any, prompts: Sequence[list[int]], params: Sequence[Any]) -> Iterator[list[tuple[int, EngineOutput]]]:
+    """What ``llm.generate`` computes, yielded step by step: the requests each engine step finished.
+
+    Same scheduling as ``generate`` (``enqueue`` then the engine's own step loop, as vLLM's
+    ``wait_for_completion`` runs it); requests still queued when the caller stops are aborted.
+    """
+    from vllm import TokensPrompt
+
+    internal_ids = llm.enqueue(
+        [TokensPrompt(prompt_token_ids=list(p)) for p in prompts], sampling_params=list(params), use_tqdm=False
+    )
+    # enqueue returns vLLM's internal ids, "<counter>-<8 random chars>"; outputs carry "<counter>"
+    pending = {rid.split("-", 1)[0]: (index, rid) for index, rid in enumerate(internal_ids)}
+    engine = llm.llm_engine
+    try:
+        while engine.has_unfinished_requests():
+            finished = [(pending.pop(o.request_id)[0], compact_output(o)) for o in engine.step() if o.finished]
+            if finished:
+                yield finished
+    finally:
+        if pending:
+            engine.abort_request([rid for _, rid in pending.values()], internal=True)
+
+
+def collect(batches: Iterator[list[tuple[int, EngineOutput]]], num_prompts: int) -> list[EngineOutput]:
+    """``iter_batches`` output -> outputs in prompt order."""
+    results: list[Any] = [None] * num_prompts
+    for batch in batches:
+        for index, output in batch:
+            results[index] = output
+    return results
+
+
+class InProcessEngine:
+    """One ``vllm.LLM`` in this process (tensor parallel inside it when TP > 1)."""
+
+    kind = "in_process"
+
+    def __init__(self, config: VllmExtConfig, sizes: VllmSizes) -> None:
+        self._llm = build_llm(llm_kwargs(config, sizes), where="in-process")
+        self.num_engine_starts = 1
+        self.max_model_len: int = self._llm.llm_engine.model_config.max_model_len
+
+    def iter_batches(
+        self, prompts: Sequence[list[int]], params: Sequence[Any], group_keys: Sequence[Hashable] | None = None
+    ) -> Iterator[list[tuple[int, EngineOutput]]]:
+        yield from iter_finished(self._llm, prompts, params)
+
+    def run(self, prompts, params, group_keys=None) -> list[EngineOutput]:
+        return collect(self.iter_batches(prompts, params, group_keys), len(prompts))
+
+    def close(self) -> None:
+        if self._llm is not None:
+            shutdown_llm(self._llm)
+            self._llm = None

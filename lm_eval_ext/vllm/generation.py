@@ -1,0 +1,62 @@
+"""Generation for ``vllm_ext``: stock ``VLLM.generate_until`` request by request, stored as it arrives.
+
+Same stop sequences, generation budget, context truncation, sampling parameters and
+post-processing as stock (its own helpers do each step), and the same engine-call order (longest
+context first, ``batch_size`` per call). What differs: each generation reaches the cache hook as
+soon as the engine returns it, under the request's own arguments (stock hands the hook its
+rewritten generation kwargs, under which no later lookup can find it).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from lm_eval_ext.vllm.scoring import chunked
+
+
+def end_of_text(lm: Any) -> str:
+    """The EOS string stock adds to every request's stop sequences."""
+    eos = lm.tokenizer.decode(lm.eot_token_id)
+    # stock: some tokenizers decode their EOS id to "" while eos_token names it
+    if not eos and getattr(lm.tokenizer, "eos_token", None):
+        eos = lm.tokenizer.eos_token
+    return eos
+
+
+def prepare_generation(lm: Any, encoding: list[int], gen_kwargs: dict, eos: str) -> tuple[list[int], Any, list[str]]:
+    """``(prompt tokens, SamplingParams, stop sequences for post-processing)`` for one request."""
+    from lm_eval.models.utils import maybe_truncate
+    from lm_eval.models.vllm_causallms import SamplingParams
+
+    if not isinstance(gen_kwargs, dict):
+        raise TypeError(f"Expected `gen_kwargs` to be of type `dict` but got {type(gen_kwargs)}")
+    kwargs, until, max_gen_toks = lm.modify_gen_kwargs(gen_kwargs, eos=eos, default_max_gen_toks=lm.max_gen_toks)
+    tokens, max_gen_toks = maybe_truncate(
+        encoding, max_gen_toks=max_gen_toks, max_model_len=lm.max_length, side=lm.truncation_side, verbose=True
+    )
+    # a reasoning model may emit the task's stop strings inside its thinking: only EOS stops the
+    # engine, the task's stops are applied after the thinking is stripped (as stock does)
+    stop = [s for s in until if s == eos] if lm.think_end_token else until
+    return tokens, SamplingParams(max_tokens=max_gen_toks, stop=stop, **kwargs), until
+
+
+def generate_texts(lm: Any, requests: Sequence[Any]) -> list[str]:
+    from lm_eval.models.utils import postprocess_generated_text
+
+    contexts = [request.args[0] for request in requests]
+    encodings = lm.tok_encode(contexts)
+    eos = end_of_text(lm)
+    prepared = [prepare_generation(lm, enc, request.args[1], eos) for enc, request in zip(encodings, requests)]
+    order = sorted(range(len(requests)), key=lambda i: (-len(encodings[i]), contexts[i]))  # stock's Collator
+    results: list[Any] = [None] * len(requests)
+    for chunk in chunked(order, lm.batch_size):
+        prompts, params = [prepared[i][0] for i in chunk], [prepared[i][1] for i in chunk]
+        for batch in lm.engine.iter_batches(prompts, params):
+            for position, output in batch:
+                index = chunk[position]
+                results[index] = postprocess_generated_text(output.outputs[0].text, prepared[index][2],
+                                                            lm.think_end_token)
+                lm.cache_hook.add_partial("generate_until", requests[index].args, results[index])
+            lm.store_arrived_results()
+    return results

@@ -1,0 +1,108 @@
+"""The pure core stays pure, and the package has no import cycle (read from the source, by AST).
+
+A module whose docstring starts with ``PURE`` decides things from plain data: it may import the
+standard library and other PURE modules, nothing else of the package, no ML library, and it may not
+read ``os.environ``. Everything else is EDGE. Function-level (lazy) imports count too: a cycle
+hidden in a function body is still a cycle.
+"""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import pytest
+
+PACKAGE = Path(__file__).resolve().parents[2] / "lm_eval_ext"
+HEAVY = {"torch", "transformers", "vllm", "accelerate", "lm_eval", "huggingface_hub", "tokenizers",
+         "psutil", "tqdm", "numpy", "ray", "safetensors"}
+
+
+def module_name(path: Path) -> str:
+    parts = path.relative_to(PACKAGE.parent).with_suffix("").parts
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+MODULES = {module_name(p): p for p in sorted(PACKAGE.rglob("*.py"))}
+TREES = {name: ast.parse(path.read_text()) for name, path in MODULES.items()}
+
+
+def is_pure(name: str) -> bool:
+    return (ast.get_docstring(TREES[name]) or "").startswith("PURE")
+
+
+def imported(name: str) -> set[str]:
+    """Every module ``name`` imports, resolved to package modules where it names one."""
+    found: set[str] = set()
+    for node in ast.walk(TREES[name]):
+        if isinstance(node, ast.Import):
+            found.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            found.add(node.module)
+            for alias in node.names:  # "from lm_eval_ext.plan import preflight" imports a module
+                if f"{node.module}.{alias.name}" in MODULES:
+                    found.add(f"{node.module}.{alias.name}")
+    return found
+
+
+def package_imports(name: str) -> set[str]:
+    return {m for m in imported(name) if m in MODULES and m != "lm_eval_ext" and not MODULES[m].name == "__init__.py"}
+
+
+def reads_environ(name: str) -> bool:
+    return any(isinstance(node, ast.Attribute) and node.attr == "environ" for node in ast.walk(TREES[name]))
+
+
+PURE = sorted(n for n in MODULES if is_pure(n))
+
+
+def test_the_pure_core_is_marked():
+    # the planner, the batch policy, the cache keys and the vLLM sizes are decisions: keep them pure
+    for expected in ("lm_eval_ext.plan.planner", "lm_eval_ext.plan.vllm_policy", "lm_eval_ext.plan.types",
+                     "lm_eval_ext.plan.facts", "lm_eval_ext.plan.hardware", "lm_eval_ext.hf.batching",
+                     "lm_eval_ext.cache.keys", "lm_eval_ext.vllm.sizes"):
+        assert expected in PURE
+
+
+@pytest.mark.parametrize("name", PURE)
+def test_pure_module_imports_no_backend_and_no_edge(name):
+    heavy = sorted(m for m in imported(name) if m.split(".")[0] in HEAVY)
+    assert not heavy, f"{name} is PURE but imports {heavy}"
+    edges = sorted(m for m in package_imports(name) if not is_pure(m))
+    assert not edges, f"{name} is PURE but imports EDGE modules {edges}"
+    assert not reads_environ(name), f"{name} is PURE but reads os.environ"
+
+
+def test_no_import_cycle():
+    graph = {name: package_imports(name) for name in MODULES}
+    state: dict[str, int] = {}  # 1 = on the current path, 2 = done
+    path: list[str] = []
+
+    def visit(node: str) -> None:
+        state[node] = 1
+        path.append(node)
+        for nxt in sorted(graph[node]):
+            if state.get(nxt) == 1:
+                cycle = path[path.index(nxt):] + [nxt]
+                pytest.fail("import cycle: " + " -> ".join(cycle))
+            if nxt not in state:
+                visit(nxt)
+        path.pop()
+        state[node] = 2
+
+    for name in sorted(graph):
+        if name not in state:
+            visit(name)
+
+
+def test_the_rules_catch_a_violation(tmp_path):
+    """The checker itself: a PURE module importing torch and reading the environment is caught."""
+    tree = ast.parse('"""PURE: bad."""\nimport os\nimport torch\nX = os.environ.get("A")\n')
+    TREES["lm_eval_ext._probe_violation"] = tree
+    MODULES["lm_eval_ext._probe_violation"] = tmp_path / "x.py"
+    try:
+        assert is_pure("lm_eval_ext._probe_violation")
+        assert "torch" in imported("lm_eval_ext._probe_violation")
+        assert reads_environ("lm_eval_ext._probe_violation")
+    finally:
+        del TREES["lm_eval_ext._probe_violation"], MODULES["lm_eval_ext._probe_violation"]
