@@ -71,7 +71,7 @@ def test_rolling_documents_are_stored_chunk_by_chunk(tiny_model_path, tmp_path, 
     from lm_eval.api.instance import Instance
     from lm_eval.models.huggingface import HFLM
 
-    from lm_eval_ext.compat import hf_cache
+    from lm_eval_ext.hf import request_cache as hf_cache
 
     monkeypatch.setattr(hf_cache, "ROLLING_CHUNK_REQUESTS", 3)
     texts = [f"Paragraph {n}: " + " ".join(f"word{n * k % 17}" for k in range(40)) for n in range(7)]
