@@ -195,7 +195,7 @@ def run_task(model: str, task: str, *, include_paths: list[str], configs: dict, 
         logger.info("running %s %s (repetition %d)", task, name, rep + 1)
         reps[name].append(_run_subprocess("evaluate", spec, timeout_s))
     runs = {name: merge_repetitions(results) for name, results in reps.items()}
-    runs |= {name: {"skipped": "stock auto probes at max_length (TOOLCHAIN.md: >10 min, 15 GB RSS on this CPU)"}
+    runs |= {name: {"skipped": "stock auto probes at max_length (docs/upstream.md: >10 min, 15 GB RSS on this CPU)"}
              for name, c in configs.items() if c is None}
     return summarize_task(task, runs)
 

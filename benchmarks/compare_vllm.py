@@ -40,7 +40,7 @@ VLLM_CPU_ENV = {
     # vLLM divides by its progress bar's elapsed time, 0 when TQDM_DISABLE=1 (see scenarios_more.VLLM_ENV)
     "TQDM_DISABLE": "",
 }
-#: What stock's Ray data parallel needs on a machine without GPUs (TOOLCHAIN.md).
+#: What stock's Ray data parallel needs on a machine without GPUs (docs/upstream.md).
 STOCK_RAY_ENV = {
     "VLLM_CPU_OMP_THREADS_BIND": "nobind",
     "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0", "RAY_AUTH_MODE": "disabled", "RAY_USAGE_STATS_ENABLED": "0",

@@ -1,9 +1,17 @@
-"""Thin lm-eval models. Each imports its backend lazily and names the pip extra when missing."""
+"""Every upstream name beyond a package's top-level API that lm-eval-ext touches, and every version shim.
+
+:data:`UPSTREAM` is the inventory: each private hook, private attribute and submodule import of
+lm-eval, transformers and vLLM used anywhere in the package, why, and the upstream version that lets
+it go (``open``: no release offers a public way yet). ``tests/unit/test_compat_contract.py`` finds
+such uses in the source by itself and fails on any that is not listed here, and checks that each
+listed name still exists upstream. The version shims are the functions below.
+"""
 
 from __future__ import annotations
 
 import importlib
 from types import ModuleType
+from typing import NamedTuple
 
 
 def require(module: str, extra: str) -> ModuleType:
@@ -15,3 +23,94 @@ def require(module: str, extra: str) -> ModuleType:
             f"lm-eval-ext needs '{module}' for this model; install it with "
             f"pip install 'lm-eval-ext[{extra}]' ({exc})"
         ) from exc
+
+
+def hflm_accelerator(lm):
+    """HFLM (lm-eval 0.4.13) sets ``self.accelerator`` only when it runs under several processes
+    and tests for it with ``hasattr``; this is the one place that reads it (None: single process)."""
+    return getattr(lm, "accelerator", None)
+
+
+class UpstreamName(NamedTuple):
+    """One upstream name beyond a package's top-level public API that lm-eval-ext relies on."""
+
+    target: str
+    """``module:Name`` or ``module:Class.attribute``."""
+    why: str
+    until: str
+    """The upstream version that lets it go, or ``open`` when no upstream release offers a public way."""
+
+    @property
+    def module(self) -> str:
+        return self.target.split(":")[0]
+
+    @property
+    def name(self) -> str:
+        return self.target.split(":")[1]
+
+
+_HFLM = "lm_eval.models.huggingface:HFLM"
+_VLLM = "lm_eval.models.vllm_causallms:VLLM"
+_OPEN_HOOK = "open (lm-eval 0.4.13 has no public hook for it)"
+
+UPSTREAM: tuple[UpstreamName, ...] = (
+    # lm-eval: what the adapters subclass and the narrow hooks they override
+    UpstreamName(_HFLM, "hf_ext subclasses stock HFLM (tokenisation, truncation, chat templates stay stock)", _OPEN_HOOK),
+    UpstreamName(f"{_HFLM}._create_model", "deferred weights: the request cache loads them on the first miss", _OPEN_HOOK),
+    UpstreamName(f"{_HFLM}._loglikelihood_tokens", "the scoring engine replaces stock batching", _OPEN_HOOK),
+    UpstreamName(f"{_HFLM}._model_generate", "greedy generation with shared prefixes", _OPEN_HOOK),
+    UpstreamName(f"{_HFLM}._detect_batch_size", "stock probes at max_length; the engine batches by tokens", _OPEN_HOOK),
+    UpstreamName(f"{_HFLM}._get_accelerate_args", "the planned device_map and max_memory", _OPEN_HOOK),
+    UpstreamName(f"{_HFLM}._model", "the placeholder of deferred weights lives where HFLM keeps the model", _OPEN_HOOK),
+    UpstreamName(f"{_HFLM}._config", "model identity and max_length without weights", _OPEN_HOOK),
+    UpstreamName(f"{_HFLM}._max_length", "max_length answered from the config while weights are deferred", _OPEN_HOOK),
+    UpstreamName(f"{_HFLM}._DEFAULT_MAX_LENGTH", "the same fallback as stock", _OPEN_HOOK),
+    UpstreamName(f"{_HFLM}._rank", "global rank under data parallel (stock uses the node-local one)", _OPEN_HOOK),
+    UpstreamName(f"{_HFLM}._world_size", "every process of the launch, GPUs or not", _OPEN_HOOK),
+    UpstreamName(_VLLM, "vllm_ext reuses stock's request parsing and truncation", _OPEN_HOOK),
+    UpstreamName(f"{_VLLM}._loglikelihood_tokens", "scoring through vllm_ext's engines", _OPEN_HOOK),
+    UpstreamName(f"{_VLLM}._model_generate", "generation through vllm_ext's engines", _OPEN_HOOK),
+    UpstreamName(f"{_VLLM}._parse_logprobs", "stock's reading of prompt logprobs, for equal results", _OPEN_HOOK),
+    UpstreamName(f"{_VLLM}._config", "stock attributes set without stock's engine", _OPEN_HOOK),
+    UpstreamName(f"{_VLLM}._max_length", "stock attributes set without stock's engine", _OPEN_HOOK),
+    UpstreamName(f"{_VLLM}._max_gen_toks", "stock attributes set without stock's engine", _OPEN_HOOK),
+    UpstreamName("lm_eval.models.vllm_causallms:SamplingParams", "the SamplingParams stock builds requests with", _OPEN_HOOK),
+    UpstreamName("lm_eval.models.vllm_causallms:get_tokenizer", "the tokenizer stock vllm uses", _OPEN_HOOK),
+    UpstreamName("lm_eval.models.utils:resolve_max_length", "stock's max_length rule", _OPEN_HOOK),
+    UpstreamName("lm_eval.models.utils:configure_pad_token", "stock's pad-token rule", _OPEN_HOOK),
+    UpstreamName("lm_eval.models.utils:maybe_truncate", "stock's prompt truncation for generation", _OPEN_HOOK),
+    UpstreamName("lm_eval.models.utils:postprocess_generated_text", "stock's stop-sequence handling", _OPEN_HOOK),
+    UpstreamName("lm_eval.utils:get_rolling_token_windows", "stock's rolling windows", "public helper; kept listed"),
+    UpstreamName("lm_eval.utils:make_disjoint_window", "stock's rolling windows", "public helper; kept listed"),
+    UpstreamName("lm_eval.utils:simple_parse_args_string", "model_args strings parsed as lm-eval does", "public helper; kept listed"),
+    UpstreamName("lm_eval.api.model:LM", "the cache-only front of a fully cached run", "public API"),
+    UpstreamName("lm_eval.api.model:TemplateLM", "vllm_ext's server mode", "public API"),
+    UpstreamName("lm_eval.api.instance:Instance", "cache verify rebuilds requests", "public API"),
+    UpstreamName("lm_eval.api.registry:model_registry", "registration (0.4.13 has no plugin discovery)",
+                 "lm-eval > 0.4.13 (the lm_eval.models entry-point group)"),
+    UpstreamName("lm_eval.tasks:TaskManager", "lm-eval-ext run adds tasks/ to the include path", "public API"),
+    UpstreamName("lm_eval.__main__:cli_evaluate", "lm-eval-ext run hands over to lm-eval's CLI", "open (no public CLI entry)"),
+    # transformers: the in-place KV cache and the grouped-query decode attention
+    UpstreamName("transformers.cache_utils:DynamicLayer", "GrowingLayer appends in place instead of torch.cat",
+                 "open (no public per-layer cache API)"),
+    UpstreamName("transformers.integrations.sdpa_attention:sdpa_attention_forward",
+                 "everything but a CPU decode step goes to transformers' own attention", "open"),
+    UpstreamName("transformers.masking_utils:AttentionMaskInterface", "the mask function of the registered attention", "open"),
+    UpstreamName("transformers.masking_utils:sdpa_mask", "the mask function of the registered attention", "open"),
+    UpstreamName("transformers:PretrainedConfig._attn_implementation",
+                 "switches a model to the grouped-query decode attention inside a with block",
+                 "open (set_attn_implementation is not per call)"),
+    # vLLM
+    UpstreamName("vllm.engine.arg_utils:EngineArgs", "the context length vLLM itself would choose", "open"),
+)
+
+
+def dynamic_cache_for(config):
+    """``DynamicCache(config=config)`` (per-layer cache kinds from the config, transformers >= 4.56),
+    or None where this transformers takes no config. Goes when the floor is transformers 4.56."""
+    from transformers import DynamicCache
+
+    try:
+        return DynamicCache(config=config)
+    except TypeError:
+        return None

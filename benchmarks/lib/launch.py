@@ -1,7 +1,7 @@
 """EDGE: start a worker process (or N of them under ``accelerate launch``), wait, merge rank files.
 
 CPU data parallel uses ``ACCELERATE_USE_CPU=true accelerate launch --multi_gpu`` (gloo); plain
-``--cpu --num_processes 2`` starts one process only (TOOLCHAIN.md). The cores are split between
+``--cpu --num_processes 2`` starts one process only (docs/upstream.md). The cores are split between
 the processes, so DP 1 and DP 2 get the same hardware.
 """
 

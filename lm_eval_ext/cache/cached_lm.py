@@ -1,9 +1,9 @@
-"""RequestCacheMixin: look every request up before batching, compute only the misses, store each
-batch as it finishes. Backend-agnostic: a backend supplies its identity and a way to get ready.
+"""The request cache in front of a backend: look every request up before batching, compute only the
+misses, store each batch as it finishes. Backend-agnostic: a backend supplies its identity and the
+function that computes misses (:meth:`RequestCache.answer`).
 
-Put the mixin before the backend in the bases (``class HfExtLM(HfRequestCacheMixin, HFLM)``) and
-call :meth:`_init_request_cache` before the backend's ``__init__``. The backend's
-``loglikelihood``/``loglikelihood_rolling``/``generate_until`` then only ever see misses.
+``HfExtLM`` owns a :class:`RequestCache`; ``vllm_ext`` still reaches it through the thin
+:class:`RequestCacheMixin` at the end of this module.
 
 Results reach the store through lm-eval's own per-result hook (``self.cache_hook.add_partial``,
 called by HFLM as each result is computed): during a computation the hook is wrapped so that
@@ -17,11 +17,11 @@ that knows when a unit of work has finished (a vLLM engine step, an HTTP respons
 from __future__ import annotations
 
 import abc
-
 import enum
 import logging
 import time
 from pathlib import Path
+from collections.abc import Callable
 from typing import Any
 
 from lm_eval_ext.cache.store import CacheFileError, Entry, RequestStore, default_cache_dir
@@ -97,100 +97,80 @@ class _ChainedHook:
             self.writer.add(req, res)
 
 
-class RequestCacheMixin(abc.ABC):
-    """Backend hooks to implement: :meth:`_cache_model_identity`; optionally
-    :meth:`_cache_prepare_compute`, :meth:`_cache_flush_every`, :meth:`_cache_compute_is_collective`
-    and :meth:`_cache_any_rank`."""
+class RequestCache:
+    """One model's view of the request store: mode, fingerprint (computed on first use), counters.
 
-    # ------------------------------------------------------------------ backend hooks
+    ``identity`` returns what decides the model's outputs (called once, on the first request);
+    ``label`` names the model in the store.
+    """
 
-    @abc.abstractmethod
-    def _cache_model_identity(self) -> ModelIdentity:
-        """What decides this backend's outputs (see :mod:`lm_eval_ext.cache.fingerprint`)."""
+    def __init__(self, mode: CacheMode | str, cache_dir: str | Path | None, *,
+                 identity: Callable[[], ModelIdentity], label: Callable[[], str]) -> None:
+        self.mode = CacheMode(mode)
+        self.dir = Path(cache_dir).expanduser() if cache_dir else default_cache_dir()
+        self.stats = CacheStats()
+        self.store: RequestStore | None = None
+        self.fingerprint: str | None = None
+        self._identity, self._label = identity, label
+        self._writer: _BatchWriter | None = None  # set while misses are computed
 
-    def _cache_model_label(self) -> str:
-        return type(self).__name__
+    def identity(self) -> ModelIdentity:
+        return self._identity()
 
-    def _cache_prepare_compute(self) -> None:
-        """Called before the first miss is computed (e.g. load weights that were deferred)."""
-
-    def _cache_flush_every(self) -> int:
-        """Results per write transaction: the backend's batch size."""
-        return 1
-
-    def _cache_compute_is_collective(self, request_type: str) -> bool:
-        """True when the backend's computation for this type talks to other ranks, so every rank
-        must enter it if any rank does."""
-        return False
-
-    def _cache_any_rank(self, flag: bool) -> bool:
-        return flag
-
-    # ------------------------------------------------------------------ setup
-
-    def _init_request_cache(self, mode: str, cache_dir: str | None) -> None:
-        self._cache_mode = CacheMode(mode)
-        self._cache_writer: _BatchWriter | None = None  # set while misses are computed
-        self._cache_dir = Path(cache_dir).expanduser() if cache_dir else default_cache_dir()
-        self._cache_store: RequestStore | None = None
-        self._cache_fingerprint: str | None = None
-        self._cache_stats = CacheStats()
-
-    def _request_cache(self) -> tuple[RequestStore | None, str]:
+    def open(self) -> tuple[RequestStore | None, str]:
         """Open the store and compute the fingerprint once, on the first request."""
-        if self._cache_fingerprint is None:
-            identity = self._cache_model_identity()
-            self._cache_fingerprint = fingerprint(identity)
-            db_missing = not (self._cache_dir / "requests.sqlite").exists()
-            if self._cache_mode is CacheMode.READ and db_missing:
-                logger.warning("request cache: cache=read but %s has no cache yet; computing everything", self._cache_dir)
+        if self.fingerprint is None:
+            identity = self._identity()
+            self.fingerprint = fingerprint(identity)
+            db_missing = not (self.dir / "requests.sqlite").exists()
+            if self.mode is CacheMode.READ and db_missing:
+                logger.warning("request cache: cache=read but %s has no cache yet; computing everything", self.dir)
             else:
-                self._cache_store = RequestStore.open(self._cache_dir)
-                if self._cache_mode.writes:
-                    self._cache_store.register_model(self._cache_fingerprint, self._cache_model_label(), identity.to_json())
-            logger.info("request cache: %s, mode %s, model %s", self._cache_dir, self._cache_mode.value, self._cache_fingerprint[:16])
-        return self._cache_store, self._cache_fingerprint
+                self.store = RequestStore.open(self.dir)
+                if self.mode.writes:
+                    self.store.register_model(self.fingerprint, self._label(), identity.to_json())
+            logger.info("request cache: %s, mode %s, model %s", self.dir, self.mode.value, self.fingerprint[:16])
+        return self.store, self.fingerprint
 
-    # ------------------------------------------------------------------ lm-eval entry points
+    def answer(self, request_type: str, requests: list, compute: Callable[[list], list], *, hook_owner: Any,
+               prepare: Callable[[], None] = lambda: None, flush_every: int = 1, collective: bool = False,
+               any_rank: Callable[[bool], bool] = lambda flag: flag,
+               chunks: Callable[[list], list[list]] = lambda todo: [todo]) -> list:
+        """Every request's result: cached ones from the store, the rest from ``compute(misses)``.
 
-    def loglikelihood(self, requests, disable_tqdm: bool = False):
-        return self._cached_call("loglikelihood", requests, disable_tqdm)
-
-    def loglikelihood_rolling(self, requests, disable_tqdm: bool = False):
-        return self._cached_call("loglikelihood_rolling", requests, disable_tqdm)
-
-    def generate_until(self, requests, disable_tqdm: bool = False):
-        return self._cached_call("generate_until", requests, disable_tqdm)
-
-    def _compute(self, request_type: str, requests: list, disable_tqdm: bool) -> list:
-        self._cache_prepare_compute()
-        return getattr(super(), request_type)(requests, disable_tqdm=disable_tqdm)
-
-    def _cached_call(self, request_type: str, requests: list, disable_tqdm: bool) -> list:
-        if self._cache_mode is CacheMode.OFF:
-            return self._compute(request_type, requests, disable_tqdm)
-        store, model_fingerprint = self._request_cache()
+        ``hook_owner.cache_hook`` (lm-eval's per-result hook) is wrapped while ``compute`` runs, so
+        results are stored as the backend reports them, ``flush_every`` per transaction. When
+        ``collective`` (the computation talks to other ranks), a rank whose requests are all cached
+        still computes one request if ``any_rank`` says another rank has misses. ``chunks`` splits
+        the misses into backend calls, each stored when it returns.
+        """
+        if self.mode is CacheMode.OFF:
+            prepare()
+            return compute(requests)
+        store, model_fingerprint = self.open()
         keys = [request_key(model_fingerprint, request_type, tuple(r.args)) for r in requests]
         results = self._lookup(store, request_type, requests, keys)
         misses = [i for i, value in enumerate(results) if value is _MISSING]
-        must_enter = self._cache_compute_is_collective(request_type) and self._cache_any_rank(bool(misses))
+        must_enter = collective and any_rank(bool(misses))
         if misses or (must_enter and requests):
-            # a rank with nothing to compute still joins its peers' collectives with one request
-            todo = misses or [0]
+            todo = [requests[i] for i in (misses or [0])]  # an empty-handed rank joins with one request
+            prepare()  # before the clock starts: loading weights is not compute
             started_s = time.perf_counter()
-            computed = self._compute_and_store(store, model_fingerprint, request_type, [requests[i] for i in todo], disable_tqdm)
-            self._cache_stats.add_computed([requests[i] for i in misses], request_type, time.perf_counter() - started_s)
+            if store is None or not self.mode.writes:
+                computed = compute(todo)
+            else:
+                computed = self._compute_and_store(store, request_type, todo, compute, hook_owner,
+                                                   flush_every, chunks)
+            self.stats.add_computed([requests[i] for i in misses], request_type, time.perf_counter() - started_s)
             for index, value in zip(misses, computed):
                 results[index] = value
-        logger.info(
-            "request cache: %s: %d hits, %d computed, %d not cacheable",
-            request_type, len(requests) - len(misses), len(misses), keys.count(None),
-        )
+        logger.info("request cache: %s: %d hits, %d computed, %d not cacheable",
+                    request_type, len(requests) - len(misses), len(misses), keys.count(None))
         return results
 
     def _lookup(self, store: RequestStore | None, request_type: str, requests: list, keys: list) -> list:
         results: list[Any] = [_MISSING] * len(requests)
-        if store is None or not self._cache_mode.reads:
+        if store is None or not self.mode.reads:
             return results
         found = store.get_many([k for k in keys if k is not None])
         hit_keys = []
@@ -204,26 +184,24 @@ class RequestCacheMixin(abc.ABC):
                         f"cache database {store.path} holds a damaged entry ({exc}); move it aside "
                         f"(mv '{store.path}' '{store.path}.bad') or pass cache=off"
                     ) from None
-                self._cache_stats.add_hit(requests[index], request_type, compute_s)
+                self.stats.add_hit(requests[index], request_type, compute_s)
                 hit_keys.append(key)
             else:
-                self._cache_stats.add_miss(requests[index], request_type, cacheable=key is not None)
-        if self._cache_mode.writes:
+                self.stats.add_miss(requests[index], request_type, cacheable=key is not None)
+        if self.mode.writes:
             store.count_hits(hit_keys)
         return results
 
-    def _compute_and_store(self, store, model_fingerprint, request_type, todo: list, disable_tqdm: bool) -> list:
-        if store is None or not self._cache_mode.writes:
-            return self._compute(request_type, todo, disable_tqdm)
-        self._cache_prepare_compute()  # before the writer's clock starts: loading is not compute
-        writer = _BatchWriter(store, model_fingerprint, request_type, self._cache_flush_every())
-        inner_hook = getattr(self, "cache_hook", None)
-        self.cache_hook = _ChainedHook(inner_hook, request_type, writer)
-        self._cache_writer = writer
+    def _compute_and_store(self, store: RequestStore, request_type: str, todo: list, compute, hook_owner,
+                           flush_every: int, chunks) -> list:
+        writer = _BatchWriter(store, self.fingerprint, request_type, flush_every)
+        inner_hook = getattr(hook_owner, "cache_hook", None)
+        hook_owner.cache_hook = _ChainedHook(inner_hook, request_type, writer)
+        self._writer = writer
         computed: list = []
         try:
-            for chunk in self._cache_compute_chunks(request_type, todo):
-                values = self._compute(request_type, chunk, disable_tqdm)
+            for chunk in chunks(todo):
+                values = compute(chunk)
                 if len(values) != len(chunk):
                     raise RuntimeError(f"{request_type} returned {len(values)} results for {len(chunk)} requests")
                 for request, value in zip(chunk, values):
@@ -231,32 +209,85 @@ class RequestCacheMixin(abc.ABC):
                 writer.flush()
                 computed += values
         finally:
-            self.cache_hook, self._cache_writer = inner_hook, None
+            hook_owner.cache_hook, self._writer = inner_hook, None
             writer.flush()  # results the hook saw before an exception are kept
         return computed
-
-    def _cache_compute_chunks(self, request_type: str, todo: list) -> list[list]:
-        """How the misses are handed to the backend; all at once unless a backend reports a
-        request type's results only when its whole call returns (see HfRequestCacheMixin)."""
-        return [todo]
 
     def store_arrived_results(self) -> None:
         """Write the results the hook has buffered now, in one transaction (no-op outside a
         computation or with the cache off)."""
-        if self._cache_writer is not None:
-            self._cache_writer.flush()
+        if self._writer is not None:
+            self._writer.flush()
 
-    # ------------------------------------------------------------------ reporting
+    def report(self, *, rank: int = 0, world_size: int = 1) -> dict:
+        return build_report(self.stats, mode=self.mode.value, path=str(self.dir), fingerprint=self.fingerprint,
+                            rank=rank, world_size=world_size)
+
+
+class RequestCacheMixin(abc.ABC):
+    """A :class:`RequestCache` behind a backend's lm-eval methods, for backends built as subclasses
+    (``vllm_ext``). Put it before the backend in the bases and call :meth:`_init_request_cache`
+    before the backend's ``__init__``. Hooks: :meth:`_cache_model_identity`; optionally
+    :meth:`_cache_prepare_compute`, :meth:`_cache_flush_every`, :meth:`_cache_compute_is_collective`,
+    :meth:`_cache_any_rank`."""
+
+    @abc.abstractmethod
+    def _cache_model_identity(self) -> ModelIdentity:
+        """What decides this backend's outputs (see :mod:`lm_eval_ext.cache.fingerprint`)."""
+
+    def _cache_model_label(self) -> str:
+        return type(self).__name__
+
+    def _cache_prepare_compute(self) -> None:
+        """Called before the first miss is computed (e.g. load weights that were deferred)."""
+
+    def _cache_flush_every(self) -> int:
+        return 1
+
+    def _cache_compute_is_collective(self, request_type: str) -> bool:
+        return False
+
+    def _cache_any_rank(self, flag: bool) -> bool:
+        return flag
+
+    def _init_request_cache(self, mode: str, cache_dir: str | None) -> None:
+        self.request_cache = RequestCache(mode, cache_dir, identity=self._cache_model_identity,
+                                          label=self._cache_model_label)
+
+    @property
+    def _cache_mode(self) -> CacheMode:
+        return self.request_cache.mode
+
+    @property
+    def _cache_dir(self) -> Path:
+        return self.request_cache.dir
+
+    @property
+    def _cache_fingerprint(self) -> str | None:
+        return self.request_cache.fingerprint
+
+    def loglikelihood(self, requests, disable_tqdm: bool = False):
+        return self._cached_call("loglikelihood", requests, disable_tqdm)
+
+    def loglikelihood_rolling(self, requests, disable_tqdm: bool = False):
+        return self._cached_call("loglikelihood_rolling", requests, disable_tqdm)
+
+    def generate_until(self, requests, disable_tqdm: bool = False):
+        return self._cached_call("generate_until", requests, disable_tqdm)
+
+    def _cached_call(self, request_type: str, requests: list, disable_tqdm: bool) -> list:
+        backend_call = getattr(super(), request_type)
+        return self.request_cache.answer(
+            request_type, requests, lambda todo: backend_call(todo, disable_tqdm=disable_tqdm), hook_owner=self,
+            prepare=self._cache_prepare_compute, flush_every=self._cache_flush_every(),
+            collective=self._cache_compute_is_collective(request_type), any_rank=self._cache_any_rank,
+        )
+
+    def store_arrived_results(self) -> None:
+        self.request_cache.store_arrived_results()
 
     def request_cache_report(self) -> dict:
-        return build_report(
-            self._cache_stats,
-            mode=self._cache_mode.value,
-            path=str(self._cache_dir),
-            fingerprint=self._cache_fingerprint,
-            rank=getattr(self, "rank", 0),
-            world_size=getattr(self, "world_size", 1),
-        )
+        return self.request_cache.report(rank=getattr(self, "rank", 0), world_size=getattr(self, "world_size", 1))
 
     def get_model_info(self) -> dict:
         info = super().get_model_info()

@@ -41,7 +41,7 @@ def recompute_sample(store: RequestStore, model_args: str, sample_size: int,
     from lm_eval.utils import simple_parse_args_string
 
     lm = model_class(backend)(**{**simple_parse_args_string(model_args), "cache": "off"})
-    model_fingerprint = fingerprint(lm._cache_model_identity())
+    model_fingerprint = fingerprint(lm.request_cache.identity())
     keys = [row[0] for row in store.query("SELECT key FROM entries WHERE fingerprint = ?", (model_fingerprint,))]
     if not keys:
         raise UserError(

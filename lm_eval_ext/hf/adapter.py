@@ -1,32 +1,50 @@
-"""``hf_ext``: lm-eval's HFLM with typed model_args and data parallel that really shards.
+"""``hf_ext``: lm-eval's HFLM with typed model_args, a planned layout, a scoring engine and a
+request cache, composed (not mixed in).
 
-Construction reads as config -> resolve device/dtype -> build (HFLM) -> adopt the launcher's ranks.
+Construction reads as config -> layout (plan) -> HFLM build -> engine. Each lm-eval request method
+is defined once here: look the requests up in the cache, compute what is missing through HFLM's
+stock method (whose narrow hooks ``_loglikelihood_tokens`` / ``_model_generate`` go to the engine),
+store as results arrive.
 """
 
 from __future__ import annotations
 
+import enum
+import functools
 import logging
 from collections import Counter
 from typing import Any
 
-from lm_eval_ext.compat import require
-from lm_eval_ext.hf.request_cache import HfRequestCacheMixin
+from lm_eval_ext.cache.cached_lm import RequestCache
+from lm_eval_ext.compat import hflm_accelerator, require
+from lm_eval_ext.errors import install_excepthook
 from lm_eval_ext.hf.config import HfExtConfig
 from lm_eval_ext.hf.dist import prefer_cpu_collectives, release_process_group_at_exit
-from lm_eval_ext.errors import install_excepthook
-from lm_eval_ext.plan.layout import build_layout
 from lm_eval_ext.logs import share_lm_eval_handlers
+from lm_eval_ext.plan.layout import build_layout
 
 torch = require("torch", "hf")
 require("transformers", "hf")
 require("accelerate", "hf")
 
 from lm_eval.models.huggingface import HFLM  # noqa: E402
+from lm_eval.models.utils import resolve_max_length  # noqa: E402
 
-from lm_eval_ext.hf.engine import ScoringEngineMixin  # noqa: E402  (imports torch)
+from lm_eval_ext.hf import request_cache as hf_cache  # noqa: E402  (imports torch)
+from lm_eval_ext.hf.engine import WHOLE_CALL, EngineSettings, ScoringEngine  # noqa: E402
 
 logger = logging.getLogger("lm_eval_ext.hf")
 install_excepthook()
+
+_REQUEST_TYPES = ("loglikelihood", "loglikelihood_rolling", "generate_until")
+
+
+class ModelState(enum.Enum):
+    BUILDING = "building"
+    """Inside HFLM's constructor: ``self.model`` is whatever ``_create_model`` left (maybe the placeholder)."""
+    DEFERRED = "deferred"
+    """Weights not loaded yet; the first miss (or any read of ``self.model``) loads them."""
+    LOADED = "loaded"
 
 
 def resolve_device(requested: str) -> str:
@@ -53,23 +71,33 @@ def resolve_dtype(requested: str, device: str) -> str:
     return "auto"
 
 
-class HfExtLM(HfRequestCacheMixin, ScoringEngineMixin, HFLM):
+class HfExtLM(HFLM):
     """Transformers backend for lm-eval-ext; a drop-in for ``hf`` (same model_args spellings)."""
 
     def __init__(self, **model_args: Any) -> None:
         self._init_model_args = dict(model_args)  # as given: the fast path's memo key is made of them
         share_lm_eval_handlers()
         config = HfExtConfig.from_model_args(model_args)
+        self.ext_config = config
         prefer_cpu_collectives(torch.cuda.is_available())
         device = resolve_device(config.device)
         dtype = resolve_dtype(config.dtype, device)
-        self._init_request_cache(mode=config.cache, cache_dir=config.cache_dir)
+        self.request_cache = RequestCache(config.cache, config.cache_dir, identity=self._model_identity,
+                                          label=lambda: str(self.pretrained))
+        self._model_state = ModelState.BUILDING
+        self._create_kwargs: dict = {}
+        self._deferred_load: tuple[tuple, dict] | None = None
         self._layout = build_layout(config, device=device, dtype=dtype)  # plan -> device / device_map
         super().__init__(**{**config.hflm_kwargs(device=device, dtype=dtype), **self._layout.hflm_overrides()})
-        self.ext_config = config
+        self._model_state = ModelState.DEFERRED if self._deferred_load else ModelState.LOADED
         self._adopt_launcher_ranks()
-        self._init_scoring_engine(max_batch_tokens=config.max_batch_tokens, share_contexts=config.share_contexts,
-                                  prompt_lookup_num_tokens=config.prompt_lookup_num_tokens)
+        self.engine = ScoringEngine(self, EngineSettings(
+            max_batch_tokens=config.max_batch_tokens, share_contexts=config.share_contexts,
+            prompt_lookup_num_tokens=config.prompt_lookup_num_tokens, strategy=self._layout.strategy_name,
+        ))
+        if config.max_batch_tokens is not None and isinstance(self.batch_size, int) and self.batch_size != 1:
+            logger.warning("max_batch_tokens=%s decides batch sizes; batch_size=%s is not used",
+                           config.max_batch_tokens, self.batch_size)
 
     def _adopt_launcher_ranks(self) -> None:
         """Shard documents over every process of the launch, GPUs or not.
@@ -78,7 +106,7 @@ class HfExtLM(HfRequestCacheMixin, ScoringEngineMixin, HFLM):
         process evaluates everything; and it uses the *local* process index, which repeats across
         nodes. We take accelerate's global process index whenever more than one process runs.
         """
-        accelerator = getattr(self, "accelerator", None)
+        accelerator = hflm_accelerator(self)
         if accelerator is None or accelerator.num_processes <= 1:
             return
         self._rank = accelerator.process_index
@@ -87,42 +115,140 @@ class HfExtLM(HfRequestCacheMixin, ScoringEngineMixin, HFLM):
         if self._rank == 0:
             logger.info("data parallel over %d processes (%s)", self._world_size, accelerator.distributed_type)
 
+    # ------------------------------------------------------------------ weights, loaded late
+
+    def _create_model(self, *args: Any, **kwargs: Any) -> None:
+        self._create_kwargs = kwargs
+        if self.request_cache.mode.value == "off" or not hf_cache.should_defer(kwargs):
+            HFLM._create_model(self, *args, **kwargs)
+            return
+        self._deferred_load = (args, kwargs)
+        self._model = hf_cache.DeferredModel(self._config)
+
+    def load_weights(self) -> None:
+        """Load deferred weights now (no-op when they are loaded)."""
+        if self._model_state is not ModelState.DEFERRED:
+            return
+        args, kwargs = self._deferred_load
+        hf_cache.load_deferred_weights(self, self._model, args, kwargs)
+        self._deferred_load = None
+        self._model_state = ModelState.LOADED
+
+    @property
+    def model(self):
+        """The model; after construction, reading it loads deferred weights (whoever asks for the
+        model needs them). HFLM's own accesses during ``__init__`` see the placeholder, which also
+        keeps accelerate's unwrap (it inspects nn.Module internals) away from it."""
+        if self._model_state is ModelState.DEFERRED:
+            self.load_weights()
+        return super().model
+
+    @property
+    def max_length(self) -> int:
+        # HFLM reads self.model.config for this; the config alone answers it without weights
+        if not self._max_length and self._deferred_load is not None:
+            return resolve_max_length(self._config, self.tokenizer, default=self._DEFAULT_MAX_LENGTH)
+        return super().max_length
+
+    @property
+    def model_loaded(self) -> bool:
+        return self._model_state is ModelState.LOADED
+
     def _get_accelerate_args(self, *args, **kwargs) -> dict:
         """The planned device_map and max_memory, instead of lm-eval's parallelize defaults."""
         if self._layout.accelerate_args is not None:
             return dict(self._layout.accelerate_args)
         return super()._get_accelerate_args(*args, **kwargs)
 
-    def _cache_compute_is_collective(self, request_type: str) -> bool:
-        """Every rank enters the computation when any does if it gathers across ranks: HFLM's
-        rolling windows (cache mixin) or the scoring engine's first auto budget of a kind."""
-        return (super()._cache_compute_is_collective(request_type)
-                or self._engine_agreement_pending(request_type))
+    # ------------------------------------------------------------------ HFLM's narrow hooks
 
-    def _log_shard(self, request_type: str, requests: list) -> None:
-        self.note_request_tasks(request_type, requests)
-        docs = Counter((r.task_name, r.doc_id) for r in requests)
-        logger.info(
-            "rank %d/%d: %s: %d requests over %d documents",
-            self.rank, self.world_size, request_type, len(requests), len(docs),
-        )
+    def _detect_batch_size(self, requests=None, pos: int = 0):
+        """Stock probes at ``max_length``; here the stock rolling/generation loops hand over every
+        request at once, and the engine batches them by tokens."""
+        return WHOLE_CALL
+
+    def _loglikelihood_tokens(self, requests, disable_tqdm: bool = False, override_bs=None):
+        if not requests:  # under data parallel an empty-handed rank still joins the budget agreement
+            self.engine.budgets.join_agreement(self.engine.current_kind)
+        if self.backend != "causal" or not requests:
+            return super()._loglikelihood_tokens(requests, disable_tqdm=disable_tqdm, override_bs=override_bs)
+        return self.engine.loglikelihood_tokens(requests, disable_tqdm=disable_tqdm, override_bs=override_bs)
+
+    def _model_generate(self, context, max_length, stop, **generation_kwargs):
+        attention_mask = generation_kwargs.get("attention_mask")
+        options = {k: v for k, v in generation_kwargs.items() if k != "attention_mask"}
+        if not self.engine.handles_generation(attention_mask, options):
+            return super()._model_generate(context, max_length, stop, **generation_kwargs)
+        return self.engine.generate(context, max_length, stop, attention_mask)
+
+    # ------------------------------------------------------------------ lm-eval's request methods
 
     def loglikelihood(self, requests, disable_tqdm: bool = False):
-        self._log_shard("loglikelihood", requests)
-        return super().loglikelihood(requests, disable_tqdm=disable_tqdm)
+        return self._answer("loglikelihood", requests, disable_tqdm)
 
     def loglikelihood_rolling(self, requests, disable_tqdm: bool = False):
-        self._log_shard("loglikelihood_rolling", requests)
-        return super().loglikelihood_rolling(requests, disable_tqdm=disable_tqdm)
+        return self._answer("loglikelihood_rolling", requests, disable_tqdm)
 
     def generate_until(self, requests, disable_tqdm: bool = False):
-        self._log_shard("generate_until", requests)
-        return super().generate_until(requests, disable_tqdm=disable_tqdm)
+        return self._answer("generate_until", requests, disable_tqdm)
+
+    def _answer(self, request_type: str, requests: list, disable_tqdm: bool) -> list:
+        """Look up, compute what is missing (HFLM's stock method over the engine), store."""
+        self._log_shard(request_type, requests)
+        self.engine.note_request_tasks(request_type, requests)
+        collective = self._compute_is_collective(request_type)
+        chunks = functools.partial(hf_cache.rolling_chunks, collective=collective)
+        return self.request_cache.answer(
+            request_type, requests, functools.partial(self._compute, request_type, disable_tqdm=disable_tqdm),
+            hook_owner=self, prepare=self.load_weights,
+            flush_every=self.batch_size if isinstance(self.batch_size, int) else 1,
+            collective=collective, any_rank=self._any_rank,
+            chunks=chunks if request_type == "loglikelihood_rolling" else (lambda todo: [todo]),
+        )
+
+    def _compute(self, request_type: str, todo: list, *, disable_tqdm: bool) -> list:
+        if not todo and request_type == "generate_until":  # HFLM would return at once; join the agreement
+            self.engine.budgets.join_agreement("generate_until")
+            return []
+        return getattr(HFLM, request_type)(self, todo, disable_tqdm=disable_tqdm)
+
+    def _compute_is_collective(self, request_type: str) -> bool:
+        """Every rank must enter the computation when any does if it gathers across ranks: HFLM's
+        rolling windows, ``batch_size=auto``'s probe, or the engine's first auto budget of a kind."""
+        if self.world_size <= 1:
+            return False
+        auto = str(self.batch_size).startswith("auto")
+        return (request_type == "loglikelihood_rolling" or auto
+                or self.engine.budgets.agreement_pending(request_type))
+
+    def _any_rank(self, flag: bool) -> bool:
+        if self.world_size <= 1:
+            return flag
+        gathered = self.all_gather(torch.tensor([int(flag)], device=self.device))
+        return bool(gathered.max().item())
+
+    def _log_shard(self, request_type: str, requests: list) -> None:
+        docs = Counter((r.task_name, r.doc_id) for r in requests)
+        logger.info("rank %d/%d: %s: %d requests over %d documents",
+                    self.rank, self.world_size, request_type, len(requests), len(docs))
+
+    # ------------------------------------------------------------------ identity and results
+
+    def _model_identity(self):
+        return hf_cache.model_identity(self, self._create_kwargs)
+
+    def request_cache_report(self) -> dict:
+        report = self.request_cache.report(rank=self.rank, world_size=self.world_size)
+        report["model_loaded"] = self.model_loaded
+        return report
 
     def get_model_info(self) -> dict:
         info = super().get_model_info()
         info["lm_eval_ext_model"] = "hf_ext"
         info["data_parallel_size"] = self.world_size
         info.update(self._layout.model_info())
-        self._write_fast_path_memo(self._init_model_args, info)
+        info["request_cache"] = self.request_cache_report()
+        info["cost_report"] = self.engine.cost_report.as_dict()
+        self.engine.cost_report.log()
+        hf_cache.write_fast_path_memo(self, self._init_model_args, info)
         return info

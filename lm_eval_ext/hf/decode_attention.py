@@ -15,6 +15,7 @@ other devices and anything unusual go to transformers' own ``sdpa_attention_forw
 from __future__ import annotations
 
 import contextlib
+import functools
 from collections.abc import Iterator
 
 import torch
@@ -52,8 +53,11 @@ def _attention(module, query, key, value, attention_mask, dropout: float = 0.0, 
     return out.transpose(1, 2).contiguous(), None
 
 
-AttentionInterface.register(NAME, _attention)
-AttentionMaskInterface.register(NAME, sdpa_mask)
+@functools.cache
+def _register() -> None:
+    """Registered on first use, not at import: importing this module changes nothing global."""
+    AttentionInterface.register(NAME, _attention)
+    AttentionMaskInterface.register(NAME, sdpa_mask)
 
 
 @contextlib.contextmanager
@@ -63,6 +67,7 @@ def grouped_query_decode(model) -> Iterator[None]:
     if config is None or getattr(config, "_attn_implementation", None) != "sdpa":
         yield
         return
+    _register()
     config._attn_implementation = NAME
     try:
         yield

@@ -129,7 +129,7 @@ class HfExtEntry(LM):
     def _load_backend(self):
         if self._backend is None:
             backend = _real_backend(self._model_args)
-            backend._cache_stats = self._stats  # one report for the whole run
+            backend.request_cache.stats = self._stats  # one report for the whole run
             backend.set_cache_hook(self.cache_hook)
             self._backend = backend
         return self._backend

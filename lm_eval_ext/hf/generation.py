@@ -76,12 +76,7 @@ SOLO_PREFILL_TOKENS = 128
 
 
 def _legacy_cache(config):
-    from transformers import DynamicCache
-
-    try:  # the config decides per-layer cache kinds (sliding windows) where supported
-        return plain_cache(config)
-    except TypeError:
-        return DynamicCache()
+    return plain_cache(config)  # the config decides per-layer cache kinds (sliding windows) where supported
 
 
 def _prefill(parts: ModelParts, prompts: Sequence[Sequence[int]], device, room: int) -> tuple:

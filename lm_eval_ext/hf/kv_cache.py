@@ -18,6 +18,8 @@ import torch
 from transformers import DynamicCache
 from transformers.cache_utils import DynamicLayer
 
+from lm_eval_ext.compat import dynamic_cache_for
+
 #: spare columns reserved past what is needed now; a full buffer grows by at least this much
 SPARE_COLUMNS = 128
 
@@ -83,9 +85,8 @@ class GrowingLayer(DynamicLayer):
 def growing_cache(config) -> DynamicCache | None:
     """An empty cache of ``GrowingLayer`` for ``config``'s decoder, or None when the config asks
     for other layer kinds (sliding windows) or this transformers builds caches differently."""
-    try:
-        cache = DynamicCache(config=config)
-    except TypeError:
+    cache = dynamic_cache_for(config)
+    if cache is None:
         return None
     layers = getattr(cache, "layers", None)
     if not layers or any(type(layer) is not DynamicLayer for layer in layers):
@@ -101,7 +102,7 @@ def is_stackable(cache: DynamicCache) -> bool:
 
 
 def plain_cache(config) -> DynamicCache:
-    return DynamicCache(config=config)
+    return dynamic_cache_for(config) or DynamicCache()
 
 
 def clone_cache(cache: DynamicCache, config) -> DynamicCache:

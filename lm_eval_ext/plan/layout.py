@@ -39,6 +39,11 @@ class Layout:
     """``device_map``/``max_memory``/``offload_folder`` for ``from_pretrained``; None: stock placement."""
 
     @property
+    def strategy_name(self) -> str:
+        """The strategy built (``single`` for stock placement); decides what fits, so budgets key on it."""
+        return self.plan.strategy.value if self.plan else Strategy.SINGLE.value
+
+    @property
     def parallelize(self) -> bool:
         return self.accelerate_args is not None
 

@@ -102,7 +102,7 @@ def build_llm(kwargs: dict, where: str) -> Any:
 
 def shutdown_llm(llm: Any) -> None:
     """Stop an ``LLM``'s engine core now; several engines in one process need this (see
-    TOOLCHAIN.md), and garbage collection alone leaves its workers and sockets behind."""
+    docs/upstream.md), and garbage collection alone leaves its workers and sockets behind."""
     engine = getattr(llm, "llm_engine", None)
     core = getattr(engine, "engine_core", None)
     if core is not None and hasattr(core, "shutdown"):

@@ -26,8 +26,8 @@ def test_gpu_probe_uses_real_rows_and_stops_below_the_fake_limit(ext_lm, monkeyp
             raise torch.OutOfMemoryError("CUDA out of memory (fake)")
         return {}
 
-    monkeypatch.setattr(ext_lm, "_engine_score", fake_score)
-    budget = ext_lm._engine_probe_gpu("loglikelihood", {"rows": rows_of(width)})
+    monkeypatch.setattr(ext_lm.engine, "score_batch", fake_score)
+    budget = ext_lm.engine.budgets.probe_gpu("loglikelihood", {"rows": rows_of(width)}, ext_lm.engine.score_batch)
     assert all(widths == {width} for _, widths in seen)  # batches made of the real rows
     assert (budget // width) * width <= limit_tokens
     assert budget >= limit_tokens - limit_tokens // 16 - width
@@ -35,11 +35,11 @@ def test_gpu_probe_uses_real_rows_and_stops_below_the_fake_limit(ext_lm, monkeyp
 
 
 def test_a_cached_probe_is_not_repeated(ext_lm, tmp_path, monkeypatch):
-    ext_lm._engine_probe_cache = probe.ProbeCache(tmp_path / "probe.json")
-    key = ext_lm._engine_probe_key("loglikelihood")
-    ext_lm._engine_probe_cache.put(key, 777)
-    monkeypatch.setattr(ext_lm, "_engine_cpu_budget", lambda *a: pytest.fail("derived again"))
-    assert ext_lm._engine_find_budget("loglikelihood", {}) == 777
+    ext_lm.engine.budgets.probe_cache = probe.ProbeCache(tmp_path / "probe.json")
+    key = ext_lm.engine.budgets.probe_key("loglikelihood")
+    ext_lm.engine.budgets.probe_cache.put(key, 777)
+    monkeypatch.setattr(ext_lm.engine.budgets, "cpu_budget", lambda *a: pytest.fail("derived again"))
+    assert ext_lm.engine.budgets.find("loglikelihood", {}, ext_lm.engine.score_batch) == 777
     assert "tiny-llama" in key.model and key.device == "cpu" and key.request_kind == "loglikelihood"
 
 
@@ -51,8 +51,18 @@ def test_cpu_budget_comes_from_available_ram(ext_lm, monkeypatch):
         total = 2**34
 
     monkeypatch.setattr(psutil, "virtual_memory", lambda: FakeMemory())
-    small = ext_lm._engine_cpu_budget("loglikelihood", {"scored_fraction": 1.0, "row_tokens": 512})
-    shape = ext_lm._engine_shape()
+    small = ext_lm.engine.budgets.cpu_budget("loglikelihood", {"scored_fraction": 1.0, "row_tokens": 512})
+    shape = ext_lm.engine.budgets.shape()
     per_token = probe.per_token_bytes(shape, kind="loglikelihood", scored_fraction=1.0, row_tokens=512)
     assert small == probe.cpu_budget_tokens(FakeMemory.available, per_token)
     assert probe.MIN_BATCH_TOKENS <= small < probe.CPU_MAX_BATCH_TOKENS
+
+
+def test_the_probe_key_names_the_strategy_that_was_built(ext_lm):
+    """It read an attribute nothing set, so every layout shared one budget; now the layout's."""
+    from lm_eval_ext.hf.engine import EngineSettings, ScoringEngine
+
+    assert ext_lm.engine.budgets.probe_key("loglikelihood").strategy == ext_lm._layout.strategy_name == "single"
+    split = ScoringEngine(ext_lm, EngineSettings(strategy="model_split"))
+    assert split.budgets.probe_key("loglikelihood").strategy == "model_split"
+    assert split.budgets.probe_key("loglikelihood") != ext_lm.engine.budgets.probe_key("loglikelihood")

@@ -17,7 +17,7 @@ def test_weights_wait_until_someone_needs_them(tiny_model_path, tmp_path):
     lm = build(tiny_model_path, tmp_path)
     assert not lm.model_loaded
     assert lm.max_length == 1024  # answered from the config
-    lm._cache_model_identity()
+    lm.request_cache.identity()
     assert not lm.model_loaded
     lm._model.to(torch.device("cpu"))  # what HFLM.__init__ does on a GPU machine; replayed at load
     assert lm._model.moved_to == torch.device("cpu") and not lm.model_loaded
@@ -31,7 +31,7 @@ def test_cache_off_loads_at_construction(tiny_model_path, tmp_path):
 
 def test_fingerprint_ignores_batching_but_not_what_changes_outputs(tiny_model_path, tmp_path):
     def fp(**extra):
-        return fingerprint(build(tiny_model_path, tmp_path, **extra)._cache_model_identity())
+        return fingerprint(build(tiny_model_path, tmp_path, **extra).request_cache.identity())
 
     base = fp()
     assert fp(batch_size=8, cache="off") == base

@@ -36,9 +36,12 @@ def assert_same_samples(expected: dict, got: dict) -> None:
 
 
 def configure(lm, *, batch_size="auto", max_batch_tokens=None, share=True, row_tokens=512):
+    from lm_eval_ext.hf.engine import EngineSettings, ScoringEngine
+
     lm.batch_size_per_gpu = batch_size
-    lm._init_scoring_engine(max_batch_tokens=max_batch_tokens, share_contexts=share, row_tokens=row_tokens,
-                            probe_cache=lm._engine_probe_cache)
+    settings = EngineSettings(max_batch_tokens=max_batch_tokens, share_contexts=share, row_tokens=row_tokens,
+                              strategy=lm._layout.strategy_name)
+    lm.engine = ScoringEngine(lm, settings, probe_cache=lm.engine.budgets.probe_cache)
     return lm
 
 
@@ -90,19 +93,19 @@ def test_fake_out_of_memory_at_random_batches_changes_nothing(stock_results, ext
             return real(batch, *args)
         return call
 
-    monkeypatch.setattr(lm, "_engine_score", flaky(lm._engine_score))
-    monkeypatch.setattr(lm, "_engine_generate", flaky(lm._engine_generate))
+    monkeypatch.setattr(lm.engine, "score_batch", flaky(lm.engine.score_batch))
+    monkeypatch.setattr(lm.engine, "generate_batch", flaky(lm.engine.generate_batch))
     got = evaluate(lm)
     assert len(raised) >= 3
     assert_same_samples(stock_results, got)
     report = got["config"]["cost_report"]
     assert sum(entry["oom_retries"] for entry in report.values()) == len(raised)
-    assert lm._engine_oom_budgets  # the budget was lowered for the rest of the run
+    assert lm.engine.budgets.lowered  # the budget was lowered for the rest of the run
 
 
 def test_runtime_error_out_of_memory_is_recovered_but_other_errors_propagate(ext_lm, monkeypatch):
     lm = configure(ext_lm, max_batch_tokens=4096)
-    real = lm._engine_score
+    real = lm.engine.score_batch
     state = {"first": True}
 
     def once(batch):
@@ -110,11 +113,11 @@ def test_runtime_error_out_of_memory_is_recovered_but_other_errors_propagate(ext
             raise RuntimeError("[enforce fail at alloc_cpu.cpp:117] DefaultCPUAllocator: out of memory")
         return real(batch)
 
-    monkeypatch.setattr(lm, "_engine_score", once)
+    monkeypatch.setattr(lm.engine, "score_batch", once)
     evaluate(lm, tasks=["ext_arith_mc"], limit=5)
-    assert lm._engine_oom_budgets["loglikelihood"] < 4096
+    assert lm.engine.budgets.lowered["loglikelihood"] < 4096
 
-    monkeypatch.setattr(lm, "_engine_score", lambda batch: (_ for _ in ()).throw(RuntimeError("boom")))
+    monkeypatch.setattr(lm.engine, "score_batch", lambda batch: (_ for _ in ()).throw(RuntimeError("boom")))
     with pytest.raises(RuntimeError, match="boom"):
         evaluate(lm, tasks=["ext_arith_mc"], limit=2)
 
@@ -125,6 +128,6 @@ def test_single_request_that_does_not_fit_is_not_dropped(ext_lm, monkeypatch):
     def always(batch):
         raise torch.OutOfMemoryError("CUDA out of memory (fake)")
 
-    monkeypatch.setattr(lm, "_engine_score", always)
+    monkeypatch.setattr(lm.engine, "score_batch", always)
     with pytest.raises(torch.OutOfMemoryError):
         evaluate(lm, tasks=["ext_arith_mc"], limit=1)

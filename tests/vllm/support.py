@@ -1,6 +1,6 @@
 """Shared by the vLLM tests: the vLLM-on-CPU environment, the capability skip, engine arguments.
 
-Importing this module sets the environment, before anything imports vLLM (see ../shared/TOOLCHAIN.md, "vLLM on this
+Importing this module sets the environment, before anything imports vLLM (see docs/upstream.md, "vLLM on this
 CPU"); values already set by the caller win.
 """
 
