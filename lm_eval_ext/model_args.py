@@ -96,6 +96,11 @@ def batch_size(name: str, value: Any) -> int | str:
     return as_int(name, value, minimum=1)
 
 
+def is_auto_batch_size(value: Any) -> bool:
+    """``auto`` or ``auto:N``, as parsed by :func:`batch_size` (the one place that reads the spelling)."""
+    return str(value).strip().startswith("auto")
+
+
 def batch_tokens(name: str, value: Any) -> int | str:
     """``max_batch_tokens``: a positive number of padded tokens per batch, or ``auto``."""
     text = str(value).strip().lower()

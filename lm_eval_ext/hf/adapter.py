@@ -21,6 +21,7 @@ from lm_eval_ext.errors import install_excepthook
 from lm_eval_ext.hf.config import HfExtConfig
 from lm_eval_ext.hf.dist import prefer_cpu_collectives, release_process_group_at_exit
 from lm_eval_ext.logs import share_lm_eval_handlers
+from lm_eval_ext.model_args import is_auto_batch_size
 from lm_eval_ext.plan.layout import build_layout
 
 torch = require("torch", "hf")
@@ -217,8 +218,7 @@ class HfExtLM(HFLM):
         rolling windows, ``batch_size=auto``'s probe, or the engine's first auto budget of a kind."""
         if self.world_size <= 1:
             return False
-        auto = str(self.batch_size).startswith("auto")
-        return (request_type == "loglikelihood_rolling" or auto
+        return (request_type == "loglikelihood_rolling" or is_auto_batch_size(self.batch_size)
                 or self.engine.budgets.agreement_pending(request_type))
 
     def _any_rank(self, flag: bool) -> bool:

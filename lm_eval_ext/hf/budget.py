@@ -23,6 +23,7 @@ from lm_eval_ext.compat import hflm_accelerator
 from lm_eval_ext.hf import probe
 from lm_eval_ext.hf.batching import Batch
 from lm_eval_ext.hf.oom import free_memory, is_out_of_memory
+from lm_eval_ext.model_args import is_auto_batch_size
 
 logger = logging.getLogger("lm_eval_ext.hf.engine")
 
@@ -44,7 +45,7 @@ class Budgets:
     @property
     def is_auto(self) -> bool:
         arg = self.max_batch_tokens
-        return arg == "auto" or (arg is None and str(self.host.batch_size).startswith("auto"))
+        return arg == "auto" or (arg is None and is_auto_batch_size(self.host.batch_size))
 
     def limits(self, kind: str, stats: dict, score: Callable[[Batch], Any]) -> tuple[int | None, int | None]:
         """(max_batch_tokens, max_batch_requests) for this call of ``kind``."""
