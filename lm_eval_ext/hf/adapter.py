@@ -142,6 +142,8 @@ class HfExtLM(HFLM):
         keeps accelerate's unwrap (it inspects nn.Module internals) away from it."""
         if self._model_state is ModelState.DEFERRED:
             self.load_weights()
+        elif self._deferred_load is not None:  # building: the placeholder, never unwrapped
+            return self._model
         return super().model
 
     @property
