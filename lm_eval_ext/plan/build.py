@@ -65,6 +65,20 @@ def launch_places(num_processes: int, num_nodes: int) -> tuple[Place, ...]:
     return tuple(Place(rank, rank % per_node, num_processes, per_node) for rank in range(num_processes))
 
 
+#: what lm-eval's CLI passes as ``device`` when the user gives no ``--device`` (EvaluatorConfig)
+LM_EVAL_CLI_DEFAULT_DEVICE = "cuda:0"
+
+
+def unpinned_device(requested: str, launch: LaunchEnv) -> str:
+    """A ``cuda:N`` that cannot mean "only GPU N" becomes ``cuda`` (plan over every visible GPU):
+    lm-eval's CLI default ``cuda:0`` (else every CLI run on several GPUs would plan for one), and
+    any ``cuda:N`` under a launch of several processes, where each process takes its own GPUs
+    (stock ``hf`` overrides the device there too)."""
+    if requested.startswith("cuda:") and (requested == LM_EVAL_CLI_DEFAULT_DEVICE or launch.num_processes > 1):
+        return "cuda"
+    return requested
+
+
 def resolve_device(requested: str, hardware: Hardware) -> str:
     """``auto`` -> cuda when a GPU is visible, else cpu. A CUDA device without a visible GPU becomes
     cpu (the caller warns), as stock ``hf`` does: refusing it would break CPU runs that pass

@@ -23,7 +23,9 @@ from typing import Any
 
 from lm_eval_ext import dry_run
 from lm_eval_ext.errors import UserError
-from lm_eval_ext.plan.build import SPLIT_STRATEGIES, HfBuild, Place, hf_build, place_of, resolve_device, resolve_dtype
+from lm_eval_ext.plan.build import (
+    SPLIT_STRATEGIES, HfBuild, Place, hf_build, place_of, resolve_device, resolve_dtype, unpinned_device,
+)
 from lm_eval_ext.plan.detect import detect_hardware, read_launch_env
 from lm_eval_ext.plan.hardware import Hardware
 from lm_eval_ext.plan.types import Plan, PlanRequest, Strategy
@@ -139,7 +141,8 @@ def build_layout(config: Any, *, device: str | None = None, dtype: str | None = 
 
     hardware = hardware or machine(environ)
     requested = config.device if device is None else device
-    device = resolve_device(requested, hardware)
+    device = _unpin(requested, hardware)
+    device = resolve_device(device, hardware)
     if device != requested and requested != "auto":
         logger.warning("device=%s requested but no CUDA device is visible; using cpu", requested)
     dtype = resolve_dtype(config.dtype if dtype is None else dtype, device, hardware)
@@ -167,6 +170,17 @@ def build_layout(config: Any, *, device: str | None = None, dtype: str | None = 
     if isinstance(environ, MutableMapping):
         apply_omp_default(hardware, environ)
     return layout
+
+
+def _unpin(requested: str, hardware: Hardware) -> str:
+    device = unpinned_device(requested, hardware.launch)
+    if device != requested and hardware.launch.num_processes > 1:
+        logger.warning("device=%s is not used under a launch of %d processes: each process takes the GPUs "
+                       "of its own rank (as stock hf does)", requested, hardware.launch.num_processes)
+    elif device != requested:
+        logger.info("device=%s (lm-eval's default) read as cuda: the plan may use every visible GPU; "
+                    "CUDA_VISIBLE_DEVICES=0 keeps it on that one", requested)
+    return device
 
 
 def _finish_if_dry_run(build: dict, hardware: Hardware, environ: Mapping[str, str]) -> None:
