@@ -167,3 +167,11 @@ def test_described_hardware_is_ignored_outside_a_dry_run():
     assert described_hardware(LaunchEnv(), {"LM_EVAL_EXT_HARDWARE": "8x80GiB"}) is None
     assert len(described_hardware(LaunchEnv(), {"LM_EVAL_EXT_HARDWARE": "8x80GiB",
                                                 "LM_EVAL_EXT_DRY_RUN": os.devnull}).gpus) == 8
+
+
+def test_a_cuda_0_device_under_four_processes_leaves_each_its_own_gpu(dry_run):
+    """``--device cuda:0`` (also lm-eval's CLI default) must not put four ranks on one GPU."""
+    for rank in range(4):
+        build = dry_run(f"pretrained={CONFIGS / 'llama-2-7b'},device=cuda:0", "4x24GiB", **_accelerate(rank, 4))
+        assert build["strategy"] == "data_parallel"
+        assert build["from_pretrained"]["device_map"] == {"": f"cuda:{rank}"}
