@@ -175,3 +175,22 @@ def test_a_cuda_0_device_under_four_processes_leaves_each_its_own_gpu(dry_run):
         build = dry_run(f"pretrained={CONFIGS / 'llama-2-7b'},device=cuda:0", "4x24GiB", **_accelerate(rank, 4))
         assert build["strategy"] == "data_parallel"
         assert build["from_pretrained"]["device_map"] == {"": f"cuda:{rank}"}
+
+
+def test_hybrid_dry_run_under_a_real_torchrun_launch(tmp_path, scratch_env):
+    """The launcher sets the variables itself: two ranks, each writes its slice, both exit 0
+    before accelerate initialises a process group (torchrun would hang or fail otherwise)."""
+    env = {**scratch_env, "LM_EVAL_EXT_DRY_RUN": str(tmp_path / "build-{rank}.json"),
+           "LM_EVAL_EXT_HARDWARE": "8x80GiB", "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+    for name in LAUNCH_VARS:
+        env.pop(name, None)
+    done = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
+                           "-m", "lm_eval", "--model", "hf_ext", "--model_args",
+                           f"pretrained={CONFIGS / 'llama-3-70b'},strategy=hybrid", "--tasks", "ext_arith_mc",
+                           "--include_path", str(ROOT / "tasks")], env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    for rank, slice_ in ((0, ["0", "1", "2", "3"]), (1, ["4", "5", "6", "7"])):
+        build = json.loads((tmp_path / f"build-{rank}.json").read_text())
+        assert build["process"]["rank"] == rank and build["process"]["world_size"] == 2
+        assert sorted(build["from_pretrained"]["max_memory"]) == slice_
+        assert build["process_group"]["backend"] == "nccl"
