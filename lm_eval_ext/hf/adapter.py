@@ -116,6 +116,8 @@ class HfExtLM(HFLM):
         keeps accelerate's unwrap (it inspects nn.Module internals) away from it."""
         if self._model_state is ModelState.DEFERRED:
             self.load_weights()
+        if self._model_state is ModelState.BUILDING and self._deferred_load is not None:
+            return self._model  # under data parallel HFLM's property would unwrap the placeholder
         return super().model
 
     @property
