@@ -9,7 +9,9 @@ Two variables, read only here:
   otherwise ``.rank{N}`` is put before the suffix when the world has more than one process.
 - ``LM_EVAL_EXT_HARDWARE=SPEC`` (e.g. ``8x80GiB``; ``LM_EVAL_EXT_NODES=N`` for several nodes):
   the machine the planner sees instead of the detected one. Honoured **only** in a dry run, so a
-  stray variable can never make a real run plan for GPUs it does not have.
+  stray variable can never make a real run plan for GPUs it does not have. It describes the GPUs
+  of one node; ``CUDA_VISIBLE_DEVICES`` then hides the unlisted ones, as CUDA would (``8x80GiB``
+  with ``CUDA_VISIBLE_DEVICES=4,5,6,7`` is four visible GPUs, ordinals 0-3).
 """
 
 from __future__ import annotations
@@ -55,8 +57,21 @@ def described_hardware(launch: LaunchEnv, environ: Mapping[str, str] = os.enviro
     if num_nodes is None:  # the launcher's world says how many nodes it spans
         num_nodes = max(1, launch.num_processes // max(1, launch.num_local_processes))
     described = describe_hardware("" if spec.strip().lower() == "cpu" else spec, num_nodes=num_nodes)
-    return Hardware(gpus=described.gpus, cpu_ram_bytes=described.cpu_ram_bytes,
+    return Hardware(gpus=visible_gpus(described.gpus, launch.cuda_visible_devices), cpu_ram_bytes=described.cpu_ram_bytes,
                     num_cpu_cores=described.num_cpu_cores, num_nodes=num_nodes, launch=launch, described=True)
+
+
+def visible_gpus(gpus: tuple, cuda_visible_devices: str | None) -> tuple:
+    """The described GPUs that ``CUDA_VISIBLE_DEVICES`` (indices) leaves visible, in its order."""
+    if cuda_visible_devices is None:
+        return gpus
+    visible = []
+    for part in filter(None, (p.strip() for p in cuda_visible_devices.split(","))):
+        if not part.isdigit() or int(part) >= len(gpus):
+            raise UserError(f"CUDA_VISIBLE_DEVICES={cuda_visible_devices!r} names GPU {part!r}, but {HARDWARE_ENV} "
+                            f"describes {len(gpus)} per node (0..{len(gpus) - 1}); list indices of those")
+        visible.append(gpus[int(part)])
+    return tuple(visible)
 
 
 def output_path(rank: int, world_size: int, environ: Mapping[str, str] = os.environ) -> Path:

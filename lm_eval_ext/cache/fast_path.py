@@ -56,8 +56,9 @@ def _versions() -> dict[str, str | None]:
 
 
 def eligible(model_args: Mapping[str, Any], environ: Mapping[str, str] = os.environ) -> bool:
-    """Single process, a cache mode that reads, a local checkpoint folder, no adapters."""
-    if int(environ.get("WORLD_SIZE", "1") or 1) > 1:
+    """Single process, a cache mode that reads, a local checkpoint folder, no adapters, not a dry
+    run (which must reach the build description: :mod:`lm_eval_ext.dry_run`)."""
+    if environ.get("LM_EVAL_EXT_DRY_RUN") or int(environ.get("WORLD_SIZE", "1") or 1) > 1:
         return False
     if str(model_args.get("cache", "readwrite")) not in {"read", "readwrite"}:
         return False

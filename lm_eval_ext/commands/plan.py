@@ -123,10 +123,27 @@ def main(args: argparse.Namespace) -> int:
     if args.json:
         payload = {**result.to_json(), "model": facts.to_json(), "hardware": hardware.describe(),
                    "launch": launch_hint(result, model_args["pretrained"], hardware.num_nodes)}
+        if result.backend == "hf":
+            payload["build"] = hf_build_descriptions(result, hardware, model_args)
         _write(json.dumps(payload, indent=2) + "\n")
     else:
         _write(render(result, facts.name, hardware.describe(), model_args["pretrained"], hardware.num_nodes))
     return 0
+
+
+def hf_build_descriptions(plan: Plan, hardware, model_args: dict[str, str]) -> list[dict[str, Any]]:
+    """What each process of the planned launch would build (``hf_ext``'s own build description,
+    :mod:`lm_eval_ext.plan.build`), rank by rank; dtype as planned."""
+    import dataclasses
+
+    from lm_eval_ext.hf.config import HfExtConfig
+    from lm_eval_ext.plan.build import hf_builds, resolve_device
+
+    known = {f.name for f in dataclasses.fields(HfExtConfig)}
+    config = HfExtConfig.from_model_args({k: v for k, v in model_args.items() if k in known})
+    device = resolve_device(config.device, hardware)
+    kwargs = config.hflm_kwargs(device=device, dtype=plan.dtype)
+    return [b.to_json() for b in hf_builds(plan, hardware, hflm_kwargs=kwargs, offload_folder=config.offload_folder)]
 
 
 def launch_hint(plan: Plan, pretrained: str, num_nodes: int) -> str:

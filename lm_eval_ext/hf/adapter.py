@@ -48,30 +48,6 @@ class ModelState(enum.Enum):
     LOADED = "loaded"
 
 
-def resolve_device(requested: str) -> str:
-    """``auto`` -> cuda when present, else cpu. A CUDA device on a machine without CUDA falls back
-    to cpu with a warning, as stock ``hf`` does: lm-eval's CLI passes ``device=cuda:0`` by default,
-    so refusing it would break every CPU run that did not spell ``--device cpu``."""
-    if requested == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    if requested.startswith("cuda") and not torch.cuda.is_available():
-        logger.warning("device=%s requested but no CUDA device is visible; using cpu", requested)
-        return "cpu"
-    return requested
-
-
-def resolve_dtype(requested: str, device: str) -> str:
-    """``auto``: float32 on CPU (bf16 matmuls there are slow and less exact), bfloat16 on GPUs
-    that support it, else the checkpoint's own dtype."""
-    if requested != "auto":
-        return requested
-    if device.startswith("cpu"):
-        return "float32"
-    if torch.cuda.is_available() and torch.cuda.is_bf16_supported():
-        return "bfloat16"
-    return "auto"
-
-
 class HfExtLM(HFLM):
     """Transformers backend for lm-eval-ext; a drop-in for ``hf`` (same model_args spellings)."""
 
@@ -81,15 +57,13 @@ class HfExtLM(HFLM):
         config = HfExtConfig.from_model_args(model_args)
         self.ext_config = config
         prefer_cpu_collectives(torch.cuda.is_available())
-        device = resolve_device(config.device)
-        dtype = resolve_dtype(config.dtype, device)
         self.request_cache = RequestCache(config.cache, config.cache_dir, identity=self._model_identity,
                                           label=lambda: str(self.pretrained))
         self._model_state = ModelState.BUILDING
         self._create_kwargs: dict = {}
         self._deferred_load: tuple[tuple, dict] | None = None
-        self._layout = build_layout(config, device=device, dtype=dtype)  # plan -> device / device_map
-        super().__init__(**{**config.hflm_kwargs(device=device, dtype=dtype), **self._layout.hflm_overrides()})
+        self._layout = build_layout(config)  # the build description (plan.build); a dry run stops here
+        super().__init__(**self._layout.hflm_kwargs)
         self._model_state = ModelState.DEFERRED if self._deferred_load else ModelState.LOADED
         self._adopt_launcher_ranks()
         self.engine = ScoringEngine(self, EngineSettings(
@@ -158,9 +132,9 @@ class HfExtLM(HFLM):
         return self._model_state is ModelState.LOADED
 
     def _get_accelerate_args(self, *args, **kwargs) -> dict:
-        """The planned device_map and max_memory, instead of lm-eval's parallelize defaults."""
-        if self._layout.accelerate_args is not None:
-            return dict(self._layout.accelerate_args)
+        """The build description's device_map and max_memory, instead of lm-eval's defaults."""
+        if self._layout.build is not None:
+            return self._layout.placement_kwargs()
         return super()._get_accelerate_args(*args, **kwargs)
 
     # ------------------------------------------------------------------ HFLM's narrow hooks

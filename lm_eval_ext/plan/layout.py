@@ -1,8 +1,12 @@
-"""EDGE: turn a plan into what ``hf_ext`` builds (HFLM kwargs, device_map, max_memory).
+"""EDGE: turn a plan into what ``hf_ext`` builds: the build description (:mod:`lm_eval_ext.plan.build`).
 
-``build_layout(config, device=..., dtype=...)`` is the one call ``adapters/hf.py`` makes: it detects
-the hardware, runs the preflight checks, plans (``strategy=auto``) or checks the user's strategy,
-logs the plan once on rank 0, sets ``OMP_NUM_THREADS`` when unset, and returns a :class:`Layout`.
+``build_layout(config)`` is the one call ``hf/adapter.py`` makes, before HFLM loads anything: it
+reads the machine (detected, or described under a dry run: :mod:`lm_eval_ext.dry_run`), resolves
+``device``/``dtype``, runs the preflight checks, plans (``strategy=auto``) or checks the user's
+strategy, logs the plan once on rank 0, and returns a :class:`Layout` holding the build description
+the adapter builds from. Under ``LM_EVAL_EXT_DRY_RUN=PATH`` it writes that description and exits
+here, before torch.cuda, accelerate or a process group is touched. Otherwise it sets
+``OMP_NUM_THREADS`` when unset.
 
 Explicit settings win: ``strategy=...``, ``parallelize=True`` (read as model_split),
 ``max_memory_per_gpu``, ``max_cpu_memory`` and a pinned ``device=cuda:N`` go into the request; a
@@ -14,19 +18,22 @@ from __future__ import annotations
 import logging
 import os
 from collections.abc import Mapping, MutableMapping
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from typing import Any
 
+from lm_eval_ext import dry_run
 from lm_eval_ext.errors import UserError
-from lm_eval_ext.plan.detect import detect_hardware
+from lm_eval_ext.plan.build import (
+    SPLIT_STRATEGIES, HfBuild, Place, hf_build, place_of, resolve_device, resolve_dtype, unpinned_device,
+)
+from lm_eval_ext.plan.detect import detect_hardware, read_launch_env
 from lm_eval_ext.plan.hardware import Hardware
 from lm_eval_ext.plan.types import Plan, PlanRequest, Strategy
 from lm_eval_ext.units import format_bytes, parse_bytes
 
 logger = logging.getLogger("lm_eval_ext.plan.layout")
 
-#: strategies that hand accelerate a device_map instead of putting the model on one device
-_SPLIT = (Strategy.MODEL_SPLIT, Strategy.HYBRID, Strategy.CPU_OFFLOAD)
+_SPLIT = SPLIT_STRATEGIES
 
 
 @dataclass(frozen=True)
@@ -36,7 +43,11 @@ class Layout:
     device: str
     """The ``device`` handed to HFLM (inputs go there; accelerate hooks move them along a split)."""
     accelerate_args: dict[str, Any] | None
-    """``device_map``/``max_memory``/``offload_folder`` for ``from_pretrained``; None: stock placement."""
+    """``device_map``/``max_memory``/``offload_folder`` of a split; None: one device per process."""
+    build: HfBuild | None = None
+    """The complete build description; None with ``plan``."""
+    hflm_kwargs: dict[str, Any] = field(default_factory=dict)
+    """What the adapter hands to HFLM (the build's, or the config's when there is no plan)."""
 
     @property
     def strategy_name(self) -> str:
@@ -50,11 +61,17 @@ class Layout:
     def hflm_overrides(self) -> dict[str, Any]:
         return {"device": self.device, "parallelize": self.parallelize}
 
+    def placement_kwargs(self) -> dict[str, Any] | None:
+        """What ``from_pretrained`` gets for placement (HFLM's ``_get_accelerate_args``); None: stock."""
+        return self.build.placement_kwargs() if self.build is not None else None
+
     def model_info(self) -> dict[str, Any]:
-        """What goes into the results' config: the plan, and the memory map actually handed over."""
+        """What goes into the results' config: the plan, the memory map and the build description."""
         info: dict[str, Any] = {"lm_eval_ext_plan": self.plan.to_json() if self.plan else None}
         if self.accelerate_args:
             info["lm_eval_ext_max_memory"] = {str(k): v for k, v in self.accelerate_args["max_memory"].items()}
+        if self.build is not None:
+            info["lm_eval_ext_build"] = self.build.to_json()
         return info
 
 
@@ -84,19 +101,15 @@ def _visible_hardware(device: str, hardware: Hardware) -> Hardware:
     return hardware
 
 
-def layout_from_plan(plan: Plan, *, device: str, hardware: Hardware, offload_folder: str) -> Layout:
-    """Pure mapping plan -> Layout. Each process of a hybrid run takes its own contiguous slice."""
-    if plan.strategy not in _SPLIT:
-        if plan.device == "cpu":
-            return Layout(plan, "cpu", None)
-        return Layout(plan, device if device.startswith("cuda") else "cuda", None)
-    first = (hardware.launch.local_rank or 0) * plan.gpus_per_replica if plan.strategy == Strategy.HYBRID else 0
-    max_memory: dict[int | str, int] = {
-        first + i: int(b) for i, b in enumerate(plan.max_memory_per_gpu_bytes)}
-    if plan.max_cpu_memory_bytes:
-        max_memory["cpu"] = int(plan.max_cpu_memory_bytes)
-    args = {"device_map": "auto", "max_memory": max_memory, "offload_folder": offload_folder}
-    return Layout(plan, "cpu" if plan.device == "cpu" else f"cuda:{first}", args)
+def layout_from_plan(plan: Plan, *, device: str, hardware: Hardware, offload_folder: str,
+                     hflm_kwargs: Mapping[str, Any] | None = None, place: Place | None = None) -> Layout:
+    """Plan -> Layout around the build description of this process (``place``: from the launch)."""
+    place = place or place_of(hardware.launch)
+    build = hf_build(plan, hardware, place, hflm_kwargs={"device": device, **(hflm_kwargs or {})},
+                     offload_folder=offload_folder)
+    split = build.placement.parallelize
+    return Layout(plan, build.placement.device, build.placement_kwargs() if split else None, build,
+                  dict(build.hflm_kwargs))
 
 
 def apply_omp_default(hardware: Hardware, environ: MutableMapping[str, str] = os.environ) -> int | None:
@@ -115,16 +128,31 @@ def apply_omp_default(hardware: Hardware, environ: MutableMapping[str, str] = os
     return threads
 
 
-def build_layout(config: Any, *, device: str, dtype: str, environ: Mapping[str, str] = os.environ,
-                 hardware: Hardware | None = None) -> Layout:
+def machine(environ: Mapping[str, str] = os.environ) -> Hardware:
+    """The described machine of a dry run, else the detected one."""
+    return dry_run.described_hardware(read_launch_env(environ), environ) or detect_hardware(environ)
+
+
+def build_layout(config: Any, *, device: str | None = None, dtype: str | None = None,
+                 environ: Mapping[str, str] = os.environ, hardware: Hardware | None = None) -> Layout:
+    """``device``/``dtype`` default to the config's (``auto`` resolved against the machine)."""
     from lm_eval_ext.plan import preflight
     from lm_eval_ext.plan.planner import plan
 
-    hardware = _visible_hardware(device, hardware or detect_hardware(environ))
+    hardware = hardware or machine(environ)
+    requested = config.device if device is None else device
+    device = _unpin(requested, hardware)
+    device = resolve_device(device, hardware)
+    if device != requested and requested != "auto":
+        logger.warning("device=%s requested but no CUDA device is visible; using cpu", requested)
+    dtype = resolve_dtype(config.dtype if dtype is None else dtype, device, hardware)
+    hflm_kwargs = config.hflm_kwargs(device=device, dtype=dtype)
+    hardware = _visible_hardware(device, hardware)
     preflight.raise_errors(preflight.check_variables(hardware.launch))
     facts = _load_facts(config, dtype)
     if facts is None:
-        return Layout(None, device, None)
+        _finish_if_dry_run({"backend": "hf", "plan": None, "hflm": hflm_kwargs}, hardware, environ)
+        return Layout(None, device, None, None, hflm_kwargs)
     try:
         chosen = plan(facts, hardware, plan_request(config, hardware))
     except UserError as exc:
@@ -134,12 +162,31 @@ def build_layout(config: Any, *, device: str, dtype: str, environ: Mapping[str, 
         raise
     findings = preflight.check(hardware, chosen)
     preflight.raise_errors(findings)
-    layout = layout_from_plan(chosen, device=device, hardware=hardware, offload_folder=config.offload_folder)
+    layout = layout_from_plan(chosen, device=device, hardware=hardware, offload_folder=config.offload_folder,
+                              hflm_kwargs=hflm_kwargs)
     if (hardware.launch.rank or 0) == 0:
         _log_plan(layout, findings)
+    _finish_if_dry_run(layout.build.to_json(), hardware, environ)
     if isinstance(environ, MutableMapping):
         apply_omp_default(hardware, environ)
     return layout
+
+
+def _unpin(requested: str, hardware: Hardware) -> str:
+    device = unpinned_device(requested, hardware.launch)
+    if device != requested and hardware.launch.num_processes > 1:
+        logger.warning("device=%s is not used under a launch of %d processes: each process takes the GPUs "
+                       "of its own rank (as stock hf does)", requested, hardware.launch.num_processes)
+    elif device != requested:
+        logger.info("device=%s (lm-eval's default) read as cuda: the plan may use every visible GPU; "
+                    "CUDA_VISIBLE_DEVICES=0 keeps it on that one", requested)
+    return device
+
+
+def _finish_if_dry_run(build: dict, hardware: Hardware, environ: Mapping[str, str]) -> None:
+    if dry_run.is_dry_run(environ):
+        place = place_of(hardware.launch)
+        dry_run.finish_dry_run(build, rank=place.rank, world_size=place.world_size, environ=environ)
 
 
 def _load_facts(config: Any, dtype: str):
