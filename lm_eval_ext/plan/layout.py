@@ -121,7 +121,8 @@ def build_layout(config: Any, *, device: str, dtype: str, environ: Mapping[str, 
     from lm_eval_ext.plan.planner import plan
 
     hardware = _visible_hardware(device, hardware or detect_hardware(environ))
-    preflight.raise_errors(preflight.check_variables(hardware.launch))
+    real_launch = [] if hardware.described else preflight.check_rendezvous(hardware.launch)
+    preflight.raise_errors(preflight.check_variables(hardware.launch) + real_launch)
     facts = _load_facts(config, dtype)
     if facts is None:
         return Layout(None, device, None)
@@ -139,6 +140,10 @@ def build_layout(config: Any, *, device: str, dtype: str, environ: Mapping[str, 
         _log_plan(layout, findings)
     if isinstance(environ, MutableMapping):
         apply_omp_default(hardware, environ)
+    if not hardware.described:
+        from lm_eval_ext.hf.rendezvous import join_process_group
+
+        join_process_group(hardware.launch, environ)
     return layout
 
 
