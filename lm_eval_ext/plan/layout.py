@@ -61,6 +61,9 @@ class Layout:
 def plan_request(config: Any, hardware: Hardware) -> PlanRequest:
     """The user's hf_ext settings as a planner request; the launch fixes the process count."""
     strategy = config.strategy
+    if config.parallelize and not hardware.gpus:
+        raise UserError("parallelize=True splits a model over GPUs, and none is visible; drop parallelize "
+                        "(hf_ext plans the CPU run itself), or pass strategy=cpu_offload to spill weights to disk")
     if config.parallelize and strategy == "auto":
         strategy = "hybrid" if hardware.launch.num_processes > 1 else "model_split"
     cap = config.max_memory_per_gpu
