@@ -17,7 +17,7 @@ from typing import Any
 
 from lm_eval_ext.cache.cached_lm import RequestCache
 from lm_eval_ext.compat import hflm_accelerator, require
-from lm_eval_ext.errors import install_excepthook
+from lm_eval_ext.errors import install_excepthook, UserError
 from lm_eval_ext.hf.config import HfExtConfig
 from lm_eval_ext.hf.dist import prefer_cpu_collectives, release_process_group_at_exit
 from lm_eval_ext.logs import share_lm_eval_handlers
@@ -50,10 +50,14 @@ class ModelState(enum.Enum):
 def resolve_device(requested: str) -> str:
     """``auto`` -> cuda when present, else cpu. A CUDA device on a machine without CUDA falls back
     to cpu with a warning, as stock ``hf`` does: lm-eval's CLI passes ``device=cuda:0`` by default,
-    so refusing it would break every CPU run that did not spell ``--device cpu``."""
+    so refusing it would break every CPU run that did not spell ``--device cpu``. Any other CUDA
+    device (``cuda:3``) was named by the user: without CUDA it is an error, not a silent CPU run."""
     if requested == "auto":
         return "cuda" if torch.cuda.is_available() else "cpu"
     if requested.startswith("cuda") and not torch.cuda.is_available():
+        if requested not in ("cuda", "cuda:0"):  # not lm-eval's default: the user named this device
+            raise UserError(f"device={requested}: no CUDA device is visible (torch.cuda.is_available() is False); "
+                            "pass --device cpu, or drop --device to run on CPU")
         logger.warning("device=%s requested but no CUDA device is visible; using cpu", requested)
         return "cpu"
     return requested

@@ -72,3 +72,35 @@ def test_a_hand_set_rank_whose_rank_zero_never_comes_gives_up_in_bounded_time(ti
                                 "WORLD_SIZE=2, in vain (")
     assert f"rank 1: waiting up to 2 s at 127.0.0.1:{port} for rank 0 of WORLD_SIZE=2" in done.stderr
     assert "Traceback" not in done.stderr and not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize(("model_args", "extra", "expected"), [
+    ("pretrained={model},batch_size=8", [],
+     "batch_size=8 in --model_args collides with lm-eval's own --batch_size (which passes batch_size=1 to every "
+     "model); give it once, as --batch_size 8"),
+    ("pretrained={model},device=cpu", [],
+     "device=cpu in --model_args collides with lm-eval's own --device (which passes device=cuda:0 to every "
+     "model); give it once, as --device cpu"),
+    ("pretrained=", [],
+     "pretrained= is empty; give a local model folder or a hub id, e.g. pretrained=.models/smollm2-135m or "
+     "pretrained=HuggingFaceTB/SmolLM2-135M"),
+    ("pretrained={model},prompt_lookup_num_tokens=-1", [],
+     "prompt_lookup_num_tokens=-1 must be at least 0; use e.g. prompt_lookup_num_tokens=0"),
+    ("pretrained={model},parallelize=True", ["--device", "cpu"],
+     "parallelize=True splits a model over GPUs, and none is visible; drop parallelize (hf_ext plans the CPU run "
+     "itself), or pass strategy=cpu_offload to spill weights to disk"),
+    ("pretrained={model}", ["--device", "cuda:3"],
+     "device=cuda:3: no CUDA device is visible (torch.cuda.is_available() is False); pass --device cpu, or drop "
+     "--device to run on CPU"),
+], ids=["batch_size-collides", "device-collides", "pretrained-empty", "prompt-lookup-negative",
+        "parallelize-on-cpu", "device-cuda3-without-gpu"])
+def test_model_args_mistakes_are_one_line(tiny_model_path, tmp_path, scratch_env, model_args, extra, expected):
+    if "cuda:3" in extra:
+        torch = pytest.importorskip("torch")
+        if torch.cuda.is_available():
+            pytest.skip("a GPU is visible: cuda:3 is the planner's question there")
+    argv = ["--model", "hf_ext", "--model_args", model_args.format(model=tiny_model_path), "--tasks",
+            "ext_copy_gen", "--limit", "2", "--output_path", "out", *extra]
+    done, errors = _run(argv, tmp_path, scratch_env)
+    assert done.returncode == 2 and errors == [f"lm-eval-ext run: error: {expected}"], done.stderr[-3000:]
+    assert "Traceback" not in done.stderr and not (tmp_path / "out").exists()
