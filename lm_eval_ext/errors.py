@@ -15,6 +15,10 @@ class UserError(ValueError):
     """A mistake in the user's input: bad model_args, flags, files or environment."""
 
 
+class RunInterrupted(UserError):
+    """Ctrl-C during a computation, reported with what was kept and how to resume."""
+
+
 class ConfigError(UserError):
     """A ``model_args`` key or value that cannot be used."""
 

@@ -45,13 +45,24 @@ def as_bool(name: str, value: Any) -> bool:
 def as_int(name: str, value: Any, minimum: int | None = None) -> int:
     if isinstance(value, bool):
         raise ConfigError(f"{name}={value!r} must be an integer")
+    if isinstance(value, float) and value.is_integer():  # lm-eval's parser may hand "-1" over as -1.0
+        value = int(value)
     try:
         number = int(str(value).strip()) if not isinstance(value, int) else value
     except ValueError:
         raise ConfigError(f"{name}={value!r} must be an integer") from None
     if minimum is not None and number < minimum:
-        raise ConfigError(f"{name}={number} must be at least {minimum}")
+        raise ConfigError(f"{name}={number} must be at least {minimum}; use e.g. {name}={minimum}")
     return number
+
+
+def model_path(name: str, value: Any) -> str:
+    """``pretrained``: a non-empty path or hub id (an empty one would load the working directory)."""
+    text = as_str(name, value).strip()
+    if not text:
+        raise ConfigError(f"{name}= is empty; give a local model folder or a hub id, e.g. {name}=.models/smollm2-135m"
+                          f" or {name}=HuggingFaceTB/SmolLM2-135M")
+    return text
 
 
 def optional(parse: Callable[[str, Any], T]) -> Callable[[str, Any], T | None]:
@@ -152,3 +163,22 @@ def parse_fields(cls: type[T], args: Mapping[str, Any], *, what: str) -> T:
     if missing:
         raise ConfigError(f"{what} needs '{missing[0]}' (e.g. {missing[0]}=PATH_OR_HUB_ID)")
     return cls(**values)
+
+
+#: the constructor arguments lm-eval's evaluator passes to every model, with the flag that sets each
+LM_EVAL_OWN_ARGS = {"batch_size": "--batch_size", "max_batch_size": "--max_batch_size", "device": "--device"}
+
+
+def merge_evaluator_args(args: Mapping[str, Any], additional_config: Mapping[str, Any] | None) -> dict[str, Any]:
+    """``model_args`` plus what lm-eval adds (``batch_size``, ``max_batch_size``, ``device``), as
+    ``LM.create_from_arg_string`` does, but a key given both ways is one clear error instead of
+    ``TypeError: got multiple values for keyword argument``."""
+    extra = {k: v for k, v in (additional_config or {}).items() if v is not None}
+    for key in args:
+        if key in extra:
+            flag = LM_EVAL_OWN_ARGS.get(key, f"--{key}")
+            raise ConfigError(
+                f"{key}={args[key]} in --model_args collides with lm-eval's own {flag} (which passes "
+                f"{key}={extra[key]} to every model); give it once, as {flag} {args[key]}"
+            )
+    return {**args, **extra}

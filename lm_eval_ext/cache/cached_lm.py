@@ -27,6 +27,7 @@ from typing import Any
 from lm_eval_ext.cache.store import CacheFileError, Entry, RequestStore, default_cache_dir
 from lm_eval_ext.cache.report import CacheStats, build_report
 from lm_eval_ext.cache.fingerprint import ModelIdentity, fingerprint
+from lm_eval_ext.errors import RunInterrupted
 from lm_eval_ext.cache.keys import CachedValueError, args_json, decode_value, encode_value, request_key
 
 logger = logging.getLogger("lm_eval_ext.cache.store")
@@ -113,6 +114,7 @@ class RequestCache:
         self.fingerprint: str | None = None
         self._identity, self._label = identity, label
         self._writer: _BatchWriter | None = None  # set while misses are computed
+        self._stored_now = 0  # results stored by the computation running now (for Ctrl-C's message)
 
     def identity(self) -> ModelIdentity:
         return self._identity()
@@ -126,7 +128,8 @@ class RequestCache:
             if self.mode is CacheMode.READ and db_missing:
                 logger.warning("request cache: cache=read but %s has no cache yet; computing everything", self.dir)
             else:
-                self.store = RequestStore.open(self.dir)
+                # cache=read opens read-only: nothing is written, and read-only storage can be read
+                self.store = RequestStore.open(self.dir, readonly=not self.mode.writes)
                 if self.mode.writes:
                     self.store.register_model(self.fingerprint, self._label(), identity.to_json())
             logger.info("request cache: %s, mode %s, model %s", self.dir, self.mode.value, self.fingerprint[:16])
@@ -156,17 +159,30 @@ class RequestCache:
             todo = [requests[i] for i in (misses or [0])]  # an empty-handed rank joins with one request
             prepare()  # before the clock starts: loading weights is not compute
             started_s = time.perf_counter()
-            if store is None or not self.mode.writes:
-                computed = compute(todo)
-            else:
-                computed = self._compute_and_store(store, request_type, todo, compute, hook_owner,
-                                                   flush_every, chunks)
+            self._stored_now = 0
+            try:
+                if store is None or not self.mode.writes:
+                    computed = compute(todo)
+                else:
+                    computed = self._compute_and_store(store, request_type, todo, compute, hook_owner,
+                                                       flush_every, chunks)
+            except KeyboardInterrupt:
+                raise self._interrupted(len(requests), len(requests) - len(misses)) from None
             self.stats.add_computed([requests[i] for i in misses], request_type, time.perf_counter() - started_s)
             for index, value in zip(misses, computed):
                 results[index] = value
         logger.info("request cache: %s: %d hits, %d computed, %d not cacheable",
                     request_type, len(requests) - len(misses), len(misses), keys.count(None))
         return results
+
+    def _interrupted(self, num_requests: int, num_cached_before: int) -> RunInterrupted:
+        """Ctrl-C while computing: what is safe, in one line (every finished batch was stored)."""
+        done = num_cached_before + self._stored_now
+        if not self.mode.writes:
+            return RunInterrupted(f"interrupted after {done} of {num_requests} requests; cache={self.mode.value} "
+                                  "stores nothing, so a rerun computes them again (cache=readwrite would keep them)")
+        return RunInterrupted(f"interrupted after {done} of {num_requests} requests; {done} are in the request "
+                              "cache; rerun the same command to resume")
 
     def _lookup(self, store: RequestStore | None, request_type: str, requests: list, keys: list) -> list:
         results: list[Any] = [_MISSING] * len(requests)
@@ -211,6 +227,7 @@ class RequestCache:
         finally:
             hook_owner.cache_hook, self._writer = inner_hook, None
             writer.flush()  # results the hook saw before an exception are kept
+            self._stored_now = len(writer.written)
         return computed
 
     def store_arrived_results(self) -> None:

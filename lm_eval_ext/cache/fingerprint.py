@@ -130,12 +130,13 @@ def checkpoint_files(directory: Path) -> list[Path]:
     return found
 
 
-def hash_checkpoint(path: str | os.PathLike, memo_dir: str | os.PathLike | None) -> str:
+def hash_checkpoint(path: str | os.PathLike, memo_dir: str | os.PathLike | None, *, save_memo: bool = True) -> str:
     """Content digest of a checkpoint directory or single weight file (e.g. a GGUF).
 
     Each file's digest is remembered in ``memo_dir/fingerprint_memo.json`` under its absolute path,
     mtime and size, so the second run of a 100 GB checkpoint reads nothing. File names are part of
     the digest relative to the checkpoint root, so copying a checkpoint elsewhere keeps its identity.
+    ``save_memo=False`` (``cache=read``) reads the memo but writes nothing into the cache folder.
     """
     root = Path(path)
     files = [root] if root.is_file() else checkpoint_files(root)
@@ -146,20 +147,24 @@ def hash_checkpoint(path: str | os.PathLike, memo_dir: str | os.PathLike | None)
     for file in files:
         relative = file.name if root.is_file() else file.relative_to(root).as_posix()
         named.append((relative, memo.digest(file)))
-    memo.save()
+    if save_memo:
+        memo.save()
     return combine_digests(named)
 
 
-def checkpoint_identity(name: str, revision: str | None, subfolder: str, memo_dir) -> tuple[str, str | None]:
+def checkpoint_identity(name: str, revision: str | None, subfolder: str, memo_dir, *,
+                        save_memo: bool = True) -> tuple[str, str | None]:
     """``(weights digest, revision)`` for a local path or a hub id (snapshot digest if downloaded)."""
     if os.path.exists(name):
-        return hash_checkpoint(os.path.join(name, subfolder) if subfolder else name, memo_dir), None
+        return hash_checkpoint(os.path.join(name, subfolder) if subfolder else name, memo_dir,
+                               save_memo=save_memo), None
     try:
         from huggingface_hub import snapshot_download
 
         local = snapshot_download(name, revision=revision, local_files_only=True)
         commit = os.path.basename(local.rstrip("/"))
-        return hash_checkpoint(os.path.join(local, subfolder) if subfolder else local, memo_dir), commit
+        return hash_checkpoint(os.path.join(local, subfolder) if subfolder else local, memo_dir,
+                               save_memo=save_memo), commit
     except Exception:  # not downloaded yet: identify by hub id and revision (pin a commit to be safe)
         if not (revision and _COMMIT.match(revision)):
             logger.warning(
@@ -232,10 +237,15 @@ class _Memo:
         return digest
 
     def save(self) -> None:
-        """Atomic replace: ranks hashing at once never leave a half-written memo."""
+        """Atomic replace: ranks hashing at once never leave a half-written memo. The memo only
+        saves time, so a cache folder that cannot be written (read-only, a file, a full disk)
+        costs the next run its re-hash, never this run its result; the store reports the folder."""
         if self.path is None or not self.changed:
             return
-        write_json_atomic(self.path, self.entries)
+        try:
+            write_json_atomic(self.path, self.entries)
+        except OSError as exc:
+            logger.debug("fingerprint memo %s not written: %s", self.path, exc)
 
 
 def hash_tokenizer(tokenizer: Any) -> str:

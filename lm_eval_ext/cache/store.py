@@ -15,6 +15,7 @@ A file that is not ours (garbage, truncated, another program's SQLite, a newer s
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
 import sqlite3
@@ -83,11 +84,27 @@ def _move_aside_hint(path: Path) -> str:
     )
 
 
+def _full_disk_hint(path: Path) -> str:
+    return (
+        f"the disk holding the request cache {path} is full; free space and rerun (every entry stored "
+        "before is kept, and SQLite finishes or rolls back the interrupted write on the next open), or pass "
+        "cache_dir=OTHER_DIR or cache=off in model_args"
+    )
+
+
+def _has_wal(path: Path) -> bool:
+    wal = path.with_name(path.name + "-wal")
+    return wal.exists() and wal.stat().st_size > 0
+
+
 def check_database_header(path: Path) -> None:
     """Reject files that are not whole SQLite databases, reading only their first 100 bytes.
 
     SQLite itself would treat a 0-byte file as new and could report truncation only when a missing
     page is read; checking here means a damaged file is refused before SQLite writes anything.
+    A main file shorter than its header says is normal while a ``-wal`` file holds the newest
+    pages (a full disk or a kill during a checkpoint leaves exactly that): SQLite recovers from the
+    WAL on open, so the length check is left to SQLite then.
     """
     size_bytes = path.stat().st_size
     if size_bytes == 0:  # another rank is creating it right now, or we are: SQLite initialises it
@@ -101,39 +118,66 @@ def check_database_header(path: Path) -> None:
     (page_size,) = struct.unpack(">H", header[16:18])
     page_size = 65536 if page_size == 1 else page_size
     (page_count,) = struct.unpack(">I", header[28:32])
-    if page_count and size_bytes < page_size * page_count:
+    if page_count and size_bytes < page_size * page_count and not _has_wal(path):
         raise CacheFileError(
             f"cache database {path} is truncated ({size_bytes} bytes, its header says "
             f"{page_size * page_count}); " + _move_aside_hint(path)
         )
 
 
+def _connect(path: Path, readonly: bool) -> sqlite3.Connection:
+    """Read-only opens never create side files where they can be avoided: ``mode=ro`` needs to
+    create ``-shm`` for a WAL database, so on read-only storage fall back to ``immutable=1``
+    (SQLite then reads the main file as it is, without locks)."""
+    if not readonly:
+        return sqlite3.connect(str(path), timeout=BUSY_TIMEOUT_MS / 1000, isolation_level=None)
+    uri = path.resolve().as_uri()
+    writable_dir = os.access(path.parent, os.W_OK)
+    has_shm = path.with_name(path.name + "-shm").exists()
+    flags = "mode=ro" if writable_dir or has_shm else "immutable=1"
+    try:
+        connection = sqlite3.connect(f"{uri}?{flags}", uri=True, timeout=BUSY_TIMEOUT_MS / 1000, isolation_level=None)
+        connection.execute("SELECT count(*) FROM sqlite_master").fetchone()
+        return connection
+    except sqlite3.OperationalError:
+        if flags == "immutable=1":
+            raise
+        logger.info("request cache %s: read-only open failed; reading it as immutable", path)
+        return sqlite3.connect(f"{uri}?immutable=1", uri=True, isolation_level=None)
+
+
 class RequestStore:
     """Open with :meth:`open`; every method is one short transaction (or one read)."""
 
-    def __init__(self, path: Path, connection: sqlite3.Connection) -> None:
+    def __init__(self, path: Path, connection: sqlite3.Connection | None, *, readonly: bool = False) -> None:
         self.path = path
+        self.readonly = readonly
         self._db = connection
 
     # ------------------------------------------------------------------ opening
 
     @classmethod
-    def open(cls, cache_dir: str | os.PathLike, *, create: bool = True) -> RequestStore:
+    def open(cls, cache_dir: str | os.PathLike, *, create: bool = True, readonly: bool = False) -> RequestStore:
+        """``readonly=True`` (``cache=read``, ``cache stats``/``export``): nothing is created or
+        written, not even an empty file's schema, so a read-only copy of a cache can be read."""
         directory = Path(cache_dir).expanduser()
         path = directory / DB_FILE
-        if not path.exists() and not create:
-            raise UserError(f"no request cache at {path}; run an evaluation with cache enabled first")
-        try:
-            directory.mkdir(parents=True, exist_ok=True)
-        except OSError as exc:
-            raise UserError(f"cannot create cache directory {directory} ({exc.strerror}); " + _NOT_WRITABLE_HINT) from None
+        if directory.exists() and not directory.is_dir():
+            raise UserError(f"cache directory {directory} is a file, not a directory; "
+                            "pass cache_dir=A_DIRECTORY or cache=off in model_args")
+        if (not path.exists() or path.stat().st_size == 0) and (readonly or not create):
+            what = "is an empty file" if path.exists() else "does not exist"
+            raise UserError(f"no request cache at {path} (it {what}); run an evaluation with cache enabled first")
+        if not readonly:
+            try:
+                directory.mkdir(parents=True, exist_ok=True)
+            except OSError as exc:
+                raise UserError(f"cannot create cache directory {directory} ({exc.strerror}); "
+                                + _NOT_WRITABLE_HINT) from None
         if path.exists():
             check_database_header(path)
-        try:
-            connection = sqlite3.connect(str(path), timeout=BUSY_TIMEOUT_MS / 1000, isolation_level=None)
-        except sqlite3.Error as exc:
-            raise CacheFileError(f"cannot open cache database {path}: {exc}") from None
-        store = cls(path, connection)
+        store = cls(path, None, readonly=readonly)
+        store._db = store._guarded(_connect, path, readonly)
         store._guarded(store._prepare)
         return store
 
@@ -146,9 +190,14 @@ class RequestStore:
                 f"cache database {self.path} was written by another program (tables: "
                 f"{', '.join(sorted(tables)) or 'none'}); " + _move_aside_hint(self.path)
             )
+        if (app_id == 0 or not tables) and self.readonly:
+            raise UserError(f"no request cache at {self.path} (it holds no tables); "
+                            "run an evaluation with cache enabled first")
         if app_id == 0 or not tables:
             self._initialise()
         self._check_schema_version()
+        if self.readonly:
+            return
         # WAL is persistent in the file; NORMAL sync is crash-safe for process kills under WAL.
         self._db.execute("PRAGMA journal_mode = WAL")
         self._db.execute("PRAGMA synchronous = NORMAL")
@@ -183,11 +232,19 @@ class RequestStore:
         except sqlite3.DatabaseError as exc:
             if isinstance(exc, sqlite3.OperationalError) and "locked" in str(exc):
                 raise
+            if isinstance(exc, sqlite3.OperationalError) and "disk is full" in str(exc):
+                raise UserError(_full_disk_hint(self.path)) from None
             if isinstance(exc, sqlite3.OperationalError) and ("readonly" in str(exc) or "unable to open" in str(exc)):
-                raise UserError(f"cannot write the request cache {self.path} ({exc}); " + _NOT_WRITABLE_HINT) from None
+                hint = "pass cache_dir=A_READABLE_DIR or cache=off" if self.readonly else _NOT_WRITABLE_HINT
+                verb = "read" if self.readonly else "write"
+                raise UserError(f"cannot {verb} the request cache {self.path} ({exc}); {hint}") from None
             raise CacheFileError(
                 f"cache database {self.path} is damaged or not a cache ({exc}); " + _move_aside_hint(self.path)
             ) from None
+        except OSError as exc:
+            if exc.errno == errno.ENOSPC:
+                raise UserError(_full_disk_hint(self.path)) from None
+            raise
 
     def _write(self, body) -> None:
         """One ``BEGIN IMMEDIATE`` transaction, retried with backoff if the lock stays busy."""
@@ -205,7 +262,8 @@ class RequestStore:
                 self._db.execute("COMMIT")
                 return
             except BaseException:
-                self._db.execute("ROLLBACK")
+                if self._db.in_transaction:  # SQLite already rolled back after e.g. SQLITE_FULL
+                    self._db.execute("ROLLBACK")
                 raise
 
     def close(self) -> None:

@@ -47,11 +47,32 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def main(args: argparse.Namespace) -> int:
     cache_dir = args.cache_dir or default_cache_dir()
-    store = RequestStore.open(cache_dir, create=False)
+    if args.action == "export" and args.output is not None:
+        check_output_path(args.output)
+    # only clear writes: stats, verify and export open read-only and so work on read-only storage
+    store = RequestStore.open(cache_dir, create=False, readonly=args.action != "clear")
     try:
         return {"stats": _stats, "verify": _verify, "clear": _clear, "export": _export}[args.action](store, args)
     finally:
         store.close()
+
+
+def check_output_path(output: Path) -> None:
+    """``-o`` must name a file whose folder exists; refused before the cache is opened."""
+    if output.is_dir():
+        raise UserError(f"cache export -o {output}: that is a directory; name a file, e.g. -o {output / 'cache.jsonl'}")
+    parent = output.parent
+    if not parent.is_dir():
+        what = "is not a directory" if parent.exists() else "does not exist"
+        raise UserError(f"cache export -o {output}: the folder {parent} {what}; create it (mkdir -p {parent}) "
+                        "or choose another path")
+
+
+def _open_output(output: Path):
+    try:
+        return output.open("w")
+    except OSError as exc:
+        raise UserError(f"cache export -o {output}: cannot write it ({exc.strerror}); choose another path") from None
 
 
 def _stats(store: RequestStore, args) -> int:
@@ -107,7 +128,7 @@ def _export(store: RequestStore, args) -> int:
             raise UserError(f"--model {args.model!r} matches {len(matches)} models; give a fingerprint prefix")
         fingerprint = matches[0]
     labels = dict(store.query("SELECT fingerprint, label FROM models"))
-    handle = args.output.open("w") if args.output else sys.stdout
+    handle = _open_output(args.output) if args.output else sys.stdout
     count = 0
     try:
         for key, fp, rtype, args_json, value_json, compute_s, created_s, hits in store.iter_entries(fingerprint):

@@ -98,6 +98,8 @@ def _hardware(args: argparse.Namespace):
     from lm_eval_ext.plan.hardware import describe_hardware
 
     ram = parse_bytes(args.cpu_ram, what="--cpu_ram") if args.cpu_ram else None
+    if args.nodes < 1:  # checked here too: without --gpus the detected machine is used
+        raise UserError(f"--nodes {args.nodes} must be at least 1 (the number of alike machines)")
     if args.gpus is not None:
         spec = "" if args.gpus.strip().lower() in ("none", "0", "cpu") else args.gpus
         return describe_hardware(spec, num_nodes=args.nodes, cpu_ram_bytes=ram)

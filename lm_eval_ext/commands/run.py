@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import sys
 
+from lm_eval_ext.errors import UserError
 from lm_eval_ext.tasks_dir import shipped_tasks_dir
 
 
@@ -47,5 +48,32 @@ def main(argv: list[str]) -> int:
     register_models()
     _index_shipped_tasks_everywhere()
     sys.argv = ["lm-eval-ext run", *argv]
-    cli_evaluate()
+    try:
+        cli_evaluate()
+    except (KeyError, ValueError) as exc:
+        message = lm_eval_mistake(exc)
+        if message is None:
+            raise
+        raise UserError(message) from None
     return 0
+
+
+def _first_line(exc: BaseException) -> str:
+    text = exc.args[0] if isinstance(exc, KeyError) and exc.args else str(exc)
+    return str(text).strip().splitlines()[0] if str(text).strip() else type(exc).__name__
+
+
+def lm_eval_mistake(exc: BaseException) -> str | None:
+    """lm-eval's own message for a mistyped ``--tasks`` or ``--model``, in one line; ``None`` for
+    anything else (that keeps its traceback: it is not the user's typing)."""
+    chain = [exc]
+    while chain[-1].__cause__ is not None and len(chain) < 8:
+        chain.append(chain[-1].__cause__)
+    lines = [_first_line(e) for e in chain]
+    if lines[0].startswith("Tasks not found:"):
+        return (f"{lines[0]}; `lm_eval ls tasks --include_path {shipped_tasks_dir()}` lists every task "
+                "(lm-eval-ext ships ext_suite, ext_arith_mc, ext_copy_gen, ext_prose_rolling)")
+    if lines[0].startswith("Attempted to load model"):
+        hint = next((line for line in lines if line.startswith("Unknown model")), lines[0].split("!")[0] + ".")
+        return f"--model: {hint} (lm-eval-ext adds hf_ext and vllm_ext)"
+    return None

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from lm_eval_ext.hf.prompt_lookup import DEFAULT_DRAFT_TOKENS
-from lm_eval_ext.model_args import as_str, as_bool, as_int, optional, positive_int, one_of, cache_mode, batch_size, batch_tokens, arg, parse_fields
+from lm_eval_ext.model_args import model_path, as_str, as_bool, as_int, optional, positive_int, one_of, cache_mode, batch_size, batch_tokens, arg, parse_fields
 
 
 @dataclass(frozen=True)
@@ -19,7 +19,7 @@ class HfExtConfig:
     HFLM unchanged; a contract test checks those names still exist in HFLM's signature.
     """
 
-    pretrained: str = arg(as_str, dataclasses.MISSING, "local path or hub id of the model")
+    pretrained: str = arg(model_path, dataclasses.MISSING, "local path or hub id of the model")
     revision: str = arg(as_str, "main", "hub revision")
     subfolder: str = arg(as_str, "", "subfolder inside the repository")
     tokenizer: str | None = arg(optional(as_str), None, "tokenizer path if not the model's")

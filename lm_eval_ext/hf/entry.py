@@ -22,6 +22,7 @@ from lm_eval_ext.cache.store import RequestStore, default_cache_dir
 from lm_eval_ext.cache.report import CacheStats, build_report
 from lm_eval_ext.hf.config import HfExtConfig
 from lm_eval_ext.errors import install_excepthook
+from lm_eval_ext.lm_args import EvaluatorArgsChecked
 from lm_eval_ext.cache.fast_path import memo_key, read_memo
 from lm_eval_ext.hf.cost_report import CostReport
 from lm_eval_ext.cache.keys import CachedValueError, decode_value, request_key
@@ -38,7 +39,7 @@ def _real_backend(model_args: dict[str, Any]):
     return HfExtLM(**model_args)
 
 
-class HfExtEntry(LM):
+class HfExtEntry(EvaluatorArgsChecked, LM):
     """Registered as ``hf_ext``; see the module docstring."""
 
     MULTIMODAL = False  # as HFLM; lm-eval reads it for every run
@@ -111,7 +112,7 @@ class HfExtEntry(LM):
         if None in keys:
             return None
         if self._store is None:
-            self._store = RequestStore.open(self._cache_dir)
+            self._store = RequestStore.open(self._cache_dir, readonly=self._cache_mode != "readwrite")
         found = self._store.get_many(keys)
         if len(found) < len(set(keys)):
             return None

@@ -103,7 +103,8 @@ def write_fast_path_memo(lm: Any, model_args: dict, model_info: dict) -> None:
 def model_identity(lm: Any, create_kwargs: dict) -> ModelIdentity:
     """What decides an ``hf_ext`` model's outputs, read without its weights."""
     memo_dir = lm.request_cache.dir
-    weights, revision = _weights_identity(create_kwargs, memo_dir)
+    save = lm.request_cache.mode.writes  # cache=read reads the fingerprint memo but writes nothing
+    weights, revision = _weights_identity(create_kwargs, memo_dir, save)
     template = getattr(lm.tokenizer, "chat_template", None)
     if isinstance(template, dict):
         template = json.dumps(template, sort_keys=True)
@@ -116,7 +117,7 @@ def model_identity(lm: Any, create_kwargs: dict) -> ModelIdentity:
         tokenizer=hash_tokenizer(lm.tokenizer),
         chat_template=digest_text(template),
         max_length=int(lm.max_length),
-        adapters=_adapter_identities(create_kwargs, memo_dir),
+        adapters=_adapter_identities(create_kwargs, memo_dir, save),
         settings=sorted_settings(output_settings(lm, create_kwargs)),
     )
 
@@ -149,18 +150,19 @@ def _resolved_dtype(requested: Any, config: Any) -> str:
     return str(requested).replace("torch.", "")
 
 
-def _weights_identity(kwargs: dict, memo_dir) -> tuple[str, str | None]:
+def _weights_identity(kwargs: dict, memo_dir, save_memo: bool = True) -> tuple[str, str | None]:
     name, revision = str(kwargs.get("pretrained")), kwargs.get("revision")
     gguf = kwargs.get("gguf_file")
     if gguf and os.path.exists(os.path.join(name, gguf)):
-        return hash_checkpoint(os.path.join(name, gguf), memo_dir), None
-    return checkpoint_identity(name, revision, kwargs.get("subfolder") or "", memo_dir)
+        return hash_checkpoint(os.path.join(name, gguf), memo_dir, save_memo=save_memo), None
+    return checkpoint_identity(name, revision, kwargs.get("subfolder") or "", memo_dir, save_memo=save_memo)
 
 
-def _adapter_identities(kwargs: dict, memo_dir) -> tuple[tuple[str, str], ...]:
+def _adapter_identities(kwargs: dict, memo_dir, save_memo: bool = True) -> tuple[tuple[str, str], ...]:
     adapters = []
     for kind in ("peft", "delta"):
         if kwargs.get(kind):
-            digest, revision = checkpoint_identity(str(kwargs[kind]), kwargs.get("revision"), "", memo_dir)
+            digest, revision = checkpoint_identity(str(kwargs[kind]), kwargs.get("revision"), "", memo_dir,
+                                                   save_memo=save_memo)
             adapters.append((kind, f"{digest}@{revision}" if revision else digest))
     return tuple(adapters)

@@ -22,6 +22,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from lm_eval_ext.errors import UserError
 from lm_eval_ext.plan.hardware import Hardware, LaunchEnv
 from lm_eval_ext.plan.preflight import omp_num_threads_default
 from lm_eval_ext.plan.types import Plan, Strategy
@@ -80,12 +81,16 @@ def unpinned_device(requested: str, launch: LaunchEnv) -> str:
 
 
 def resolve_device(requested: str, hardware: Hardware) -> str:
-    """``auto`` -> cuda when a GPU is visible, else cpu. A CUDA device without a visible GPU becomes
-    cpu (the caller warns), as stock ``hf`` does: refusing it would break CPU runs that pass
-    ``--device cuda:0`` out of habit."""
+    """``auto`` -> cuda when a GPU is visible, else cpu. lm-eval's default ``cuda``/``cuda:0`` without
+    a visible GPU becomes cpu (the caller warns), as stock ``hf`` does: refusing it would break every
+    CPU run that did not spell ``--device cpu``. Any other CUDA device (``cuda:3``) was named by the
+    user: without a GPU it is an error, not a silent CPU run."""
     if requested == "auto":
         return "cuda" if hardware.gpus else "cpu"
     if requested.startswith("cuda") and not hardware.gpus:
+        if requested not in ("cuda", "cuda:0"):  # not lm-eval's default: the user named this device
+            raise UserError(f"device={requested}: no CUDA device is visible (torch.cuda.is_available() is False); "
+                            "pass --device cpu, or drop --device to run on CPU")
         return "cpu"
     return requested
 

@@ -42,6 +42,8 @@ def read_launch_env(environ: Mapping[str, str] = os.environ) -> LaunchEnv:
         local_world_size=_env_int(environ, "LOCAL_WORLD_SIZE"),
         cuda_visible_devices=environ.get("CUDA_VISIBLE_DEVICES"),
         omp_num_threads=environ.get("OMP_NUM_THREADS"),
+        master_addr=environ.get("MASTER_ADDR"),
+        master_port=environ.get("MASTER_PORT"),
         launcher=detect_launcher(environ),
     )
 

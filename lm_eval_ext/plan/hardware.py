@@ -41,6 +41,8 @@ class LaunchEnv:
     local_world_size: int | None = None
     cuda_visible_devices: str | None = None
     omp_num_threads: str | None = None
+    master_addr: str | None = None
+    master_port: str | None = None
     launcher: str = "python"  # "accelerate", "torchrun", "slurm", "python"
 
     @property

@@ -78,6 +78,9 @@ class Layout:
 def plan_request(config: Any, hardware: Hardware) -> PlanRequest:
     """The user's hf_ext settings as a planner request; the launch fixes the process count."""
     strategy = config.strategy
+    if config.parallelize and not hardware.gpus:
+        raise UserError("parallelize=True splits a model over GPUs, and none is visible; drop parallelize "
+                        "(hf_ext plans the CPU run itself), or pass strategy=cpu_offload to spill weights to disk")
     if config.parallelize and strategy == "auto":
         strategy = "hybrid" if hardware.launch.num_processes > 1 else "model_split"
     cap = config.max_memory_per_gpu
@@ -148,7 +151,8 @@ def build_layout(config: Any, *, device: str | None = None, dtype: str | None = 
     dtype = resolve_dtype(config.dtype if dtype is None else dtype, device, hardware)
     hflm_kwargs = config.hflm_kwargs(device=device, dtype=dtype)
     hardware = _visible_hardware(device, hardware)
-    preflight.raise_errors(preflight.check_variables(hardware.launch))
+    real_launch = [] if hardware.described else preflight.check_rendezvous(hardware.launch)
+    preflight.raise_errors(preflight.check_variables(hardware.launch) + real_launch)
     facts = _load_facts(config, dtype)
     if facts is None:
         _finish_if_dry_run({"backend": "hf", "plan": None, "hflm": hflm_kwargs}, hardware, environ)
@@ -169,6 +173,10 @@ def build_layout(config: Any, *, device: str | None = None, dtype: str | None = 
     _finish_if_dry_run(layout.build.to_json(), hardware, environ)
     if isinstance(environ, MutableMapping):
         apply_omp_default(hardware, environ)
+    if not hardware.described:
+        from lm_eval_ext.hf.rendezvous import join_process_group
+
+        join_process_group(hardware.launch, environ)
     return layout
 
 

@@ -45,12 +45,44 @@ def check_variables(launch: LaunchEnv) -> list[Finding]:
         out.append(Finding("error", "rank_out_of_range",
                            f"RANK={launch.rank} is outside WORLD_SIZE={launch.world_size} (ranks are 0.."
                            f"{launch.world_size - 1}); unset hand-set RANK/WORLD_SIZE and let the launcher set them"))
+    if launch.local_rank is not None and launch.world_size is not None and launch.local_world_size is None \
+            and not 0 <= launch.local_rank < launch.world_size:
+        out.append(Finding("error", "local_rank_beyond_world",
+                           f"LOCAL_RANK={launch.local_rank} cannot exist with WORLD_SIZE={launch.world_size} (a node "
+                           f"runs at most WORLD_SIZE processes, so LOCAL_RANK is 0..{launch.world_size - 1}); unset "
+                           "hand-set LOCAL_RANK/RANK/WORLD_SIZE and start with `accelerate launch` or `torchrun`"))
     if launch.local_rank is not None and launch.local_world_size is not None \
             and not 0 <= launch.local_rank < launch.local_world_size:
         out.append(Finding("error", "local_rank_out_of_range",
                            f"LOCAL_RANK={launch.local_rank} is outside LOCAL_WORLD_SIZE={launch.local_world_size}; "
                            "unset hand-set LOCAL_RANK/LOCAL_WORLD_SIZE and let the launcher set them"))
+    out += _check_omp(launch)
     return out
+
+
+def _check_omp(launch: LaunchEnv) -> list[Finding]:
+    value = launch.omp_num_threads
+    if value is None or value.strip() == "" or (value.strip().isdigit() and int(value) > 0):
+        return []
+    return [Finding("error", "omp_num_threads_invalid",
+                    f"OMP_NUM_THREADS={value!r} must be a positive integer (threads per process); set e.g. "
+                    "OMP_NUM_THREADS=4, or unset it to let lm-eval-ext use cores / local processes")]
+
+
+def check_rendezvous(launch: LaunchEnv) -> list[Finding]:
+    """A real multi-process launch needs rank 0's address: without it accelerate fails deep inside
+    with a traceback about ``MASTER_ADDR``. Launchers (accelerate, torchrun) always set both."""
+    if (launch.world_size or 1) <= 1:
+        return []
+    missing = [name for name, value in (("MASTER_ADDR", launch.master_addr), ("MASTER_PORT", launch.master_port))
+               if not value]
+    if not missing:
+        return []
+    return [Finding("error", "rendezvous_address_missing",
+                    f"WORLD_SIZE={launch.world_size} starts {launch.world_size} processes, but {' and '.join(missing)} "
+                    f"{'is' if len(missing) == 1 else 'are'} not set, so rank {launch.rank or 0} cannot find rank 0; "
+                    "start with `accelerate launch` or `torchrun` (they set it), set MASTER_ADDR/MASTER_PORT "
+                    "to rank 0's host and a free port, or unset WORLD_SIZE to run one process")]
 
 
 def _gpus_per_process(plan: Plan | None) -> int:

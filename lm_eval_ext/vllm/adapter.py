@@ -22,6 +22,7 @@ from typing import Any
 from lm_eval_ext.compat import require
 from lm_eval_ext.vllm.request_cache import VllmRequestCacheMixin
 from lm_eval_ext.errors import ConfigError, install_excepthook
+from lm_eval_ext.lm_args import EvaluatorArgsChecked
 from lm_eval_ext.vllm.config import VllmExtConfig
 from lm_eval_ext.vllm.engines import InProcessEngine, llm_kwargs
 from lm_eval_ext.vllm.sizes import HardwareView, ModelShape, VllmSizes, choose_vllm_sizes
@@ -223,7 +224,7 @@ class VllmEngineLM(VLLM):
         return info
 
 
-class VllmExtLM(VllmRequestCacheMixin, VllmEngineLM):
+class VllmExtLM(EvaluatorArgsChecked, VllmRequestCacheMixin, VllmEngineLM):
     """vLLM backend for lm-eval-ext; a drop-in for ``vllm`` (same model_args spellings).
 
     Requests go through the request cache first; with a cache to read, the engine starts on the

@@ -14,7 +14,8 @@ from dataclasses import dataclass
 from typing import Any, Literal, Union
 
 from lm_eval_ext.errors import ConfigError
-from lm_eval_ext.model_args import (
+from lm_eval_ext.model_args import (  # noqa: I001
+    model_path,
     arg,
     as_bool,
     as_int,
@@ -75,7 +76,7 @@ def non_negative_int(name: str, value: Any) -> int:
 class VllmExtConfig:
     """Everything ``vllm_ext`` accepts in ``model_args``."""
 
-    pretrained: str = arg(as_str, dataclasses.MISSING, "local path or hub id (in server mode: its tokenizer)")
+    pretrained: str = arg(model_path, dataclasses.MISSING, "local path or hub id (in server mode: its tokenizer)")
     dtype: str = arg(one_of("auto", "float16", "bfloat16", "float32"), "auto",
                      "weights and activations (server mode: declares the server's, for cache keys only)")
     revision: str | None = arg(optional(as_str), None, "hub revision")

@@ -33,7 +33,7 @@ LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1", "[::1]")
 FLUSH_EVERY = 256
 
 
-def served_weights(card: dict, base_url: str, memo_dir: Any) -> tuple[str, dict[str, Any]]:
+def served_weights(card: dict, base_url: str, memo_dir: Any, *, save_memo: bool = True) -> tuple[str, dict[str, Any]]:
     """``(weights digest, settings)`` for the model a server's ``/v1/models`` entry describes.
 
     Example: ``{"id": "m", "root": "/models/m"}`` from ``http://127.0.0.1:8000/v1`` with
@@ -47,7 +47,7 @@ def served_weights(card: dict, base_url: str, memo_dir: Any) -> tuple[str, dict[
     }
     host = urlsplit(base_url).hostname or ""
     if host in LOOPBACK_HOSTS and os.path.isabs(root) and os.path.exists(root):
-        return hash_checkpoint(root, memo_dir), settings
+        return hash_checkpoint(root, memo_dir, save_memo=save_memo), settings
     settings["server"] = urlsplit(base_url).netloc
     logger.warning(
         "request cache: the server's model %s is identified by its name and address only (its files are "
@@ -75,11 +75,13 @@ class VllmRequestCacheMixin(RequestCacheMixin):
         config = self.ext_config
         settings = self._cache_output_settings()
         if config.is_server_mode:
-            weights, served = served_weights(self.engine.model_card, config.base_url, self._cache_dir)
+            weights, served = served_weights(self.engine.model_card, config.base_url, self._cache_dir,
+                                           save_memo=self._cache_mode.writes)
             revision, dtype = None, f"declared:{config.dtype}"
             settings.update(served, mode="server")
         else:
-            weights, revision = checkpoint_identity(config.pretrained, config.revision, "", self._cache_dir)
+            weights, revision = checkpoint_identity(config.pretrained, config.revision, "", self._cache_dir,
+                                                    save_memo=self._cache_mode.writes)
             dtype = str(self._planned_model_config.dtype).replace("torch.", "")
             settings.update(quantization=config.quantization, seed=config.seed, mode="engine")
         template = getattr(self.tokenizer, "chat_template", None)

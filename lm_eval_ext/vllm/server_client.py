@@ -45,6 +45,21 @@ class ServerUnavailableError(UserError):
     """The server did not answer after every retry."""
 
 
+class UnexpectedAnswerError(UserError):
+    """The server answered, but not as an OpenAI-compatible vLLM server does; nothing of it is cached."""
+
+
+def unexpected_answer(base_url: str, method: str, path: str, text: str) -> UnexpectedAnswerError:
+    return UnexpectedAnswerError(
+        f"vLLM server {base_url} returned an unexpected answer to {method} {path} (first 200 chars: "
+        f"{text[:200]!r}); is it an OpenAI-compatible vLLM server?"
+    )
+
+
+#: what a malformed but well-formed-JSON answer raises while it is read
+_SHAPE_ERRORS = (KeyError, IndexError, TypeError, ValueError, AttributeError)
+
+
 def backoff_delay_s(attempt: int, backoff_s: float, max_backoff_s: float, rng: random.Random) -> float:
     """Delay before retry ``attempt`` (0-based): ``backoff_s * 2**attempt``, at most ``max_backoff_s``,
     times a jitter factor in [0.5, 1.5) so that clients that failed together do not retry together."""
@@ -119,8 +134,12 @@ class ServerEngine:
         return engine
 
     def _discover_model(self) -> None:
-        models = self.call("GET", "/models")["data"]
-        chosen = next((m for m in models if m["id"] == self.model), None) if self.model else models[0]
+        body = self.call("GET", "/models")
+        try:
+            models = [m for m in body["data"] if isinstance(m["id"], str)]
+            chosen = next((m for m in models if m["id"] == self.model), None) if self.model else models[0]
+        except _SHAPE_ERRORS:
+            raise unexpected_answer(self.base_url, "GET", "/models", json.dumps(body)) from None
         if chosen is None:
             served = ", ".join(m["id"] for m in models)
             raise UserError(f"served_model_name={self.model!r} is not served by {self.base_url}; it serves: {served}")
@@ -146,7 +165,10 @@ class ServerEngine:
                 last_failure = f"{type(exc).__name__}: {exc}"
             else:
                 if response.status_code < 400:
-                    return response.json()
+                    try:
+                        return response.json()
+                    except ValueError:  # requests' JSONDecodeError is a ValueError
+                        raise unexpected_answer(self.base_url, method, path, response.text) from None
                 if response.status_code < 500:
                     raise UserError(
                         f"vLLM server {self.base_url} rejected {method} {path}: HTTP {response.status_code}: "
@@ -165,11 +187,25 @@ class ServerEngine:
 
     def _complete(self, prompts: list[list[int]], fields: dict) -> list[EngineOutput]:
         body = self.call("POST", "/completions", {"model": self.model, "prompt": prompts, **fields})
-        choices = sorted(body["choices"], key=lambda c: c["index"])
+        try:
+            outputs = self._read_choices(body, prompts, bool(fields.get("echo")))
+        except _SHAPE_ERRORS:
+            raise unexpected_answer(self.base_url, "POST", "/completions", json.dumps(body)) from None
         self.num_http_requests += 1
-        if fields.get("echo"):
+        return outputs
+
+    @staticmethod
+    def _read_choices(body: dict, prompts: list[list[int]], echo: bool) -> list[EngineOutput]:
+        """Every prompt's output, or a shape error: a missing choice must not pass as a shorter batch."""
+        choices = sorted(body["choices"], key=lambda c: c["index"])
+        if [c["index"] for c in choices] != list(range(len(prompts))):
+            raise ValueError(f"{len(choices)} choices for {len(prompts)} prompts")
+        if echo:
             return [parse_echo_logprobs(p, c) for p, c in zip(prompts, choices)]
-        return [EngineOutput(None, (GeneratedText(c["text"] or ""),)) for c in choices]
+        texts = [c["text"] or "" for c in choices]
+        if not all(isinstance(text, str) for text in texts):
+            raise TypeError("a choice's text is not a string")
+        return [EngineOutput(None, (GeneratedText(text),)) for text in texts]
 
     def iter_batches(
         self, prompts: Sequence[list[int]], params: Sequence[Any], group_keys: Sequence[Hashable] | None = None

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 
 from lm_eval_ext.cache.fingerprint import fingerprint
@@ -89,10 +90,11 @@ def test_rolling_documents_are_stored_chunk_by_chunk(tiny_model_path, tmp_path, 
 
     monkeypatch.setattr(HFLM, "loglikelihood_rolling", second_call_dies)
     lm = build(tiny_model_path, tmp_path / "run", batch_size=4)
-    try:
-        lm.loglikelihood_rolling(requests)
-    except KeyboardInterrupt:
-        pass
+    from lm_eval_ext.errors import RunInterrupted
+
+    with pytest.raises(RunInterrupted, match=r"^interrupted after 3 of 7 requests; 3 are in the request cache; "
+                                             "rerun the same command to resume$"):
+        lm.loglikelihood_rolling(requests)  # Ctrl-C becomes one line saying what is kept (issue 16)
     assert calls == [3, 3]
     monkeypatch.setattr(HFLM, "loglikelihood_rolling", real)
     resumed = build(tiny_model_path, tmp_path / "run", batch_size=4)

@@ -94,3 +94,62 @@ def test_verify_finds_entries_whose_key_or_value_was_tampered_with(cache_dir, ca
     code, out, _ = run(capsys, "--cache-dir", str(cache_dir), "verify", "--sample", "0")
     assert code == 1 and "2 problems" in out
     assert "key does not match its stored arguments" in out and "wrong shape" in out
+
+
+# issue 16: every CLI mistake is one line naming what was typed; reading never writes
+
+def message(err: str) -> str:
+    """The one error line without the program name (argparse names it after sys.argv[0])."""
+    assert err.count("\n") == 1 and ": error: " in err, err
+    return err.split(": error: ", 1)[1].rstrip("\n")
+
+
+def test_export_to_a_directory_is_one_line(cache_dir, capsys, tmp_path):
+    code, _, err = run(capsys, "--cache-dir", str(cache_dir), "export", "-o", str(tmp_path))
+    assert code == 2
+    assert message(err) == (f"cache export -o {tmp_path}: that is a directory; name a file, "
+                   f"e.g. -o {tmp_path / 'cache.jsonl'}")
+
+
+def test_export_into_a_missing_folder_is_one_line(cache_dir, capsys, tmp_path):
+    target = tmp_path / "missing" / "parent" / "file.jsonl"
+    code, _, err = run(capsys, "--cache-dir", str(cache_dir), "export", "-o", str(target))
+    assert code == 2
+    assert message(err) == (f"cache export -o {target}: the folder {target.parent} does not "
+                   f"exist; create it (mkdir -p {target.parent}) or choose another path")
+    assert not (tmp_path / "missing").exists()
+
+
+@pytest.mark.parametrize("action", ["stats", "verify", "export"])
+def test_reading_a_zero_byte_cache_file_leaves_it_zero_bytes(tmp_path, capsys, action):
+    (tmp_path / DB_FILE).write_bytes(b"")
+    code, _, err = run(capsys, "--cache-dir", str(tmp_path), action)
+    assert code == 2
+    assert message(err) == (f"no request cache at {tmp_path / DB_FILE} (it is an empty file); "
+                   "run an evaluation with cache enabled first")
+    assert (tmp_path / DB_FILE).stat().st_size == 0 and sorted(p.name for p in tmp_path.iterdir()) == [DB_FILE]
+
+
+def test_a_cache_dir_that_is_a_file_is_one_line(tmp_path, capsys):
+    not_a_dir = tmp_path / "file"
+    not_a_dir.write_text("x")
+    code, _, err = run(capsys, "--cache-dir", str(not_a_dir), "stats")
+    assert code == 2 and message(err) == (f"cache directory {not_a_dir} is a file, not a "
+                                 "directory; pass cache_dir=A_DIRECTORY or cache=off in model_args")
+
+
+def test_stats_and_export_read_a_cache_on_read_only_storage(cache_dir, capsys, tmp_path):
+    """WAL side files cannot be created there: the store opens immutable and still reads every entry."""
+    import os
+
+    for side in cache_dir.glob(DB_FILE + "-*"):
+        side.unlink()
+    os.chmod(cache_dir, 0o555)
+    try:
+        if os.access(cache_dir, os.W_OK):
+            pytest.skip("running as root: permissions are not enforced")
+        code, out, err = run(capsys, "--cache-dir", str(cache_dir), "stats")
+        assert code == 0 and "8 entries" in out, err
+        assert sorted(p.name for p in cache_dir.iterdir()) == [DB_FILE]
+    finally:
+        os.chmod(cache_dir, 0o755)

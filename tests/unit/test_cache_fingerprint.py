@@ -122,3 +122,23 @@ def test_cache_fields_are_not_forwarded_to_hflm():
     kwargs = config.hflm_kwargs(device="cpu", dtype="float32")
     assert "cache" not in kwargs and "cache_dir" not in kwargs
     assert config.cache_dir == "/tmp/x"
+
+
+# issue 16: cache=read writes nothing; a cache folder that cannot hold the memo is not a traceback
+
+def test_save_memo_false_reads_the_memo_but_writes_nothing(tmp_path):
+    ckpt = _checkpoint(tmp_path / "m", b"\x01" * 64)
+    memo_dir = tmp_path / "cache"
+    expected = fp.hash_checkpoint(ckpt, None)
+    assert fp.hash_checkpoint(ckpt, memo_dir, save_memo=False) == expected
+    assert fp.checkpoint_identity(str(ckpt), None, "", memo_dir, save_memo=False) == (expected, None)
+    assert not memo_dir.exists()
+    assert fp.hash_checkpoint(ckpt, memo_dir) == expected and (memo_dir / fp.MEMO_FILE).exists()
+
+
+def test_a_memo_folder_that_is_a_file_costs_only_the_memo(tmp_path):
+    ckpt = _checkpoint(tmp_path / "m", b"\x01" * 64)
+    not_a_dir = tmp_path / "cache"
+    not_a_dir.write_text("a file")
+    assert fp.hash_checkpoint(ckpt, not_a_dir) == fp.hash_checkpoint(ckpt, None)
+    assert not_a_dir.read_text() == "a file"

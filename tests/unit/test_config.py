@@ -7,7 +7,7 @@ import inspect
 import pytest
 
 from lm_eval_ext.hf.config import HfExtConfig
-from lm_eval_ext.errors import ConfigError
+from lm_eval_ext.errors import ConfigError, UserError
 
 
 def test_defaults_and_coercion_from_cli_strings():
@@ -85,3 +85,54 @@ def test_contract_hflm_hooks_we_override_exist():
 
     for name in ("loglikelihood", "loglikelihood_rolling", "generate_until", "get_model_info"):
         assert "disable_tqdm" in inspect.signature(getattr(HFLM, name)).parameters or name == "get_model_info"
+
+
+# issue 16: each model_args mistake is one line that names the field, the value and the fix
+
+@pytest.mark.parametrize("value", ["", " "])
+def test_an_empty_pretrained_is_refused_not_read_as_the_working_directory(value):
+    with pytest.raises(ConfigError) as failure:
+        HfExtConfig.from_model_args({"pretrained": value})
+    assert str(failure.value) == ("pretrained= is empty; give a local model folder or a hub id, e.g. "
+                                  "pretrained=.models/smollm2-135m or pretrained=HuggingFaceTB/SmolLM2-135M")
+
+
+def test_a_negative_prompt_lookup_is_named_with_its_rule_not_as_a_float():
+    from lm_eval.utils import simple_parse_args_string
+
+    args = simple_parse_args_string("pretrained=m,prompt_lookup_num_tokens=-1")
+    with pytest.raises(ConfigError) as failure:
+        HfExtConfig.from_model_args(args)
+    assert str(failure.value) == "prompt_lookup_num_tokens=-1 must be at least 0; use e.g. prompt_lookup_num_tokens=0"
+    assert HfExtConfig.from_model_args({"pretrained": "m", "prompt_lookup_num_tokens": 4.0}).prompt_lookup_num_tokens == 4
+
+
+@pytest.mark.parametrize(("arg_string", "extra", "expected"), [
+    ("pretrained=m,batch_size=8", {"batch_size": 1, "max_batch_size": None, "device": None},
+     "batch_size=8 in --model_args collides with lm-eval's own --batch_size (which passes batch_size=1 to every "
+     "model); give it once, as --batch_size 8"),
+    ("pretrained=m,device=cpu", {"batch_size": 1, "max_batch_size": None, "device": "cuda:0"},
+     "device=cpu in --model_args collides with lm-eval's own --device (which passes device=cuda:0 to every "
+     "model); give it once, as --device cpu"),
+])
+def test_model_args_that_collide_with_lm_evals_own_arguments(arg_string, extra, expected):
+    from lm_eval.utils import simple_parse_args_string
+
+    from lm_eval_ext.model_args import merge_evaluator_args
+
+    with pytest.raises(ConfigError) as failure:
+        merge_evaluator_args(simple_parse_args_string(arg_string), extra)
+    assert str(failure.value) == expected
+    assert merge_evaluator_args({"pretrained": "m"}, extra) == {"pretrained": "m", **{
+        k: v for k, v in extra.items() if v is not None}}
+
+
+def test_parallelize_on_cpu_is_refused_by_its_own_name():
+    from lm_eval_ext.plan.hardware import describe_hardware
+    from lm_eval_ext.plan.layout import plan_request
+
+    with pytest.raises(UserError) as failure:
+        plan_request(HfExtConfig.from_model_args({"pretrained": "m", "parallelize": True}), describe_hardware(""))
+    assert str(failure.value) == (
+        "parallelize=True splits a model over GPUs, and none is visible; drop parallelize (hf_ext plans the CPU "
+        "run itself), or pass strategy=cpu_offload to spill weights to disk")

@@ -122,3 +122,18 @@ def test_cpu_data_parallel_hint_uses_torchrun(capsys):
     out = capsys.readouterr().out
     assert "ACCELERATE_USE_CPU=true torchrun --standalone --nproc-per-node 2 -m lm_eval" in out
     assert "2 on CPU" in out and "124.4M parameters" in out
+
+
+@pytest.mark.parametrize("gpus", [None, "2x24GiB"], ids=["detected", "described"])
+def test_nodes_zero_is_refused_with_or_without_gpus(gpus):
+    from argparse import ArgumentParser
+
+    from lm_eval_ext.commands import plan as command
+    from lm_eval_ext.errors import UserError
+
+    parser = ArgumentParser()
+    command.add_arguments(parser)
+    argv = ["--model_args", f"pretrained={CONFIGS / 'qwen2.5-14b'}", "--nodes", "0"] + (["--gpus", gpus] if gpus else [])
+    with pytest.raises(UserError) as failure:
+        command.main(parser.parse_args(argv))
+    assert str(failure.value) == "--nodes 0 must be at least 1 (the number of alike machines)"

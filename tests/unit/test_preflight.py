@@ -122,3 +122,40 @@ def test_omp_left_alone_when_set():
     assert omp_num_threads_to_set(hardware) is None
     unset = replace(describe_hardware("", num_cpu_cores=8), launch=LaunchEnv(world_size=2, local_world_size=2))
     assert omp_num_threads_to_set(unset) == 4
+
+
+# issue 16: impossible hand-set launches fail in one line before accelerate's traceback
+
+def test_a_local_rank_beyond_the_world_cannot_exist():
+    findings = check(_with_launch(describe_hardware(""), world_size=2, rank=1, local_rank=5))
+    assert _codes(findings) == ["local_rank_beyond_world"]
+    with pytest.raises(UserError) as failure:
+        raise_errors(findings)
+    assert str(failure.value) == (
+        "preflight: LOCAL_RANK=5 cannot exist with WORLD_SIZE=2 (a node runs at most WORLD_SIZE processes, so "
+        "LOCAL_RANK is 0..1); unset hand-set LOCAL_RANK/RANK/WORLD_SIZE and start with `accelerate launch` or "
+        "`torchrun`")
+
+
+def test_a_hand_set_world_without_rank_zeros_address_is_refused():
+    from lm_eval_ext.plan.preflight import check_rendezvous
+
+    findings = check_rendezvous(LaunchEnv(world_size=2, rank=1, local_rank=1))
+    assert [f.message for f in findings] == [
+        "WORLD_SIZE=2 starts 2 processes, but MASTER_ADDR and MASTER_PORT are not set, so rank 1 cannot find "
+        "rank 0; start with `accelerate launch` or `torchrun` (they set it), set MASTER_ADDR/MASTER_PORT to rank "
+        "0's host and a free port, or unset WORLD_SIZE to run one process"]
+    assert check_rendezvous(LaunchEnv(world_size=2, rank=1, local_rank=1, master_addr="h", master_port="1")) == []
+    assert check_rendezvous(LaunchEnv()) == []
+
+
+@pytest.mark.parametrize("value", ["abc", "0", "-2", "1.5"])
+def test_omp_num_threads_must_be_a_positive_integer(value):
+    findings = check(_with_launch(describe_hardware(""), omp_num_threads=value))
+    assert [f.message for f in findings] == [
+        f"OMP_NUM_THREADS={value!r} must be a positive integer (threads per process); set e.g. OMP_NUM_THREADS=4, "
+        "or unset it to let lm-eval-ext use cores / local processes"]
+
+
+def test_good_omp_num_threads_passes():
+    assert check(_with_launch(describe_hardware(""), omp_num_threads="3")) == []

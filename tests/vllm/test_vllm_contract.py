@@ -40,3 +40,11 @@ def test_vllm_step_api_used_to_stream_finished_requests():
     assert {"prompts", "sampling_params", "use_tqdm"} <= set(_parameters(LLM.enqueue))
     assert _parameters(LLMEngine.step) == ["self"] and _parameters(LLMEngine.has_unfinished_requests) == ["self"]
     assert _parameters(LLMEngine.abort_request)[:3] == ["self", "request_ids", "internal"]
+
+
+def test_batch_size_inside_model_args_is_one_line_naming_lm_evals_flag():
+    from lm_eval_ext.errors import ConfigError
+    from lm_eval_ext.vllm.adapter import VllmExtLM
+
+    with pytest.raises(ConfigError, match=r"^batch_size=8 in --model_args collides with lm-eval's own --batch_size"):
+        VllmExtLM.create_from_arg_string("pretrained=x,batch_size=8", {"batch_size": 1, "device": None})

@@ -137,3 +137,124 @@ def test_a_server_that_is_not_there_fails_after_retries():
     )
     with pytest.raises(ServerUnavailableError, match=rf"127.0.0.1:{port}/v1 .* after 3 attempts; last failure: ConnectionError"):
         ServerEngine.from_config(config)
+
+
+# ---------------------------------------------------------------- malformed answers (issue 16)
+
+class ScriptedServer(http.server.ThreadingHTTPServer):
+    """Answers 200 with ``models`` to GET /models and with the next of ``completions`` to each POST."""
+
+    daemon_threads = True
+
+    def __init__(self, models: bytes, completions: list[bytes] = ()) -> None:
+        self.models, self.completions, self.posts = models, list(completions), 0
+        super().__init__(("127.0.0.1", 0), _ScriptedHandler)
+        threading.Thread(target=self.serve_forever, daemon=True).start()
+
+    @property
+    def base_url(self) -> str:
+        return f"http://127.0.0.1:{self.server_address[1]}/v1"
+
+    def stop(self) -> None:
+        self.shutdown()
+        self.server_close()
+
+
+class _ScriptedHandler(http.server.BaseHTTPRequestHandler):
+    def log_message(self, *args) -> None:
+        pass
+
+    def _send(self, payload: bytes) -> None:
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(payload)))
+        self.end_headers()
+        self.wfile.write(payload)
+
+    def do_GET(self) -> None:
+        self._send(self.server.models)
+
+    def do_POST(self) -> None:
+        self.rfile.read(int(self.headers.get("Content-Length", 0)))
+        server = self.server
+        server.posts += 1
+        self._send(server.completions[min(server.posts, len(server.completions)) - 1])
+
+
+GOOD_MODELS = json.dumps({"data": [{"id": "fake-model", "max_model_len": 128}]}).encode()
+
+
+class _Scoring:  # what request_fields reads from a SamplingParams for loglikelihood scoring
+    prompt_logprobs = 1
+
+
+def _echo_answer(prompt: list[int]) -> bytes:
+    logprobs = {"token_logprobs": [None] + [-1.0] * (len(prompt) - 1),
+                "top_logprobs": [None] + [{f"token_id:{t}": -1.0} for t in prompt[1:]]}
+    return json.dumps({"choices": [{"index": 0, "text": "", "logprobs": logprobs}]}).encode()
+
+
+@pytest.fixture
+def scripted():
+    servers = []
+
+    def start(models: bytes, completions: list[bytes] = ()) -> ScriptedServer:
+        servers.append(ScriptedServer(models, completions))
+        return servers[-1]
+
+    yield start
+    for server in servers:
+        server.stop()
+
+
+def _engine(server, **args) -> ServerEngine:
+    return ServerEngine.from_config(VllmExtConfig.from_model_args(
+        {"pretrained": "unused", "base_url": server.base_url, "backoff_s": 0.01, "num_concurrent": 1,
+         "tokens_per_request": 3, **args}))
+
+
+@pytest.mark.parametrize(("models", "shown"), [
+    (b"<html>hello</html>", "'<html>hello</html>'"),
+    (b'{"foo": 1}', "'{\"foo\": 1}'"),
+    (b'{"data": []}', "'{\"data\": []}'"),
+])
+def test_a_models_answer_that_is_not_vllms_is_one_line_naming_the_server(scripted, models, shown):
+    server = scripted(models)
+    with pytest.raises(UserError) as failure:
+        _engine(server)
+    assert str(failure.value) == (
+        f"vLLM server {server.base_url} returned an unexpected answer to GET /models (first 200 chars: {shown}); "
+        "is it an OpenAI-compatible vLLM server?")
+
+
+@pytest.mark.parametrize(("answer", "shown"), [
+    (b'{"foo": 1}', "'{\"foo\": 1}'"),
+    (b"not json at all", "'not json at all'"),
+    (b'{"choices": []}', "'{\"choices\": []}'"),
+    (b'{"choices": [{"index": 0, "text": "", "logprobs": {"token_logprobs": [null]}}]}', None),
+])
+def test_a_completions_answer_that_is_not_vllms_is_one_line_and_never_delivered(scripted, answer, shown):
+    """The first HTTP request is answered properly and delivered (so the cache stores it); the
+    second is garbage: it raises, and nothing of it reaches the caller that writes the cache."""
+    prompts = [[1, 2, 3], [4, 5, 6]]  # tokens_per_request=3: one HTTP request each
+    server = scripted(GOOD_MODELS, [_echo_answer(prompts[0]), answer])
+    engine = _engine(server)
+    delivered = []
+    with pytest.raises(UserError) as failure:
+        for batch in engine.iter_batches(prompts, [_Scoring(), _Scoring()]):
+            delivered.extend(batch)
+    message = str(failure.value)
+    assert message.startswith(f"vLLM server {server.base_url} returned an unexpected answer to POST /completions "
+                              "(first 200 chars: ")
+    assert message.endswith("); is it an OpenAI-compatible vLLM server?") and "\n" not in message
+    if shown:
+        assert f"(first 200 chars: {shown})" in message
+    assert [index for index, _ in delivered] == [0]
+    assert delivered[0][1].prompt_logprobs[1] == {2: -1.0}
+    assert server.posts == 2 and engine.num_http_requests == 1
+
+
+def test_a_long_garbage_answer_is_cut_to_200_characters(scripted):
+    server = scripted(b"x" * 5000)
+    with pytest.raises(UserError, match=r"\(first 200 chars: 'x{200}'\); is it"):
+        _engine(server)
