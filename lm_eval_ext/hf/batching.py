@@ -19,25 +19,27 @@ layers", a row of ``W`` nodes costs::
 An item of ``n`` nodes joins the current row (``W`` nodes, ``s`` of the item's nodes already there:
 its common prefix with the row's last request) only when that is cheaper than its own row::
 
-    cost_masked(W + n - s) - cost_row(W)  <  cost_item(n)
+    cost_masked(W + n - s) - cost_row(W)  <  (1 - f) * cost_item(n)     f = min_saving_fraction
 
-and the row stays within ``row_tokens``. Worked example with SmolLM2-135M's measured constants
-(chain 2.0e-4, masked 5.0e-4; see :class:`CostModel`):
+and the row stays within ``row_tokens``. The margin ``f`` (a quarter) pays for what a row's own
+cost cannot see: a wider row pads the shorter rows batched with it. Worked examples with
+SmolLM2-135M's measured constants (chain 2.0e-4, masked 5.0e-4; see :class:`CostModel`):
 
 - ARC-Easy 0-shot: items of ``n = 30`` nodes share ``s = 2`` template tokens ("Question:"). With a
   (masked) row of ``W = 120``: ``28 + 5e-4 * (148**2 - 120**2)`` = 31.8 against
-  ``30 + 5e-4 * 30**2`` = 30.5 for its own row (its multi-token choices make it a tree): every
+  ``0.75 * (30 + 5e-4 * 30**2)`` = 22.8 for its own row (multi-token choices make it a tree): every
   item gets its own row, and its choices still share its question.
 - MMLU 5-shot (``first_n``): a shared prefix of ``P = 500`` tokens, items of ``q = 100`` new
   tokens. Adding an item to a masked row of ``W`` tokens costs ``100 + 5e-4 * (200 W + 100**2)``
-  against ``600 + 2e-4 * 600**2 = 672`` alone: items join while ``W`` < ~5,600, so rows fill up
-  to ``row_tokens`` (1,024): 5 items per row at ~300 token-costs each instead of 672.
+  against ``0.75 * (600 + 2e-4 * 600**2)`` = 504 alone: items join while ``W`` < ~3,900, so
+  rows fill up to ``row_tokens`` (1,024): 5 items per row at ~300 token-costs each, not 672.
 - Rolling windows: a request whose context is one token (a rolling window, or an empty context
   given the prefix token) is an item of its own: the windows of many documents would otherwise
   all be one "item" under that token. They share one token at most, so each gets its own row;
-  rows are batched longest first, so neighbours in a batch have nearly the same length and
-  padding stays near zero (measured faster here than packing several windows into one
-  block-diagonal row: those rows need the dense mask).
+  rows are batched longest first and long rows only with rows of nearly their length
+  (:func:`pack_batches`), so padding stays near zero. Packing several windows into one
+  block-diagonal row would need the dense mask, measured 3-27 % slower per token than causal
+  attention at 256-2,048 tokens (the end-to-end comparison was not run).
 
 A batch is rows padded to its longest row; rows x padded length stays <= ``max_batch_tokens``::
 
@@ -57,12 +59,12 @@ from dataclasses import dataclass, field
 #: and its mask and scores grow with the square of the width.
 DEFAULT_ROW_TOKENS = 1024
 
-#: A row this long keeps the CPU's matrix units busy on its own (measured here: 16 x 256 tokens
-#: at 841 tokens/s, 4 x 1,024 at 732, one 128-token row at 478), so batching it with shorter rows
-#: buys nothing and their padding costs compute.
-EFFICIENT_ROW_TOKENS = 512
-#: Padding a long row may add to a batch of long rows (a fraction of the batch's longest row).
-MAX_ROW_PADDING = 0.05
+#: What one more forward costs beyond its tokens, in tokens: one 128-token row runs at 478
+#: tokens/s, 32 of them at 650 (SmolLM2-135M, this CPU), i.e. ~70 ms or ~45 tokens per forward
+#: of fixed cost (Python, kernel launches, weights streamed once per forward).
+BATCH_OVERHEAD_TOKENS = 48
+#: Most rows one batch holds (bounds the batch-cut search to rows x this many steps).
+MAX_BATCH_ROWS = 512
 
 
 @dataclass(frozen=True)
@@ -74,6 +76,9 @@ class CostModel:
 
     chain_pair_tokens: float = 2.0e-4
     masked_pair_tokens: float = 5.0e-4
+    #: A join must save this fraction of the item's own-row cost: a longer row also pads the
+    #: shorter rows of its batch, which the row's own cost does not see.
+    min_saving_fraction: float = 0.25
 
     def row_cost(self, width: int, masked: bool) -> float:
         pair = self.masked_pair_tokens if masked else self.chain_pair_tokens
@@ -213,7 +218,7 @@ def joins_row(row: Row, item: Row, shared: int, cost: CostModel) -> bool:
     extends_chain = row.is_chain and item.is_chain and shared == len(row) and shared > 0
     merged = cost.row_cost(width, masked=not extends_chain)
     alone = cost.row_cost(len(item), masked=not item.is_chain)
-    return merged - cost.row_cost(len(row), masked=not row.is_chain) < alone
+    return merged - cost.row_cost(len(row), masked=not row.is_chain) < (1 - cost.min_saving_fraction) * alone
 
 
 def pack_rows(
@@ -243,31 +248,38 @@ def pack_rows(
 
 
 def pack_batches(
-    rows: Sequence[Row], *, max_batch_tokens: int | None, max_batch_requests: int | None = None
+    rows: Sequence[Row], *, max_batch_tokens: int | None, max_batch_requests: int | None = None,
+    overhead_tokens: int | None = None,
 ) -> list[Batch]:
-    """Longest rows first; each batch holds rows while rows x longest <= ``max_batch_tokens``
-    and (if given) its requests <= ``max_batch_requests``. A row over budget travels alone.
+    """Cut the rows, longest first, into batches of at most ``max_batch_tokens`` padded tokens
+    (rows x longest) and (if given) ``max_batch_requests`` requests; a row over budget travels
+    alone.
 
-    Padding costs as much as a real token, and a row of :data:`EFFICIENT_ROW_TOKENS` or more
-    runs about as fast alone as batched; so a batch whose longest row is that long only takes
-    rows padded by at most :data:`MAX_ROW_PADDING` of it."""
+    Padding costs as much as a real token and every forward a fixed overhead
+    (:data:`BATCH_OVERHEAD_TOKENS`), so the cut points minimise ``padded tokens + overhead x
+    batches`` (dynamic programming over the sorted rows) instead of filling each batch
+    greedily: a batch of rows of 90 and 25 tokens would pad the short ones to 90.
+    """
     ordered = sorted(rows, key=len, reverse=True)
-    batches: list[Batch] = []
-    current: list[Row] = []
-    num_requests = 0
-    for row in ordered:
-        longest = len(current[0]) if current else len(row)
-        fits_tokens = max_batch_tokens is None or (len(current) + 1) * longest <= max_batch_tokens
-        if longest >= EFFICIENT_ROW_TOKENS and len(row) < (1 - MAX_ROW_PADDING) * longest:
-            fits_tokens = False
-        fits_count = max_batch_requests is None or num_requests + len(row.targets) <= max_batch_requests
-        if current and not (fits_tokens and fits_count):
-            batches.append(Batch(current))
-            current, num_requests = [], 0
-        current.append(row)
-        num_requests += len(row.targets)
-    if current:
-        batches.append(Batch(current))
+    overhead = BATCH_OVERHEAD_TOKENS if overhead_tokens is None else overhead_tokens
+    n = len(ordered)
+    suffix = [float("inf")] * n + [0.0]  # suffix[i]: least cost of packing ordered[i:]
+    cut = [n] * n
+    for i in range(n - 1, -1, -1):
+        longest, num_requests = len(ordered[i]), 0
+        for j in range(i, min(n, i + MAX_BATCH_ROWS)):
+            num_requests += len(ordered[j].targets)
+            over_tokens = max_batch_tokens is not None and (j - i + 1) * longest > max_batch_tokens
+            over_count = max_batch_requests is not None and num_requests > max_batch_requests
+            if j > i and (over_tokens or over_count):
+                break
+            total = (j - i + 1) * longest + overhead + suffix[j + 1]
+            if total <= suffix[i]:  # ties: the larger batch first, as greedy filling would
+                suffix[i], cut[i] = total, j + 1
+    batches, i = [], 0
+    while i < n:
+        batches.append(Batch(ordered[i : cut[i]]))
+        i = cut[i]
     return batches
 
 

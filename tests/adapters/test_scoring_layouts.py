@@ -13,7 +13,7 @@ from lm_eval_ext.hf.batching import CostModel, ScoreRequest, pack_batches, pack_
 from lm_eval_ext.hf.scoring import score_batch, split_model, tree_attention_mask  # noqa: E402
 
 #: a cost model under which every item joins the row: packed trees of unrelated items
-ALWAYS_SHARE = CostModel(0.0, 0.0)
+ALWAYS_SHARE = CostModel(0.0, 0.0, 0.0)
 
 
 @pytest.fixture(scope="module")
