@@ -9,7 +9,8 @@ from lm_eval_ext.hf.config import HfExtConfig
 from lm_eval_ext.errors import ConfigError
 
 
-@pytest.mark.parametrize("raw, parsed", [("4096", 4096), (512, 512), ("auto", "auto"), ("AUTO", "auto"), ("none", None)])
+@pytest.mark.parametrize("raw, parsed", [("4096", 4096), (512, 512), ("auto", "auto"), ("AUTO", "auto"), ("none", None),
+                                        ("off", None), ("OFF", None)])
 def test_max_batch_tokens_values(raw, parsed):
     assert HfExtConfig.from_model_args({"pretrained": "m", "max_batch_tokens": raw}).max_batch_tokens == parsed
 
@@ -21,6 +22,18 @@ def test_bad_max_batch_tokens_names_field_value_and_fix(raw):
     message = str(err.value)
     assert f"max_batch_tokens='{raw}'" in message
     assert "positive integer" in message and "max_batch_tokens=auto" in message
+
+
+def test_token_budgets_are_the_default_and_hflm_hands_over_whole_calls():
+    """With a budget, HFLM's rolling/generation loops must not chunk by batch_size (the engine
+    batches by tokens); ``off`` hands HFLM the user's batch_size unchanged (stock batching)."""
+    from lm_eval_ext.hf.batching import WHOLE_CALL_REQUESTS
+
+    default = HfExtConfig.from_model_args({"pretrained": "m", "batch_size": "8"})
+    assert default.max_batch_tokens == "auto"
+    assert default.hflm_kwargs(device="cpu", dtype="float32")["batch_size"] == WHOLE_CALL_REQUESTS
+    stock = HfExtConfig.from_model_args({"pretrained": "m", "batch_size": "8", "max_batch_tokens": "off"})
+    assert stock.hflm_kwargs(device="cpu", dtype="float32")["batch_size"] == 8
 
 
 def test_bad_share_contexts_is_rejected():
