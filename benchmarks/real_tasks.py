@@ -103,14 +103,18 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default=str(ROOT / ".models" / "smollm2-135m"))
     parser.add_argument("--data-dir", type=Path, default=ROOT.parent / "shared" / "data")
-    parser.add_argument("--limit", type=int, default=20, help="documents per task (GSM8K: a quarter)")
+    parser.add_argument("--limit", type=int, default=20, help="documents per scoring task")
+    parser.add_argument("--long-limit", type=int, default=4, help="documents of WikiText-2 and GSM8K")
     parser.add_argument("--mmlu-subjects", type=int, default=2)
     parser.add_argument("--repetitions", type=int, default=1)
     parser.add_argument("--generation-sizes", default="1,8")
+    parser.add_argument("--stock-sizes", default="1,8,16,32", help="stock batch sizes on scoring tasks")
     parser.add_argument("--out", default="real_tasks.json")
     args = parser.parse_args(argv)
     limits = {name: args.limit for name in (real_tasks.ARC, "mmlu", real_tasks.LAMBADA)}
-    limits |= {real_tasks.WIKITEXT: max(1, args.limit // 4), real_tasks.GSM8K: max(1, args.limit // 4)}
+    limits |= {real_tasks.WIKITEXT: args.long_limit, real_tasks.GSM8K: args.long_limit}
+    global STOCK_SIZES
+    STOCK_SIZES = tuple(int(n) for n in args.stock_sizes.split(","))
     result = compare(args.model, args.data_dir, limits=limits, repetitions=args.repetitions,
                      num_mmlu_subjects=args.mmlu_subjects, timeout_s=1800,
                      generation_sizes=tuple(int(n) for n in args.generation_sizes.split(",")))
