@@ -59,9 +59,6 @@ from dataclasses import dataclass, field
 #: and its mask and scores grow with the square of the width.
 DEFAULT_ROW_TOKENS = 1024
 
-#: A request count no call reaches: "hand the engine every request of the call at once".
-WHOLE_CALL_REQUESTS = 1 << 30
-
 #: What one more forward costs beyond its tokens, in tokens: one 128-token row runs at 478
 #: tokens/s, 32 of them at 650 (SmolLM2-135M, this CPU), i.e. ~70 ms or ~45 tokens per forward
 #: of fixed cost (Python, kernel launches, weights streamed once per forward).

@@ -7,7 +7,6 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from lm_eval_ext.hf.batching import WHOLE_CALL_REQUESTS
 from lm_eval_ext.hf.prompt_lookup import DEFAULT_DRAFT_TOKENS
 from lm_eval_ext.model_args import as_str, as_bool, as_int, optional, positive_int, one_of, cache_mode, batch_size, batch_tokens, arg, parse_fields
 
@@ -88,10 +87,6 @@ class HfExtConfig:
             f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.metadata.get("hflm", True)
         }
         kwargs.update(device=device, dtype=dtype)
-        if self.max_batch_tokens is not None:
-            # HFLM's rolling and generation loops cut requests into batch_size chunks before the
-            # engine sees them; one chunk per call lets the engine batch by tokens instead
-            kwargs["batch_size"] = WHOLE_CALL_REQUESTS
         if kwargs["attn_implementation"] is None:
             del kwargs["attn_implementation"]  # HFLM forwards extra kwargs to from_pretrained
         return kwargs

@@ -24,16 +24,12 @@ def test_bad_max_batch_tokens_names_field_value_and_fix(raw):
     assert "positive integer" in message and "max_batch_tokens=auto" in message
 
 
-def test_token_budgets_are_the_default_and_hflm_hands_over_whole_calls():
-    """With a budget, HFLM's rolling/generation loops must not chunk by batch_size (the engine
-    batches by tokens); ``off`` hands HFLM the user's batch_size unchanged (stock batching)."""
-    from lm_eval_ext.hf.batching import WHOLE_CALL_REQUESTS
-
+def test_token_budgets_are_the_default_and_off_keeps_stock_batching():
     default = HfExtConfig.from_model_args({"pretrained": "m", "batch_size": "8"})
     assert default.max_batch_tokens == "auto"
-    assert default.hflm_kwargs(device="cpu", dtype="float32")["batch_size"] == WHOLE_CALL_REQUESTS
     stock = HfExtConfig.from_model_args({"pretrained": "m", "batch_size": "8", "max_batch_tokens": "off"})
-    assert stock.hflm_kwargs(device="cpu", dtype="float32")["batch_size"] == 8
+    assert stock.max_batch_tokens is None
+    assert stock.hflm_kwargs(device="cpu", dtype="float32")["batch_size"] == 8  # handed to HFLM as given
 
 
 def test_bad_share_contexts_is_rejected():
