@@ -229,7 +229,7 @@ class HfExtLM(HFLM):
         call reaches, so they hand the engine every window / every request of one ``gen_kwargs``
         group at once (not ``batch_size`` chunks); the engine batches them by tokens. Everything
         else (until, max_gen_toks, chat templates, truncation, output order) stays HFLM's."""
-        if self.ext_config.max_batch_tokens is None:
+        if self.engine.budgets.max_batch_tokens is None:  # off: stock chunks (auto sizes: HFLM asks us)
             yield
             return
         saved = self.batch_size_per_gpu
