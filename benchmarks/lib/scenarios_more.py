@@ -145,3 +145,9 @@ def compare_hf(ctx: Context) -> dict:
 def compare_vllm(ctx: Context) -> dict:
     require_vllm()
     return _plugin("compare_vllm", ctx)
+
+
+@scenario("real-tasks", "real tasks (ARC-Easy, MMLU 5-shot, LAMBADA, WikiText-2, GSM8K): stock hf's best fixed "
+          "batch_size vs hf_ext defaults")
+def real_tasks(ctx: Context) -> dict:
+    return _plugin("real_tasks", ctx)

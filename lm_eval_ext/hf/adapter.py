@@ -9,6 +9,8 @@ store as results arrive.
 
 from __future__ import annotations
 
+import contextlib
+
 import enum
 import functools
 import logging
@@ -70,9 +72,16 @@ class HfExtLM(HFLM):
             max_batch_tokens=config.max_batch_tokens, share_contexts=config.share_contexts,
             prompt_lookup_num_tokens=config.prompt_lookup_num_tokens, strategy=self._layout.strategy_name,
         ))
-        if config.max_batch_tokens is not None and isinstance(self.batch_size, int) and self.batch_size != 1:
-            logger.warning("max_batch_tokens=%s decides batch sizes; batch_size=%s is not used",
-                           config.max_batch_tokens, self.batch_size)
+        self._log_batching_once(config)
+
+    def _log_batching_once(self, config: HfExtConfig) -> None:
+        """Rank 0 says which budget batches requests and that ``batch_size`` does not (lm-eval
+        always passes one); a ``batch_size`` the user chose is a warning."""
+        if self.rank != 0 or config.max_batch_tokens is None:
+            return
+        log = logger.warning if self.batch_size not in (1, None) else logger.info
+        log("hf_ext batches every request type by tokens (max_batch_tokens=%s); batch_size=%s is not used "
+            "(max_batch_tokens=off restores stock batching by batch_size)", config.max_batch_tokens, self.batch_size)
 
     def _adopt_launcher_ranks(self) -> None:
         """Shard documents over every process of the launch, GPUs or not.
@@ -187,7 +196,24 @@ class HfExtLM(HFLM):
         if not todo and request_type == "generate_until":  # HFLM would return at once; join the agreement
             self.engine.budgets.join_agreement("generate_until")
             return []
-        return getattr(HFLM, request_type)(self, todo, disable_tqdm=disable_tqdm)
+        with self._whole_calls():
+            return getattr(HFLM, request_type)(self, todo, disable_tqdm=disable_tqdm)
+
+    @contextlib.contextmanager
+    def _whole_calls(self):
+        """While a token budget is on, HFLM's rolling and generation loops see a batch size no
+        call reaches, so they hand the engine every window / every request of one ``gen_kwargs``
+        group at once (not ``batch_size`` chunks); the engine batches them by tokens. Everything
+        else (until, max_gen_toks, chat templates, truncation, output order) stays HFLM's."""
+        if self.engine.budgets.max_batch_tokens is None:  # off: stock chunks (auto sizes: HFLM asks us)
+            yield
+            return
+        saved = self.batch_size_per_gpu
+        self.batch_size_per_gpu = WHOLE_CALL
+        try:
+            yield
+        finally:
+            self.batch_size_per_gpu = saved
 
     def _compute_is_collective(self, request_type: str) -> bool:
         """Every rank must enter the computation when any does if it gathers across ranks: HFLM's

@@ -1,18 +1,51 @@
 """PURE: how scoring and generation requests become batches (no torch in here).
 
-Loglikelihood requests are packed as *prefix trees*: requests are sorted by their input tokens, so
-requests that share a context (the choices of one multiple-choice item, a few-shot prefix shared by
-many items) sit next to each other, and each row of a batch holds a trie of them. A shared prefix
-is then one set of nodes computed once; each node attends only to its ancestors (see
-``scoring.tree_attention_mask``) and sits at position = its depth, which is exactly the position it
-has in the unshared sequence. A row that holds one request is the stock layout.
+Loglikelihood requests are packed as *prefix trees*. Requests are sorted by their input tokens and
+grouped into *items*: the requests that share one context (the choices of one multiple-choice
+item). An item is always one tree in one row: its context nodes are computed once and each choice
+hangs under them. Each node attends only to its ancestors (``scoring.tree_attention_mask``) and
+sits at position = its depth, exactly its position in the unshared sequence. A row holding one
+request is the stock layout.
 
-Worked example (``max_batch_tokens=12``, ``row_tokens=8``)::
+Whether *different* items share a row is decided by a cost model, because sharing is not free:
+a row that is a plain chain runs with causal attention (the fused kernel skips the masked half),
+while a tree row needs a dense ``[width, width]`` mask that every layer reads, and the attention
+of each of its nodes spans the whole row. In units of "one token through the decoder's linear
+layers", a row of ``W`` nodes costs::
+
+    cost(W) = W + a * W**2       a = CostModel.chain_pair_tokens   (chain, causal kernel)
+                                 a = CostModel.masked_pair_tokens  (tree, 4D mask)
+
+An item of ``n`` nodes joins the current row (``W`` nodes, ``s`` of the item's nodes already there:
+its common prefix with the row's last request) only when that is cheaper than its own row::
+
+    cost_masked(W + n - s) - cost_row(W)  <  (1 - f) * cost_item(n)     f = min_saving_fraction
+
+and the row stays within ``row_tokens``. The margin ``f`` (a quarter) pays for what a row's own
+cost cannot see: a wider row pads the shorter rows batched with it. Worked examples with
+SmolLM2-135M's measured constants (chain 2.0e-4, masked 5.0e-4; see :class:`CostModel`):
+
+- ARC-Easy 0-shot: items of ``n = 30`` nodes share ``s = 2`` template tokens ("Question:"). With a
+  (masked) row of ``W = 120``: ``28 + 5e-4 * (148**2 - 120**2)`` = 31.8 against
+  ``0.75 * (30 + 5e-4 * 30**2)`` = 22.8 for its own row (multi-token choices make it a tree): every
+  item gets its own row, and its choices still share its question.
+- MMLU 5-shot (``first_n``): a shared prefix of ``P = 500`` tokens, items of ``q = 100`` new
+  tokens. Adding an item to a masked row of ``W`` tokens costs ``100 + 5e-4 * (200 W + 100**2)``
+  against ``0.75 * (600 + 2e-4 * 600**2)`` = 504 alone: items join while ``W`` < ~3,900, so
+  rows fill up to ``row_tokens`` (1,024): 5 items per row at ~300 token-costs each, not 672.
+- Rolling windows: a request whose context is one token (a rolling window, or an empty context
+  given the prefix token) is an item of its own: the windows of many documents would otherwise
+  all be one "item" under that token. They share one token at most, so each gets its own row;
+  rows are batched longest first and long rows only with rows of nearly their length
+  (:func:`pack_batches`), so padding stays near zero. Packing several windows into one
+  block-diagonal row would need the dense mask, measured 3-27 % slower per token than causal
+  attention at 256-2,048 tokens (the end-to-end comparison was not run).
+
+A batch is rows padded to its longest row; rows x padded length stays <= ``max_batch_tokens``::
 
     a = [5, 6, 7] + [1]      b = [5, 6, 7] + [2]     c = [5, 6, 9]
-    sorted inputs a, b, c -> one row: 5 6 7 1 2 9  (6 nodes: 5 6 7 shared by all three,
-    1 and 2 hang under 7, 9 under 6); a batch is rows padded to its longest row, and
-    rows x padded length must stay <= max_batch_tokens.
+    sorted inputs a, b, c -> one row: 5 6 7 9 (a and b are one item; c shares 5 6, a saving of
+    2 of its 3 tokens that outweighs the mask)
 """
 
 from __future__ import annotations
@@ -20,12 +53,36 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-#: Longest packed row we build on purpose. A packed row is attended densely (a custom mask rules
-#: out fused causal kernels), so attention work grows with row length squared; for models of
-#: the SmolLM2/Llama shape the attention share stays near 15 % at 512 tokens while a shared
-#: few-shot prefix is still amortised over ~10 items. A single request longer than this gets
-#: its own row of its own length.
-DEFAULT_ROW_TOKENS = 512
+#: Longest packed row we build on purpose (a single item longer than this gets its own row of
+#: its own length). Past ~1,000 tokens a masked row's attention grows faster than sharing saves
+#: (measured here: 758 tokens/s at 512, 647 at 1,024, 454 at 2,048 for the decoder with a 4D mask)
+#: and its mask and scores grow with the square of the width.
+DEFAULT_ROW_TOKENS = 1024
+
+#: What one more forward costs beyond its tokens, in tokens: one 128-token row runs at 478
+#: tokens/s, 32 of them at 650 (SmolLM2-135M, this CPU), i.e. ~70 ms or ~45 tokens per forward
+#: of fixed cost (Python, kernel launches, weights streamed once per forward).
+BATCH_OVERHEAD_TOKENS = 48
+#: Most rows one batch holds (bounds the batch-cut search to rows x this many steps).
+MAX_BATCH_ROWS = 512
+
+
+@dataclass(frozen=True)
+class CostModel:
+    """Attention cost per (query node, key node) pair, in units of one token through the linear
+    layers. Defaults measured on the project's CPU with SmolLM2-135M float32 (decoder at 256 to
+    2,048 tokens per row, 4,096 tokens per batch): 841 -> 625 tokens/s causal, 820 -> 454 masked.
+    """
+
+    chain_pair_tokens: float = 2.0e-4
+    masked_pair_tokens: float = 5.0e-4
+    #: A join must save this fraction of the item's own-row cost: a longer row also pads the
+    #: shorter rows of its batch, which the row's own cost does not see.
+    min_saving_fraction: float = 0.25
+
+    def row_cost(self, width: int, masked: bool) -> float:
+        pair = self.masked_pair_tokens if masked else self.chain_pair_tokens
+        return width + pair * width * width
 
 
 @dataclass(frozen=True)
@@ -45,40 +102,59 @@ class ScoreRequest:
     def useful_tokens(self) -> int:
         return len(self.input_tokens)
 
+    @property
+    def context_tokens(self) -> tuple[int, ...]:
+        """The input up to and including the position that predicts the first continuation token."""
+        return self.input_tokens[: len(self.input_tokens) - len(self.continuation_tokens) + 1]
+
 
 @dataclass
 class Row:
-    """A prefix tree flattened in insertion order (a parent always precedes its children)."""
+    """A prefix tree flattened in insertion order (a parent always precedes its children).
+
+    Each inserted request adds one contiguous *segment* of nodes, a chain hanging under one
+    node already in the row; masks are built per segment, not per node.
+    """
 
     tokens: list[int] = field(default_factory=list)
     parents: list[int] = field(default_factory=list)  # -1 for a root
     depths: list[int] = field(default_factory=list)
     #: per request: (request, node index of each input position that predicts a continuation token)
     targets: list[tuple[ScoreRequest, list[int]]] = field(default_factory=list)
+    #: (first node, end node, parent of the first node or -1) of each segment
+    segments: list[tuple[int, int, int]] = field(default_factory=list)
     #: node path of the last request inserted, to share its prefix with the next one
     _last_path: list[int] = field(default_factory=list)
 
     def __len__(self) -> int:
         return len(self.tokens)
 
-    def added_tokens(self, request: ScoreRequest, share: bool) -> int:
-        """Nodes that inserting ``request`` would add (sorted insertion: the previous path holds
+    @property
+    def is_chain(self) -> bool:
+        """Every node's parent is the node before it: causal attention is the ancestor relation."""
+        return all(parent == start - 1 for start, _, parent in self.segments)
+
+    def shared_tokens(self, request: ScoreRequest, share: bool) -> int:
+        """Nodes of ``request`` already in the row (sorted insertion: the previous path holds
         the longest common prefix with any request already in the row)."""
         if not share or not self.targets:
-            return len(request.input_tokens)
-        prev = self.targets[-1][0].input_tokens
-        return len(request.input_tokens) - common_prefix_tokens(prev, request.input_tokens)
+            return 0
+        return common_prefix_tokens(self.targets[-1][0].input_tokens, request.input_tokens)
+
+    def added_tokens(self, request: ScoreRequest, share: bool) -> int:
+        return len(request.input_tokens) - self.shared_tokens(request, share)
 
     def insert(self, request: ScoreRequest, share: bool) -> None:
-        shared = 0
-        if share and self.targets:
-            shared = common_prefix_tokens(self.targets[-1][0].input_tokens, request.input_tokens)
+        shared = self.shared_tokens(request, share)
         path = self._last_path[:shared]
-        for depth in range(shared, len(request.input_tokens)):
-            self.parents.append(path[-1] if path else -1)
-            self.depths.append(depth)
-            self.tokens.append(request.input_tokens[depth])
-            path.append(len(self.tokens) - 1)
+        start = len(self.tokens)
+        new = len(request.input_tokens) - shared
+        if new:
+            self.segments.append((start, start + new, path[-1] if path else -1))
+            self.parents.extend([path[-1] if path else -1] + list(range(start, start + new - 1)))
+            self.depths.extend(range(shared, len(request.input_tokens)))
+            self.tokens.extend(request.input_tokens[shared:])
+            path = path + list(range(start, start + new))
         num_scored = len(request.continuation_tokens)
         self.targets.append((request, path[len(path) - num_scored :]))
         self._last_path = path
@@ -117,62 +193,111 @@ def common_prefix_tokens(a: Sequence[int], b: Sequence[int]) -> int:
     return i
 
 
-def pack_rows(
-    requests: Sequence[ScoreRequest], *, row_tokens: int, share: bool
-) -> list[Row]:
-    """Sort by input tokens and fill rows up to ``row_tokens`` nodes (one request per row when
-    ``share`` is off). A request never spans two rows."""
+def group_items(requests: Sequence[ScoreRequest]) -> list[list[ScoreRequest]]:
+    """Sorted requests grouped by context, groups in the order of their first request. A
+    one-token context (rolling windows, empty contexts) makes an item of its own."""
     ordered = sorted(requests, key=lambda r: (r.input_tokens, r.continuation_tokens, r.index))
+    groups: dict[object, list[ScoreRequest]] = {}
+    for request in ordered:
+        context = request.context_tokens
+        key = context if len(context) > 1 else ("alone", request.index)
+        groups.setdefault(key, []).append(request)
+    return list(groups.values())
+
+
+def item_tree(item: Sequence[ScoreRequest]) -> Row:
+    row = Row()
+    for request in item:
+        row.insert(request, share=True)
+    return row
+
+
+def joins_row(row: Row, item: Row, shared: int, cost: CostModel) -> bool:
+    """The cost rule of the module docstring: is adding ``item`` to ``row`` cheaper than its own row?"""
+    width = len(row) + len(item) - shared
+    extends_chain = row.is_chain and item.is_chain and shared == len(row) and shared > 0
+    merged = cost.row_cost(width, masked=not extends_chain)
+    alone = cost.row_cost(len(item), masked=not item.is_chain)
+    return merged - cost.row_cost(len(row), masked=not row.is_chain) < (1 - cost.min_saving_fraction) * alone
+
+
+def pack_rows(
+    requests: Sequence[ScoreRequest], *, row_tokens: int, share: bool, cost: CostModel | None = None
+) -> list[Row]:
+    """Group requests into items (one tree each) and put items together in a row only when the
+    cost rule says so and the row stays within ``row_tokens``; ``share=False``: one request per
+    row (the stock layout). An item never spans two rows."""
+    cost = cost or CostModel()
+    if not share:
+        ordered = sorted(requests, key=lambda r: (r.input_tokens, r.continuation_tokens, r.index))
+        return [item_tree([r]) for r in ordered]
     rows: list[Row] = []
     current = Row()
-    for request in ordered:
-        grow = current.added_tokens(request, share)
-        if current.targets and (not share or len(current) + grow > row_tokens):
+    for item in group_items(requests):
+        tree = item_tree(item)
+        shared = current.shared_tokens(item[0], share=True)
+        fits = len(current) + len(tree) - shared <= row_tokens
+        if current.targets and not (fits and joins_row(current, tree, shared, cost)):
             rows.append(current)
             current = Row()
-        current.insert(request, share)
+        for request in item:
+            current.insert(request, share=True)
     if current.targets:
         rows.append(current)
     return rows
 
 
 def pack_batches(
-    rows: Sequence[Row], *, max_batch_tokens: int | None, max_batch_requests: int | None = None
+    rows: Sequence[Row], *, max_batch_tokens: int | None, max_batch_requests: int | None = None,
+    overhead_tokens: int | None = None,
 ) -> list[Batch]:
-    """Longest rows first; each batch holds rows while rows x longest <= ``max_batch_tokens``
-    and (if given) its requests <= ``max_batch_requests``. A row over budget travels alone."""
+    """Cut the rows, longest first, into batches of at most ``max_batch_tokens`` padded tokens
+    (rows x longest) and (if given) ``max_batch_requests`` requests; a row over budget travels
+    alone.
+
+    Padding costs as much as a real token and every forward a fixed overhead
+    (:data:`BATCH_OVERHEAD_TOKENS`), so the cut points minimise ``padded tokens + overhead x
+    batches`` (dynamic programming over the sorted rows) instead of filling each batch
+    greedily: a batch of rows of 90 and 25 tokens would pad the short ones to 90.
+    """
     ordered = sorted(rows, key=len, reverse=True)
-    batches: list[Batch] = []
-    current: list[Row] = []
-    num_requests = 0
-    for row in ordered:
-        longest = len(current[0]) if current else len(row)
-        fits_tokens = max_batch_tokens is None or (len(current) + 1) * longest <= max_batch_tokens
-        fits_count = max_batch_requests is None or num_requests + len(row.targets) <= max_batch_requests
-        if current and not (fits_tokens and fits_count):
-            batches.append(Batch(current))
-            current, num_requests = [], 0
-        current.append(row)
-        num_requests += len(row.targets)
-    if current:
-        batches.append(Batch(current))
+    overhead = BATCH_OVERHEAD_TOKENS if overhead_tokens is None else overhead_tokens
+    n = len(ordered)
+    suffix = [float("inf")] * n + [0.0]  # suffix[i]: least cost of packing ordered[i:]
+    cut = [n] * n
+    for i in range(n - 1, -1, -1):
+        longest, num_requests = len(ordered[i]), 0
+        for j in range(i, min(n, i + MAX_BATCH_ROWS)):
+            num_requests += len(ordered[j].targets)
+            over_tokens = max_batch_tokens is not None and (j - i + 1) * longest > max_batch_tokens
+            over_count = max_batch_requests is not None and num_requests > max_batch_requests
+            if j > i and (over_tokens or over_count):
+                break
+            total = (j - i + 1) * longest + overhead + suffix[j + 1]
+            if total <= suffix[i]:  # ties: the larger batch first, as greedy filling would
+                suffix[i], cut[i] = total, j + 1
+    batches, i = [], 0
+    while i < n:
+        batches.append(Batch(ordered[i : cut[i]]))
+        i = cut[i]
     return batches
 
 
 def split_batch(batch: Batch, *, row_tokens: int, share: bool) -> list[Batch]:
-    """Split-on-OOM policy: halve the rows; a single row is re-packed at half its length; a
-    single request cannot be split (``[]`` tells the caller to give up on this request)."""
+    """Split-on-OOM policy: halve the rows; a row of several items is re-packed one item per
+    row; a single item is split into single requests (its sharing is lost, its results are
+    not); a single request cannot be split (``[]`` tells the caller to give up on it)."""
     if len(batch.rows) > 1:
         half = len(batch.rows) // 2
         return [Batch(batch.rows[:half]), Batch(batch.rows[half:])]
     row = batch.rows[0]
     if len(row.targets) == 1:
         return []
-    smaller = max(1, min(row_tokens, len(row)) // 2)
-    rows = pack_rows([r for r, _ in row.targets], row_tokens=smaller, share=share)
-    if len(rows) == 1:  # every request alone already exceeds half: one request per row
-        rows = pack_rows([r for r, _ in row.targets], row_tokens=smaller, share=False)
-    return [Batch([r]) for r in rows]
+    requests = [r for r, _ in row.targets]
+    items = group_items(requests) if share else [[r] for r in requests]
+    if len(items) == 1:
+        items = [[r] for r in requests]
+    return [Batch([item_tree(item)]) for item in items]
 
 
 def lowered_budget(budget_tokens: int, failed_batch_tokens: int) -> int:

@@ -11,6 +11,13 @@ from lm_eval_ext.hf.prompt_lookup import DEFAULT_DRAFT_TOKENS
 from lm_eval_ext.model_args import model_path, as_str, as_bool, as_int, optional, positive_int, one_of, cache_mode, batch_size, batch_tokens, arg, parse_fields
 
 
+def batch_tokens_or_off(name: str, value: Any) -> int | str | None:
+    """``max_batch_tokens``: ``auto``, a positive token count, or ``off`` (stock batching)."""
+    if str(value).strip().lower() in ("off", "none"):
+        return None
+    return batch_tokens(name, value)
+
+
 @dataclass(frozen=True)
 class HfExtConfig:
     """Everything ``hf_ext`` accepts in ``model_args``.
@@ -57,7 +64,9 @@ class HfExtConfig:
     )
     # scoring engine (lm_eval_ext.hf.engine)
     max_batch_tokens: int | str | None = arg(
-        optional(batch_tokens), None, "padded tokens per batch, or auto (default: auto with batch_size=auto)",
+        optional(batch_tokens_or_off), "auto",
+        "padded tokens per batch of every request type: auto (sized from free memory on CPU, probed "
+        "on GPUs), a number, or off (stock request-count batching by batch_size)",
         hflm=False,
     )
     share_contexts: bool = arg(as_bool, True, "score requests sharing a prefix from one pass over it",

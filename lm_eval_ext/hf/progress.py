@@ -2,16 +2,23 @@
 
 from __future__ import annotations
 
+import os
 import time
 
 from tqdm import tqdm
+
+
+def tqdm_disabled_by_env() -> bool:
+    """``TQDM_DISABLE`` set to anything but empty/0/false (tqdm's own reading of the variable
+    applies only where ``disable`` is not passed, and we pass it)."""
+    return os.environ.get("TQDM_DISABLE", "").strip().lower() not in ("", "0", "false", "no")
 
 
 class CallProgress:
     """tqdm over requests, with computed tokens per second in the postfix."""
 
     def __init__(self, request_type: str, total_requests: int, *, disable: bool) -> None:
-        self._bar = tqdm(total=total_requests, disable=disable, unit="req",
+        self._bar = tqdm(total=total_requests, disable=disable or tqdm_disabled_by_env(), unit="req",
                          desc=f"hf_ext {request_type}")
         self._start_s = time.perf_counter()
         self._tokens = 0

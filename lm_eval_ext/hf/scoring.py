@@ -8,9 +8,9 @@ padded position, and the ``[batch, length, vocab]`` log-softmax is its largest t
 from __future__ import annotations
 
 from dataclasses import dataclass
+from contextlib import AbstractContextManager, nullcontext
 from typing import Any
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -54,26 +54,24 @@ def split_model(model: Any) -> ModelParts:
     return ModelParts(model, decoder, head, tree_ok)
 
 
-def _is_chain(row: Row) -> bool:
-    return all(p == i - 1 for i, p in enumerate(row.parents))
-
-
 def tree_attention_mask(rows: list[Row], width: int, dtype: torch.dtype) -> torch.Tensor:
     """Additive mask ``[rows, 1, width, width]``: node i sees itself and its ancestors.
 
-    Padding nodes see only themselves: a fully masked query row would be NaN, and a NaN value
-    leaks into real rows through ``0 * NaN`` in the attention product.
+    Built per segment (one per inserted request, ``Row.segments``): a segment's nodes see what
+    its parent node sees plus the segment up to themselves. Padding nodes see only themselves:
+    a fully masked query row would be NaN, and a NaN value leaks into real rows through
+    ``0 * NaN`` in the attention product.
     """
-    allowed = np.zeros((len(rows), width, width), dtype=bool)
+    allowed = torch.zeros((len(rows), width, width), dtype=torch.bool)
+    causal = torch.ones((width, width), dtype=torch.bool).tril_()
     for r, row in enumerate(rows):
-        for i, parent in enumerate(row.parents):
+        for start, end, parent in row.segments:
             if parent >= 0:
-                allowed[r, i, : parent + 1] = allowed[r, parent, : parent + 1]
-            allowed[r, i, i] = True
-        for i in range(len(row), width):
-            allowed[r, i, i] = True
+                allowed[r, start:end, : parent + 1] = allowed[r, parent, : parent + 1]
+            allowed[r, start:end, start:end] = causal[: end - start, : end - start]
+        allowed[r, len(row):, len(row):] = torch.eye(width - len(row), dtype=torch.bool)
     mask = torch.zeros(allowed.shape, dtype=dtype)
-    mask.masked_fill_(torch.from_numpy(~allowed), torch.finfo(dtype).min)
+    mask.masked_fill_(~allowed, torch.finfo(dtype).min)
     return mask.unsqueeze(1)
 
 
@@ -88,7 +86,7 @@ def batch_inputs(batch: Batch, parts: ModelParts, device: Any, dtype: torch.dtyp
     for r, row in enumerate(batch.rows):
         ids[r, : len(row)] = torch.tensor(row.tokens, dtype=torch.long)
     inputs = {"input_ids": ids.to(device)}
-    if all(_is_chain(row) for row in batch.rows):
+    if all(row.is_chain for row in batch.rows):
         return inputs
     if not parts.supports_tree_mask:
         raise ValueError("packed rows need an attention implementation that accepts 4D masks")
@@ -109,6 +107,11 @@ def _target_index(batch: Batch) -> tuple[list[int], list[int]]:
     return rows_idx, nodes_idx
 
 
+#: Target positions per LM-head chunk: bounds the ``[targets, vocab]`` logits and log-softmax
+#: (a 5,000-token rolling window at a 49k vocabulary would be 2 x 1 GB in float32) to ~200 MB.
+HEAD_CHUNK_TOKENS = 1024
+
+
 def execution_device(module: torch.nn.Module) -> torch.device:
     """Where a module computes: an offloaded module (device_map with disk/CPU offload) keeps its
     weight on the meta device and runs on its accelerate hook's execution device."""
@@ -116,15 +119,36 @@ def execution_device(module: torch.nn.Module) -> torch.device:
     return torch.device(device) if device is not None else module.weight.device
 
 
-def target_logits(parts: ModelParts, inputs: dict, batch: Batch) -> torch.Tensor:
-    """Logits ``[num_targets, vocab]`` at the continuation-predicting positions, in row order."""
+def target_hidden(parts: ModelParts, inputs: dict, batch: Batch) -> tuple[torch.Tensor, bool]:
+    """Hidden states (split model) or logits (whole model) at the continuation-predicting
+    positions, ``[num_targets, hidden or vocab]`` in row order; the flag says which."""
     rows_idx, nodes_idx = _target_index(batch)
     if parts.split:
         hidden = parts.decoder(**inputs, use_cache=False).last_hidden_state
-        picked = hidden[rows_idx, nodes_idx]
-        return parts.head(picked.to(execution_device(parts.head)))
+        return hidden[rows_idx, nodes_idx], True
     logits = parts.model(**inputs, use_cache=False).logits
-    return logits[rows_idx, nodes_idx]
+    return logits[rows_idx, nodes_idx], False
+
+
+def target_logprobs(parts: ModelParts, picked: torch.Tensor, is_hidden: bool, wanted: list[int],
+                    softmax_dtype: torch.dtype | None,
+                    autocast: AbstractContextManager | None = None) -> tuple[torch.Tensor, list[int]]:
+    """Log-probability of each wanted token and the greedy token, head and log-softmax applied
+    :data:`HEAD_CHUNK_TOKENS` positions at a time (the same values, a bounded peak). The head
+    runs under ``autocast``, the log-softmax outside it, as in stock scoring."""
+    logprob_parts, greedy = [], []
+    for start in range(0, picked.shape[0], HEAD_CHUNK_TOKENS):
+        chunk = picked[start : start + HEAD_CHUNK_TOKENS]
+        if is_hidden:
+            with autocast or nullcontext():
+                logits = parts.head(chunk.to(execution_device(parts.head)))
+        else:
+            logits = chunk
+        logprobs = F.log_softmax(logits, dim=-1, dtype=softmax_dtype)
+        greedy.extend(logprobs.argmax(dim=-1).tolist())
+        want = torch.tensor(wanted[start : start + HEAD_CHUNK_TOKENS], dtype=torch.long, device=logprobs.device)
+        logprob_parts.append(logprobs.gather(1, want.unsqueeze(1)).squeeze(1))
+    return torch.cat(logprob_parts), greedy
 
 
 @torch.no_grad()
@@ -140,19 +164,17 @@ def score_batch(
     dtype = next(parts.model.parameters()).dtype
     inputs = batch_inputs(batch, parts, device, autocast_dtype or dtype)
     device_type = torch.device(device).type
-    with torch.autocast(device_type=device_type, dtype=autocast_dtype, enabled=autocast_dtype is not None):
-        logits = target_logits(parts, inputs, batch)
-    logprobs = F.log_softmax(logits, dim=-1, dtype=softmax_dtype)
-    greedy = logprobs.argmax(dim=-1).tolist()
     wanted = [t for row in batch.rows for r, _ in row.targets for t in r.continuation_tokens]
-    wanted_t = torch.tensor(wanted, dtype=torch.long, device=logprobs.device)
-    picked = logprobs.gather(1, wanted_t.unsqueeze(1)).squeeze(1)
+    autocast = torch.autocast(device_type=device_type, dtype=autocast_dtype, enabled=autocast_dtype is not None)
+    with autocast:
+        picked, is_hidden = target_hidden(parts, inputs, batch)
+    logprobs, greedy = target_logprobs(parts, picked, is_hidden, wanted, softmax_dtype, autocast)
     results: dict[int, tuple[float, bool]] = {}
     start = 0
     for row in batch.rows:
         for request, nodes in row.targets:
             end = start + len(nodes)
             is_greedy = greedy[start:end] == wanted[start:end]
-            results[request.index] = (float(picked[start:end].sum()), bool(is_greedy))
+            results[request.index] = (float(logprobs[start:end].sum()), bool(is_greedy))
             start = end
     return results

@@ -8,8 +8,12 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from lm_eval_ext.hf.batching import ScoreRequest, pack_batches, pack_rows  # noqa: E402
-from lm_eval_ext.hf.scoring import score_batch, split_model  # noqa: E402
+from lm_eval_ext.hf import scoring  # noqa: E402
+from lm_eval_ext.hf.batching import CostModel, ScoreRequest, pack_batches, pack_rows  # noqa: E402
+from lm_eval_ext.hf.scoring import score_batch, split_model, tree_attention_mask  # noqa: E402
+
+#: a cost model under which every item joins the row: packed trees of unrelated items
+ALWAYS_SHARE = CostModel(0.0, 0.0, 0.0)
 
 
 @pytest.fixture(scope="module")
@@ -44,15 +48,18 @@ def make_requests(model, seed=0):
     return requests
 
 
-@pytest.mark.parametrize("share, row_tokens, budget", [
-    (False, 512, None), (False, 512, 40), (True, 512, None), (True, 64, 128), (True, 16, 16),
+@pytest.mark.parametrize("share, row_tokens, budget, cost, head_chunk", [
+    (False, 512, None, None, 1024), (False, 512, 40, None, 1024), (True, 512, None, None, 1024),
+    (True, 512, None, ALWAYS_SHARE, 1024), (True, 64, 128, ALWAYS_SHARE, 3), (True, 16, 16, ALWAYS_SHARE, 1024),
 ])
-def test_every_layout_matches_the_plain_forward(model, share, row_tokens, budget):
+def test_every_layout_matches_the_plain_forward(model, monkeypatch, share, row_tokens, budget, cost, head_chunk):
+    monkeypatch.setattr(scoring, "HEAD_CHUNK_TOKENS", head_chunk)
     requests = make_requests(model)
     parts = split_model(model)
     assert parts.split and parts.supports_tree_mask
     got = {}
-    for batch in pack_batches(pack_rows(requests, row_tokens=row_tokens, share=share), max_batch_tokens=budget):
+    rows = pack_rows(requests, row_tokens=row_tokens, share=share, cost=cost)
+    for batch in pack_batches(rows, max_batch_tokens=budget):
         got.update(score_batch(parts, batch, device="cpu", softmax_dtype=None, autocast_dtype=None))
     assert sorted(got) == list(range(len(requests)))
     for request in requests:
@@ -71,3 +78,19 @@ def test_models_with_logit_postprocessing_keep_their_own_forward(model, monkeypa
     got = score_batch(parts, batch, device="cpu", softmax_dtype=None, autocast_dtype=None)
     for request in requests:  # llama ignores the attribute, so the plain forward is the reference
         assert got[request.index][0] == pytest.approx(reference(model, request)[0], abs=1e-5)
+
+
+def test_tree_mask_is_the_ancestor_relation(model):
+    """The per-segment mask equals the mask read node by node from the parents."""
+    rows = pack_rows(make_requests(model, seed=4), row_tokens=200, share=True, cost=ALWAYS_SHARE)
+    width = max(len(r) for r in rows) + 3
+    got = tree_attention_mask(rows, width, torch.float32)[:, 0] == 0
+    for r, row in enumerate(rows):
+        want = torch.zeros((width, width), dtype=torch.bool)
+        for i in range(width):
+            node = i
+            while 0 <= node < len(row):
+                want[i, node] = True
+                node = row.parents[node]
+            want[i, i] = True
+        assert torch.equal(got[r], want)

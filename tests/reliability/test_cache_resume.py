@@ -23,10 +23,11 @@ pytestmark = pytest.mark.skipif(
 LIMIT = 6  # documents per task: 24 loglikelihood + 6 generate_until + 6 rolling requests
 TOTAL_REQUESTS = 36
 # The kill test needs a run long enough for 10 kills to land inside it: the scoring engine does
-# the 6-document workload in a few tens of ms, so it scores 12 documents one request per batch.
+# the 6-document workload in a few tens of ms, so it scores 12 documents one request per batch
+# (stock request-count batching at batch_size=1: token budgets are the default otherwise).
 KILL_LIMIT = 12  # 48 loglikelihood + 12 generate_until + 12 rolling requests
 KILL_TOTAL_REQUESTS = 72
-KILL_MODEL_ARGS = ",share_contexts=false"
+KILL_MODEL_ARGS = ",share_contexts=false,max_batch_tokens=off"
 ENV = {"HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
 
 

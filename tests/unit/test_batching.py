@@ -7,8 +7,8 @@ import random
 import pytest
 
 from lm_eval_ext.hf.batching import (
-    Batch, GenerationRequest, ScoreRequest, common_prefix_tokens, lowered_budget, pack_batches,
-    pack_generation, pack_rows, split_batch,
+    BATCH_OVERHEAD_TOKENS, Batch, CostModel, GenerationRequest, ScoreRequest, common_prefix_tokens, group_items, lowered_budget,
+    pack_batches, pack_generation, pack_rows, split_batch,
 )
 
 
@@ -44,13 +44,92 @@ def test_unshared_rows_hold_one_request_each():
     assert all(r.parents == [-1, 0, 1, 2] for r in rows)
 
 
-def test_rows_never_exceed_row_tokens_unless_one_request_is_longer():
+def test_rows_never_exceed_row_tokens_unless_one_item_is_longer():
     rng = random.Random(0)
     requests = [req(i, [rng.randrange(9) for _ in range(rng.randrange(1, 30))], [1]) for i in range(200)]
     requests.append(req(200, list(range(50)), [1]))
-    rows = pack_rows(requests, row_tokens=32, share=True)
-    assert all(len(r) <= 32 or len(r.targets) == 1 for r in rows)
+    rows = pack_rows(requests, row_tokens=32, share=True, cost=CostModel(0.0, 0.0, 0.0))
+    assert all(len(r) <= 32 or len(group_items([q for q, _ in r.targets])) == 1 for r in rows)
     assert sorted(r.index for row in rows for r, _ in row.targets) == list(range(201))
+
+
+def mc_items(num_items, *, prefix, question_tokens, choice_tokens, seed=0):
+    """Multiple-choice items: ``prefix`` + a question, four choices of ``choice_tokens`` tokens."""
+    rng = random.Random(seed)
+    out = []
+    for _ in range(num_items):
+        context = list(prefix) + [rng.randrange(100, 900) for _ in range(question_tokens)]
+        for _ in range(4):
+            cont = [rng.randrange(100, 900) for _ in range(choice_tokens)]
+            out.append(req(len(out), (context + cont)[:-1], cont))
+    return out
+
+
+def items_of(rows):
+    return [{q.context_tokens for q, _ in row.targets} for row in rows]
+
+
+@pytest.mark.parametrize("row_tokens", [8, 40, 1024])
+def test_an_item_never_spans_two_rows(row_tokens):
+    requests = mc_items(30, prefix=[1, 2, 3], question_tokens=12, choice_tokens=5)
+    rows = pack_rows(requests, row_tokens=row_tokens, share=True, cost=CostModel(0.0, 0.0, 0.0))
+    contexts = [c for row in items_of(rows) for c in row]
+    assert len(contexts) == len(set(contexts)) == 30
+    assert sorted(r.index for row in rows for r, _ in row.targets) == list(range(120))
+
+
+def test_a_short_shared_template_does_not_pay_for_a_mask():
+    """0-shot multiple choice (ARC-style): items share two template tokens, which saves far less
+    than the quarter of an item a join must save; each item's choices still share its question."""
+    requests = mc_items(20, prefix=[1, 2], question_tokens=25, choice_tokens=4)
+    rows = pack_rows(requests, row_tokens=1024, share=True)
+    assert [len(r.targets) for r in rows] == [4] * 20
+    assert all(len(r) <= 2 + 25 + 4 * 3 for r in rows)  # question once, each choice's own 3 nodes
+    wide = pack_rows(requests, row_tokens=1024, share=True, cost=CostModel(0.0, 0.0, 0.0))
+    assert len(wide) == 1  # what an attention-blind packer would build
+
+
+def test_a_long_shared_prefix_fills_rows():
+    """5-shot multiple choice with one shared prefix (MMLU first_n): items share the rows."""
+    prefix = list(range(1, 501))
+    requests = mc_items(40, prefix=prefix, question_tokens=100, choice_tokens=1)
+    rows = pack_rows(requests, row_tokens=1024, share=True)
+    assert all(len(r) <= 1024 for r in rows)
+    assert 5 <= len(rows) <= 10  # 5 items per row (500 + 5 x 100), not 40 rows of 600
+    assert sum(len(r) for r in rows) < 0.4 * 40 * 600
+
+
+def test_rolling_windows_are_items_of_their_own_and_batch_without_padding():
+    """Windows start with the same prefix token; sharing it is not worth a mask."""
+    rng = random.Random(3)
+    lengths = [rng.randrange(200, 2000) for _ in range(40)]
+    requests = []
+    for i, n in enumerate(lengths):
+        window = [rng.randrange(100, 900) for _ in range(n)]
+        requests.append(req(i, [0] + window[:-1], window))
+    assert len(group_items(requests)) == 40
+    rows = pack_rows(requests, row_tokens=1024, share=True)
+    assert [len(r.targets) for r in rows] == [1] * 40 and all(r.is_chain for r in rows)
+    batches = pack_batches(rows, max_batch_tokens=16384)
+    padded = sum(b.padded_tokens for b in batches)
+    assert padded - sum(lengths) < 0.05 * padded
+    greedy = pack_batches(rows, max_batch_tokens=16384, overhead_tokens=0)  # padding alone decides
+    assert sum(b.padded_tokens for b in greedy) == sum(lengths)
+
+
+def test_batch_cuts_trade_padding_against_forwards():
+    short = [req(i, list(range(1, 1 + n)), [1]) for i, n in enumerate([90, 30, 29, 28, 27, 26])]
+    rows = pack_rows(short, row_tokens=1024, share=False)
+    batches = pack_batches(rows, max_batch_tokens=4096)
+    assert [len(b.rows) for b in batches] == [1, 5]  # not all six padded to 90
+    same = pack_rows([req(i, [1, 2, 3, i + 4], [1]) for i in range(20)], row_tokens=64, share=False)
+    assert len(pack_batches(same, max_batch_tokens=4096)) == 1  # equal rows: one forward
+    many = pack_batches(same, max_batch_tokens=4096, overhead_tokens=BATCH_OVERHEAD_TOKENS)
+    assert len(many) == 1
+
+def test_cost_model_prices_masked_rows_higher():
+    cost = CostModel()
+    assert cost.row_cost(1000, masked=True) > cost.row_cost(1000, masked=False) > 1000
 
 
 @pytest.mark.parametrize("budget", [1, 17, 64, 1000])

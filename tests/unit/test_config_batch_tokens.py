@@ -9,7 +9,8 @@ from lm_eval_ext.hf.config import HfExtConfig
 from lm_eval_ext.errors import ConfigError
 
 
-@pytest.mark.parametrize("raw, parsed", [("4096", 4096), (512, 512), ("auto", "auto"), ("AUTO", "auto"), ("none", None)])
+@pytest.mark.parametrize("raw, parsed", [("4096", 4096), (512, 512), ("auto", "auto"), ("AUTO", "auto"), ("none", None),
+                                        ("off", None), ("OFF", None)])
 def test_max_batch_tokens_values(raw, parsed):
     assert HfExtConfig.from_model_args({"pretrained": "m", "max_batch_tokens": raw}).max_batch_tokens == parsed
 
@@ -21,6 +22,14 @@ def test_bad_max_batch_tokens_names_field_value_and_fix(raw):
     message = str(err.value)
     assert f"max_batch_tokens='{raw}'" in message
     assert "positive integer" in message and "max_batch_tokens=auto" in message
+
+
+def test_token_budgets_are_the_default_and_off_keeps_stock_batching():
+    default = HfExtConfig.from_model_args({"pretrained": "m", "batch_size": "8"})
+    assert default.max_batch_tokens == "auto"
+    stock = HfExtConfig.from_model_args({"pretrained": "m", "batch_size": "8", "max_batch_tokens": "off"})
+    assert stock.max_batch_tokens is None
+    assert stock.hflm_kwargs(device="cpu", dtype="float32")["batch_size"] == 8  # handed to HFLM as given
 
 
 def test_bad_share_contexts_is_rejected():

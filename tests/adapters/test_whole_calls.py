@@ -1,0 +1,60 @@
+"""With the default token budget, HFLM's rolling and generation loops hand the engine every
+request of a call at once (not lm-eval's ``batch_size`` chunks), with stock's results and order;
+``max_batch_tokens=off`` keeps stock's chunks."""
+
+from __future__ import annotations
+
+import pytest
+from tests.adapters.conftest import TASKS_DIR
+
+from lm_eval_ext.hf.adapter import HfExtLM
+
+
+def evaluate(lm, task: str, limit: int) -> dict:
+    from lm_eval import simple_evaluate
+    from lm_eval.tasks import TaskManager
+
+    manager = TaskManager(include_path=[str(TASKS_DIR)], include_defaults=False)
+    out = simple_evaluate(model=lm, tasks=[task], task_manager=manager, log_samples=True, limit=limit,
+                          verbosity="WARNING")
+    return {s["doc_id"]: s["resps"] for s in out["samples"][task]}
+
+
+def count_calls(lm, monkeypatch) -> list:
+    calls = []
+    generate, score = lm.engine.generate, lm.engine.loglikelihood_tokens
+
+    def counted_generate(context, *args, **kwargs):
+        calls.append(("generate", context.shape[0]))
+        return generate(context, *args, **kwargs)
+
+    def counted_score(requests, **kwargs):
+        calls.append(("score", len(requests)))
+        return score(requests, **kwargs)
+
+    monkeypatch.setattr(lm.engine, "generate", counted_generate)
+    monkeypatch.setattr(lm.engine, "loglikelihood_tokens", counted_score)
+    return calls
+
+
+@pytest.mark.parametrize("task, kind", [("ext_copy_gen", "generate"), ("ext_prose_rolling", "score")])
+def test_one_engine_call_per_request_type_by_default(tiny_model_path, monkeypatch, task, kind):
+    from lm_eval.models.huggingface import HFLM
+
+    limit = 6
+    stock = evaluate(HFLM(pretrained=tiny_model_path, batch_size=2, device="cpu", dtype="float32"), task, limit)
+    ext = HfExtLM(pretrained=tiny_model_path, device="cpu", dtype="float32", cache="off")  # batch_size=1
+    calls = count_calls(ext, monkeypatch)
+    got = evaluate(ext, task, limit)
+    assert [c for c in calls if c[0] == kind] == [(kind, max(n for _, n in calls))] and calls[0][1] >= limit
+    if kind == "generate":
+        assert got == stock  # identical greedy generations, same order
+    else:
+        for doc, want in stock.items():
+            assert got[doc][0][0] == pytest.approx(want[0][0], rel=1e-6)
+    assert ext.batch_size == 1  # restored after each call
+
+    off = HfExtLM(pretrained=tiny_model_path, device="cpu", dtype="float32", cache="off", max_batch_tokens="off")
+    off_calls = count_calls(off, monkeypatch)
+    evaluate(off, task, limit)
+    assert all(n == 1 for k, n in off_calls if k == kind) and len(off_calls) >= limit
