@@ -1,8 +1,8 @@
 """PURE: ``vllm_ext`` model_args -> one frozen :class:`VllmExtConfig`, parsed once at the adapter boundary.
 
 Spellings follow stock lm-eval ``vllm`` (``pretrained``, ``tensor_parallel_size``, ``max_model_len``,
-...); the sizes also accept ``auto`` (the default), resolved by
-:func:`lm_eval_ext.vllm.sizes.choose_vllm_sizes`. Server mode adds ``base_url`` and its knobs.
+...); the sizes also accept ``auto`` (the default), chosen by the project planner through
+:func:`lm_eval_ext.vllm.build.describe_vllm_build` (explicit values are its constraints). Server mode adds ``base_url`` and its knobs.
 Pure: no vLLM, torch or environment access here.
 """
 
@@ -87,6 +87,11 @@ class VllmExtConfig:
     prefix_token_id: int | None = arg(optional(non_negative_int), None, "token for empty contexts")
     tensor_parallel_size: int | Auto = arg(auto_or_positive_int, AUTO, "GPUs (CPU: core groups) per replica")
     data_parallel_size: int | Auto = arg(auto_or_positive_int, AUTO, "replicas, each a persistent process")
+    pipeline_parallel_size: int | Auto = arg(auto_or_positive_int, AUTO,
+                                             "pipeline stages per replica (across nodes: Ray)")
+    distributed_executor_backend: str = arg(
+        one_of("auto", "ray", "mp", "uni", "external_launcher"), AUTO,
+        "vLLM executor; auto: ray when a replica spans nodes, else vLLM's default")
     max_model_len: int | Auto = arg(auto_or_positive_int, AUTO, "context window in tokens")
     max_length: int | None = arg(optional(positive_int), None, "stock lm-eval spelling of max_model_len")
     gpu_memory_utilization: float | Auto = arg(auto_or_fraction, AUTO, "share of GPU memory for vLLM")
@@ -143,6 +148,7 @@ class VllmExtConfig:
             engine_only = {
                 "tensor_parallel_size": self.tensor_parallel_size,
                 "data_parallel_size": self.data_parallel_size,
+                "pipeline_parallel_size": self.pipeline_parallel_size,
                 "gpu_memory_utilization": self.gpu_memory_utilization,
             }
             for name, value in engine_only.items():

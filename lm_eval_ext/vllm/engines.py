@@ -18,8 +18,6 @@ from collections.abc import Hashable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from lm_eval_ext.vllm.config import VllmExtConfig
-from lm_eval_ext.vllm.sizes import VllmSizes
 
 logger = logging.getLogger("lm_eval_ext.vllm")
 
@@ -67,29 +65,6 @@ def compact_output(request_output: Any) -> EngineOutput:
         ]
     texts = tuple(GeneratedText(c.text or "") for c in request_output.outputs) or (GeneratedText(""),)
     return EngineOutput(prompt_logprobs, texts)
-
-
-def llm_kwargs(config: VllmExtConfig, sizes: VllmSizes, *, tensor_parallel_size: int | None = None) -> dict:
-    """Keyword arguments for ``vllm.LLM`` (one replica) from the parsed config and chosen sizes."""
-    kwargs = {
-        "model": config.pretrained,
-        "revision": config.revision,
-        "dtype": config.dtype,
-        "tokenizer": config.tokenizer,
-        "tokenizer_mode": config.tokenizer_mode,
-        "tokenizer_revision": config.tokenizer_revision,
-        "trust_remote_code": config.trust_remote_code,
-        "tensor_parallel_size": tensor_parallel_size or sizes.tensor_parallel_size,
-        "max_model_len": sizes.max_model_len,
-        "gpu_memory_utilization": sizes.gpu_memory_utilization,
-        "quantization": config.quantization,
-        "seed": config.seed,
-        "enforce_eager": config.enforce_eager,
-        "enable_prefix_caching": config.enable_prefix_caching,
-    }
-    if config.max_batch_size is not None:
-        kwargs["max_num_seqs"] = config.max_batch_size
-    return kwargs
 
 
 def build_llm(kwargs: dict, where: str) -> Any:
@@ -147,8 +122,8 @@ class InProcessEngine:
 
     kind = "in_process"
 
-    def __init__(self, config: VllmExtConfig, sizes: VllmSizes) -> None:
-        self._llm = build_llm(llm_kwargs(config, sizes), where="in-process")
+    def __init__(self, engine_args: dict) -> None:
+        self._llm = build_llm(engine_args, where="in-process")
         self.num_engine_starts = 1
         self.max_model_len: int = self._llm.llm_engine.model_config.max_model_len
 

@@ -28,6 +28,7 @@ from collections.abc import Hashable, Iterator, Sequence
 from multiprocessing.connection import wait as wait_for_connections
 from typing import Any
 
+from lm_eval_ext.vllm.build import replica_pinning  # noqa: F401 (re-exported: pinning is decided in build)
 from lm_eval_ext.vllm.engines import EngineOutput, collect, count_engine_start
 
 logger = logging.getLogger("lm_eval_ext.vllm")
@@ -58,25 +59,6 @@ def split_by_tokens(
         shards[target].extend(members)
         loads_tokens[target] += sum(costs_tokens[i] for i in members)
     return [sorted(shard) for shard in shards]
-
-
-def replica_pinning(index: int, tensor_parallel_size: int, num_gpus: int, cpu_cores: Sequence[int],
-                    num_replicas: int, visible_gpus: Sequence[str] | None = None) -> dict[str, str]:
-    """Environment that pins replica ``index`` to its devices.
-
-    GPUs: ``tensor_parallel_size`` consecutive visible GPUs each. CPU: an equal slice of
-    ``cpu_cores`` per replica, cut into ``tensor_parallel_size`` groups joined by ``|`` (vLLM's
-    per-rank OpenMP binding). Example: cores 0-3, 2 replicas, TP 2 -> replica 1 gets "2|3".
-    """
-    if num_gpus:
-        gpus = list(visible_gpus) if visible_gpus is not None else [str(i) for i in range(num_gpus)]
-        mine = gpus[index * tensor_parallel_size:(index + 1) * tensor_parallel_size]
-        return {"CUDA_VISIBLE_DEVICES": ",".join(mine)}
-    per_replica = len(cpu_cores) // num_replicas
-    mine = list(cpu_cores)[index * per_replica:(index + 1) * per_replica]
-    per_rank = max(len(mine) // tensor_parallel_size, 1)
-    ranks = [mine[r * per_rank:(r + 1) * per_rank] for r in range(tensor_parallel_size)]
-    return {"VLLM_CPU_OMP_THREADS_BIND": "|".join(",".join(map(str, cores)) for cores in ranks)}
 
 
 def _exit_when_orphaned(parent_pid: int) -> None:
