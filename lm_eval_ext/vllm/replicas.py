@@ -24,7 +24,7 @@ import tempfile
 import threading
 import time
 import traceback
-from collections.abc import Hashable, Iterator, Sequence
+from collections.abc import Hashable, Iterator, Mapping, Sequence
 from multiprocessing.connection import wait as wait_for_connections
 from typing import Any
 
@@ -69,13 +69,13 @@ def _exit_when_orphaned(parent_pid: int) -> None:
 
 
 def _replica_main(conn: Any, index: int, env: dict[str, str], kwargs: dict, parent_pid: int) -> None:
-    """Worker process: build one engine, then answer ("run", prompts, params) until ("close",):
+    """Worker process: build one engine, then answer ("run", prompts, params, warm_prompts) until ("close",):
     one ("part", [(index, output), ...]) per engine step that finished requests, then ("done", None)."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     os.setpgid(0, 0)
     os.environ.update(env)
     threading.Thread(target=_exit_when_orphaned, args=(parent_pid,), daemon=True).start()
-    from lm_eval_ext.vllm.engines import iter_finished, shutdown_llm
+    from lm_eval_ext.vllm.engines import iter_finished, shutdown_llm, warm_prefix_cache
 
     try:
         from vllm import LLM
@@ -91,6 +91,7 @@ def _replica_main(conn: Any, index: int, env: dict[str, str], kwargs: dict, pare
             if message[0] == "close":
                 break
             try:
+                warm_prefix_cache(llm, message[3])
                 for batch in iter_finished(llm, message[1], message[2]):
                     conn.send(("part", batch))
                 conn.send(("done", None))
@@ -107,6 +108,7 @@ class ReplicaPool:
     """N persistent replicas; ``iter_batches`` splits one call's requests over all of them."""
 
     kind = "data_parallel"
+    supports_prefix_warmup = True
 
     def __init__(self, kwargs: dict, pinnings: Sequence[dict[str, str]]) -> None:
         self._scratch_dir = tempfile.mkdtemp(prefix="lm_eval_ext_vllm_")
@@ -156,10 +158,12 @@ class ReplicaPool:
             raise RuntimeError(f"vllm_ext replica {index} exited unexpectedly (exit code {code})") from None
 
     def iter_batches(
-        self, prompts: Sequence[list[int]], params: Sequence[Any], group_keys: Sequence[Hashable] | None = None
+        self, prompts: Sequence[list[int]], params: Sequence[Any], group_keys: Sequence[Hashable] | None = None,
+        warm: Mapping[Hashable, list[int]] | None = None,
     ) -> Iterator[list[tuple[int, EngineOutput]]]:
         """Yield ``[(index, output), ...]`` as replicas finish requests; the pool is closed if the
-        caller fails or is interrupted meanwhile (replicas would otherwise answer a dead request)."""
+        caller fails or is interrupted meanwhile (replicas would otherwise answer a dead request).
+        ``warm``: a prompt per group key, computed first on the replica that gets the group."""
         if not self._processes:
             raise RuntimeError("vllm_ext replica pool is closed (a request failed or the run was interrupted)")
         costs_tokens = [len(p) + (getattr(sp, "max_tokens", 1) or 1) for p, sp in zip(prompts, params)]
@@ -168,7 +172,9 @@ class ReplicaPool:
         try:
             for conn, shard in zip(self._connections, shards):
                 if shard:
-                    conn.send(("run", [prompts[i] for i in shard], [params[i] for i in shard]))
+                    keys = dict.fromkeys(group_keys[i] for i in shard) if warm and group_keys is not None else {}
+                    conn.send(("run", [prompts[i] for i in shard], [params[i] for i in shard],
+                               [warm[k] for k in keys if k in warm]))
                     pending[conn] = shard
             while pending:
                 for conn in wait_for_connections(list(pending)):
@@ -184,8 +190,8 @@ class ReplicaPool:
             self.close(graceful=False)  # busy replicas would finish the abandoned work first
             raise
 
-    def run(self, prompts, params, group_keys=None) -> list[EngineOutput]:
-        return collect(self.iter_batches(prompts, params, group_keys), len(prompts))
+    def run(self, prompts, params, group_keys=None, warm=None) -> list[EngineOutput]:
+        return collect(self.iter_batches(prompts, params, group_keys, warm), len(prompts))
 
     def close(self, graceful: bool = True) -> None:
         """Ask every replica to exit (``graceful``: wait up to :data:`REPLICA_EXIT_GRACE_S`), then
