@@ -34,6 +34,8 @@ def config(**args) -> VllmExtConfig:
         ({"enable_thinking": True}, "needs think_end_token"),
         ({"base_url": "http://127.0.0.1:8000/v1", "pipeline_parallel_size": 2}, "vllm serve --pipeline-parallel-size 2"),
         ({"distributed_executor_backend": "rey"}, "did you mean 'ray'"),
+        ({"score_with_prefix_cache": True, "enable_prefix_caching": False}, "needs enable_prefix_caching=true"),
+        ({"score_with_prefix_cache": True, "base_url": "http://127.0.0.1:8000/v1"}, "not available with base_url"),
     ],
 )
 def test_bad_model_args_are_refused_by_name(args, message):
@@ -73,3 +75,20 @@ def test_echo_logprobs_become_prompt_logprobs_by_token_id():
                            "top_logprobs": [None, {"token_id:7": -0.5}, {"token_id:9": -0.25}, {"token_id:1": -1.0}]}}
     output = parse_echo_logprobs([5, 6, 9], choice)
     assert output.prompt_logprobs == [None, {7: -0.5, 6: -1.5}, {9: -0.25}]
+
+
+def test_prefix_cache_scoring_is_on_by_default_where_vllm_allows_it():
+    assert config().scores_with_prefix_cache
+    assert not config(enable_prefix_caching=False).scores_with_prefix_cache
+    assert not config(base_url="http://127.0.0.1:8000/v1").scores_with_prefix_cache
+    assert not config(score_with_prefix_cache=False).scores_with_prefix_cache
+
+
+def test_continuation_positions_must_not_come_from_the_prefix_cache():
+    from lm_eval_ext.vllm.engines import EngineOutput
+    from lm_eval_ext.vllm.scoring import all_continuation_computed
+
+    cached = lambda n: EngineOutput(None, num_cached_tokens=n)  # noqa: E731
+    assert all_continuation_computed(cached(128), context_len=138)
+    assert all_continuation_computed(cached(128), context_len=129)  # position 128 predicts token 129: computed
+    assert not all_continuation_computed(cached(128), context_len=128)  # block boundary: fall back
