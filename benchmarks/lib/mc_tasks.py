@@ -2,7 +2,7 @@
 
 Everything but the data source is kept from the definitions shipped in the installed lm-eval:
 prompts, choices, few-shot split and sampler (MMLU: ``first_n`` from ``dev``, so the documents of
-one subject share one 5-shot prefix), metrics. Data: ``../shared/data`` (see its README); never copied.
+one subject share one 5-shot prefix; ``num_fewshot: 5`` is set here, as ``--num_fewshot 5`` would), metrics. Data: ``../shared/data`` (see its README); never copied.
 """
 
 from __future__ import annotations
@@ -47,6 +47,7 @@ def mmlu_definition(data_root: Path, subject: str) -> dict:
     task = {k: v for k, v in {**template, **stock}.items()
             if k not in ("dataset_path", "dataset_name", "tag", "include", "task_alias")}
     task["task"] = MMLU_PREFIX + subject
+    task["num_fewshot"] = 5  # the published MMLU setting (lm-eval's YAML leaves it to --num_fewshot)
     task["dataset_path"] = "json"
     task["dataset_kwargs"] = {"data_files": {split: str((data_root / "mmlu" / split / f"{subject}.jsonl").resolve())
                                              for split in ("dev", "test")}}

@@ -142,6 +142,7 @@ class InProcessEngine:
         self._llm = build_llm(engine_args, where="in-process")
         self.num_engine_starts = 1
         self.max_model_len: int = self._llm.llm_engine.model_config.max_model_len
+        self.block_size: int = self._llm.llm_engine.vllm_config.cache_config.block_size
 
     def iter_batches(
         self, prompts: Sequence[list[int]], params: Sequence[Any], group_keys: Sequence[Hashable] | None = None,

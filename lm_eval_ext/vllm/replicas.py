@@ -81,7 +81,8 @@ def _replica_main(conn: Any, index: int, env: dict[str, str], kwargs: dict, pare
         from vllm import LLM
 
         llm = LLM(**kwargs)
-        conn.send(("ready", llm.llm_engine.model_config.max_model_len))
+        conn.send(("ready", (llm.llm_engine.model_config.max_model_len,
+                             llm.llm_engine.vllm_config.cache_config.block_size)))
     except BaseException:
         conn.send(("error", traceback.format_exc()))
         return
@@ -116,6 +117,7 @@ class ReplicaPool:
         self._connections: list[Any] = []
         self.num_engine_starts = 0
         self.max_model_len = 0
+        self.block_size = 0
         atexit.register(self.close)
         try:
             self._start(kwargs, pinnings)
@@ -146,7 +148,7 @@ class ReplicaPool:
             status, payload = self._receive(index, conn)
             if status != "ready":
                 raise RuntimeError(f"vllm_ext replica {index} failed to start:\n{payload}")
-            self.max_model_len = payload
+            self.max_model_len, self.block_size = payload
             self.num_engine_starts += 1
             count_engine_start(f"replica {index}, pid {self._processes[index].pid}")
 

@@ -42,6 +42,19 @@ def all_continuation_computed(output: Any, context_len: int) -> bool:
     return output.num_cached_tokens <= context_len - 1
 
 
+def worth_warming(keys: Sequence[Any], context_lens: Sequence[int], block_size: int) -> dict[Any, bool]:
+    """Per context: whether computing it once first saves work. Only whole KV blocks are cached, and
+    position ``context_len - 1`` must be computed, so a context reuses ``(context_len - 1) // block``
+    blocks; with one choice (or no whole block) the warm-up would only add work. Example: block 128,
+    4 choices of a 600-token context -> warm (4 blocks reused by each choice); a 79-token context -> no."""
+    counts: dict[Any, int] = {}
+    lengths: dict[Any, int] = {}
+    for key, length in zip(keys, context_lens):
+        counts[key] = counts.get(key, 0) + 1
+        lengths[key] = length
+    return {key: counts[key] > 1 and (lengths[key] - 1) // max(block_size, 1) >= 1 for key in counts}
+
+
 def uses_prefix_cache(lm: Any) -> bool:
     return lm.ext_config.scores_with_prefix_cache and getattr(lm.engine, "supports_prefix_warmup", False)
 
@@ -74,6 +87,8 @@ def score_requests(
     recompute: list[int] = []
 
     def run(chunk: list[int], chunk_params: Any, warm: dict | None) -> None:
+        if not chunk:
+            return
         prompts = [prepared[i][0] for i in chunk]
         for batch in lm.engine.iter_batches(prompts, [chunk_params] * len(chunk), [keys[i] for i in chunk], warm):
             for position, output in batch:
@@ -90,8 +105,13 @@ def score_requests(
             lm.store_arrived_results()
 
     for chunk in chunked(order, lm.batch_size):
-        warm = {keys[i]: prepared[i][0][:prepared[i][1]] for i in chunk} if shared else None
-        run(chunk, params, warm)
+        if not shared:
+            run(chunk, stock, None)
+            continue
+        reusing = worth_warming([keys[i] for i in chunk], [prepared[i][1] for i in chunk], lm.engine.block_size)
+        run([i for i in chunk if not reusing[keys[i]]], stock, None)
+        chunk = [i for i in chunk if reusing[keys[i]]]
+        run(chunk, params, {keys[i]: prepared[i][0][:prepared[i][1]] for i in chunk})
     if recompute:
         logger.info("vllm_ext: %d request(s) had continuation positions served from the prefix cache "
                     "(context ending on a KV block boundary); scored again without it", len(recompute))

@@ -34,15 +34,15 @@ def _stock_and_ext(model_path, run, **ext_args):
 
 
 def test_context_on_a_block_boundary_falls_back_to_stock(tiny_vllm_model_path, caplog):
-    """A context of exactly one KV block is cached whole, so the first continuation token's logprob
-    is never computed: that request must be scored again without the cache (and equal stock)."""
+    """A context of exactly two KV blocks is cached whole, so the first continuation token's logprob
+    is never computed: those requests must be scored again without the cache (and equal stock)."""
     block_sizes = []
 
     def run(lm):
         block = 128  # vLLM's CPU block size (read back below)
         if hasattr(lm, "ext_config"):
             block_sizes.append(lm.engine._llm.llm_engine.vllm_config.cache_config.block_size)
-        contexts = [list(range(5, 5 + block)), list(range(7, 7 + block + 9))]
+        contexts = [list(range(5, 5 + 2 * block)), list(range(7, 7 + block + 9))]
         requests = [((None, None), ctx, [40 + i, 41 + i]) for ctx in contexts for i in range(3)]
         return lm._loglikelihood_tokens(requests)
 

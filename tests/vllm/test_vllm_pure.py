@@ -92,3 +92,11 @@ def test_continuation_positions_must_not_come_from_the_prefix_cache():
     assert all_continuation_computed(cached(128), context_len=138)
     assert all_continuation_computed(cached(128), context_len=129)  # position 128 predicts token 129: computed
     assert not all_continuation_computed(cached(128), context_len=128)  # block boundary: fall back
+
+
+def test_only_contexts_with_a_reusable_block_and_several_choices_are_warmed():
+    from lm_eval_ext.vllm.scoring import worth_warming
+
+    keys = ["long", "long", "short", "short", "alone"]
+    assert worth_warming(keys, [600, 600, 79, 79, 600], 128) == {"long": True, "short": False, "alone": False}
+    assert worth_warming(["edge", "edge"], [128, 128], 128) == {"edge": False}  # position 127 must be computed
