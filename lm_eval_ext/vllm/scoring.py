@@ -72,6 +72,8 @@ def score_requests(
     the stock way (prefix cache skipped)."""
     from lm_eval.models.vllm_causallms import VLLM, SamplingParams
 
+    if not requests:  # nothing to compute: never start an engine (uses_prefix_cache would)
+        return []
     prepared = [truncate_for_scoring(ctx, cont, lm.max_length) for _, ctx, cont in requests]
     num_truncated = sum(len(ctx) + len(cont) > lm.max_length - 1 for _, ctx, cont in requests)
     if num_truncated:
