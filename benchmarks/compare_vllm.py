@@ -12,6 +12,13 @@ runs with its request cache off, so every repetition computes everything.
 
     python benchmarks/compare_vllm.py --model .models/smollm2-135m --data-parallel-size 2
 
+``--suite mc`` runs real multiple choice instead: ARC-Easy 0-shot and MMLU 5-shot (a few subjects)
+from ``../shared/data`` through lm-eval's own task definitions pointed at local files
+(:mod:`benchmarks.lib.mc_tasks`), in process (``--data-parallel-size 1``): what vLLM's prefix-cache
+skip costs stock, and what ``score_with_prefix_cache`` saves.
+
+    python benchmarks/compare_vllm.py --suite mc --data-parallel-size 1 --limit 20
+
 Also the ``compare-vllm`` scenario of ``benchmarks/run.py`` (:func:`bench_scenario`): warm-up, then
 interleaved repetitions of both variants, one table row with per-sample agreement.
 """
@@ -47,12 +54,26 @@ STOCK_RAY_ENV = {
 }
 
 
-def _evaluate(lm, limit: int | None) -> dict:
+def suite_tasks(suite: str, scratch: Path) -> tuple[list[str], list[str]]:
+    """(tasks, include path) of a suite: ``shipped`` (tasks/) or ``mc`` (ARC-Easy + MMLU, local files)."""
+    if suite == "shipped":
+        return SUITE_TASKS, [str(ROOT / "tasks")]
+    from benchmarks.lib import mc_tasks
+
+    data_root = mc_tasks.find_data_root(ROOT)
+    if data_root is None:
+        raise SystemExit("--suite mc needs ../shared/data (arc_easy/, mmlu/) or BENCH_DATA_DIR")
+    tasks = {"arc": [mc_tasks.ARC_TASK], "mmlu": mc_tasks.mmlu_tasks()}.get(suite, [mc_tasks.ARC_TASK, *mc_tasks.mmlu_tasks()])
+    return tasks, [str(mc_tasks.write_local_tasks(data_root, scratch / "tasks"))]
+
+
+def _evaluate(lm, limit: int | None, suite: str = "shipped") -> dict:
     import lm_eval
     from lm_eval.tasks import TaskManager
 
-    manager = TaskManager(include_path=[str(ROOT / "tasks")], include_defaults=False)
-    return lm_eval.simple_evaluate(model=lm, tasks=SUITE_TASKS, task_manager=manager, log_samples=True,
+    tasks, include = suite_tasks(suite, Path(tempfile.mkdtemp(prefix="compare_vllm_tasks_")))
+    manager = TaskManager(include_path=include, include_defaults=False)
+    return lm_eval.simple_evaluate(model=lm, tasks=tasks, task_manager=manager, log_samples=True,
                                    limit=limit, bootstrap_iters=0)
 
 
@@ -79,7 +100,8 @@ def _build_ext(model: str, data_parallel_size: int, engine_args: dict):
     return lm, lambda: lm.num_engine_starts
 
 
-def measure_variant(variant: str, model: str, data_parallel_size: int, limit: int | None) -> dict:
+def measure_variant(variant: str, model: str, data_parallel_size: int, limit: int | None,
+                    suite: str = "shipped") -> dict:
     """Run one variant in this process; returns its row (call through :func:`run_variant`)."""
     from benchmarks.lib.agreement import compact_samples
     from benchmarks.lib.probes import workload
@@ -89,7 +111,7 @@ def measure_variant(variant: str, model: str, data_parallel_size: int, limit: in
     build = _build_stock if variant == "vllm" else _build_ext
     started_s = time.perf_counter()
     lm, engine_starts = build(model, data_parallel_size, engine_args)
-    results = _evaluate(lm, limit)
+    results = _evaluate(lm, limit, suite)
     wall_s = time.perf_counter() - started_s
     work = workload(results["samples"], output_types(results), count_tokens_with(lm))
     tokens, requests = sum(w["tokens"] for w in work.values()), sum(w["requests"] for w in work.values())
@@ -103,7 +125,7 @@ def measure_variant(variant: str, model: str, data_parallel_size: int, limit: in
 
 
 def run_variant(variant: str, model: str, data_parallel_size: int = 2, limit: int | None = None,
-                python: str | None = None) -> dict:
+                python: str | None = None, suite: str = "shipped") -> dict:
     """Run one variant (``vllm`` or ``vllm_ext``) in a child process and return its row."""
     env = dict(os.environ, **VLLM_CPU_ENV)
     if variant == "vllm":
@@ -113,19 +135,19 @@ def run_variant(variant: str, model: str, data_parallel_size: int = 2, limit: in
         env.update(TMPDIR=scratch, VLLM_RPC_BASE_PATH=scratch)
         out = Path(scratch) / "row.json"
         command = [python or sys.executable, __file__, "--variant", variant, "--model", model,
-                   "--data-parallel-size", str(data_parallel_size), "--row-out", str(out)]
+                   "--data-parallel-size", str(data_parallel_size), "--row-out", str(out), "--suite", suite]
         if limit:
             command += ["--limit", str(limit)]
         subprocess.run(command, env=env, check=True, cwd=ROOT)
         return json.loads(out.read_text())
 
 
-def compare_vllm(model: str, data_parallel_size: int = 2, limit: int | None = None) -> dict:
+def compare_vllm(model: str, data_parallel_size: int = 2, limit: int | None = None, suite: str = "shipped") -> dict:
     """Both variants, stock first; ``speedup`` is stock wall time / vllm_ext wall time."""
     from benchmarks.lib.agreement import compare_samples
 
-    stock = run_variant("vllm", model, data_parallel_size, limit)
-    ext = run_variant("vllm_ext", model, data_parallel_size, limit)
+    stock = run_variant("vllm", model, data_parallel_size, limit, suite=suite)
+    ext = run_variant("vllm_ext", model, data_parallel_size, limit, suite=suite)
     agreement = compare_samples(stock.pop("samples"), ext.pop("samples"))
     return {"rows": [stock, ext], "speedup": round(stock["wall_s"] / ext["wall_s"], 2),
             "same_metrics": stock["metrics"] == ext["metrics"], "samples_agree": agreement["all_agree"],
@@ -182,6 +204,9 @@ def format_table(comparison: dict) -> str:
     lines.append(f"\nspeedup (stock wall / vllm_ext wall): {comparison['speedup']}x; "
                  f"same metrics: {comparison['same_metrics']}; per-sample agreement: {comparison['samples_agree']} "
                  f"(max |loglikelihood diff| {comparison['max_abs_loglikelihood_diff']})")
+    for row in comparison["rows"]:
+        lines.append(f"metrics {row['model']}: " + json.dumps({t: {k: round(v, 4) for k, v in m.items()}
+                                                               for t, m in row["metrics"].items()}, sort_keys=True))
     return "\n".join(lines)
 
 
@@ -190,15 +215,17 @@ def main() -> int:
     parser.add_argument("--model", default=str(ROOT / ".models" / "smollm2-135m"))
     parser.add_argument("--data-parallel-size", type=int, default=2)
     parser.add_argument("--limit", type=int, default=None, help="documents per task (default: all)")
+    parser.add_argument("--suite", choices=("shipped", "mc", "arc", "mmlu"), default="shipped",
+                        help="shipped tasks (default) or real multiple choice: ARC-Easy 0-shot, MMLU 5-shot")
     parser.add_argument("--variant", choices=VARIANTS, help=argparse.SUPPRESS)
     parser.add_argument("--row-out", type=Path, help=argparse.SUPPRESS)
     parser.add_argument("--json-out", type=Path, help="also write the comparison as JSON here")
     args = parser.parse_args()
     if args.variant:  # child process: one variant
-        row = measure_variant(args.variant, args.model, args.data_parallel_size, args.limit)
+        row = measure_variant(args.variant, args.model, args.data_parallel_size, args.limit, args.suite)
         args.row_out.write_text(json.dumps(row))
         return 0
-    comparison = compare_vllm(args.model, args.data_parallel_size, args.limit)
+    comparison = compare_vllm(args.model, args.data_parallel_size, args.limit, args.suite)
     if args.json_out:
         args.json_out.write_text(json.dumps(comparison, indent=2))
     print(format_table(comparison))

@@ -27,7 +27,8 @@ PASSED_KEYS = ("batch_size", "max_batch_size", "max_length", "device", "tokenize
                "truncation", "logits_cache", "use_fast_tokenizer", "add_bos_token", "prefix_token_id",
                "softmax_dtype", "parallelize", "offload_folder", "peft", "delta", "gguf_file",
                "think_end_token", "enable_thinking", "attn_implementation", "seed", "swap_space",
-               "enforce_eager", "max_num_seqs", "quantization", "lora_local_path")
+               "enforce_eager", "max_num_seqs", "quantization", "lora_local_path", "distributed_executor_backend",
+               "enable_prefix_caching", "score_with_prefix_cache")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -121,12 +122,17 @@ def main(args: argparse.Namespace) -> int:
                              revision=model_args.get("revision"), subfolder=model_args.get("subfolder", ""),
                              trust_remote_code=trust)
     hardware = _hardware(args)
-    result = plan(facts, hardware, build_request(args, model_args))
+    request = build_request(args, model_args)
+    result = plan(facts, hardware, request)
     if args.json:
         payload = {**result.to_json(), "model": facts.to_json(), "hardware": hardware.describe(),
                    "launch": launch_hint(result, model_args["pretrained"], hardware.num_nodes)}
         if result.backend == "hf":
             payload["build"] = hf_build_descriptions(result, hardware, model_args)
+        elif result.backend == "vllm":  # what vllm_ext builds from the same plan (lm_eval_ext.vllm.build)
+            from lm_eval_ext.vllm.build import vllm_build_json
+
+            payload["build"] = vllm_build_json(facts, hardware, model_args, request)
         _write(json.dumps(payload, indent=2) + "\n")
     else:
         _write(render(result, facts.name, hardware.describe(), model_args["pretrained"], hardware.num_nodes))

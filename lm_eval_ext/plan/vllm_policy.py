@@ -47,7 +47,8 @@ def valid_tp_sizes(model: ModelFacts, max_size: int) -> list[int]:
             and (model.num_kv_heads % t == 0 or t % model.num_kv_heads == 0)]
 
 
-def check_tp_size(model: ModelFacts, tp: int, gpus_per_node: int) -> None:
+def check_tp_size(model: ModelFacts, tp: int, gpus_per_node: int, device: str = "GPU") -> None:
+    """The one tensor-parallel rule (GPUs, and CPU core groups with ``device="CPU core"``)."""
     choices = ", ".join(map(str, valid_tp_sizes(model, max(gpus_per_node, 1)))) or "1"
     if tp < 1 or model.num_attention_heads % tp:
         raise UserError(f"tensor_parallel_size={tp} must divide num_attention_heads="
@@ -56,7 +57,7 @@ def check_tp_size(model: ModelFacts, tp: int, gpus_per_node: int) -> None:
         raise UserError(f"tensor_parallel_size={tp} must divide num_key_value_heads={model.num_kv_heads} "
                         f"or be a multiple of it; use {choices}")
     if tp > gpus_per_node:
-        raise UserError(f"tensor_parallel_size={tp} exceeds the {gpus_per_node} GPU(s) of a node; tensor "
+        raise UserError(f"tensor_parallel_size={tp} exceeds the {gpus_per_node} {device}(s) of a node; tensor "
                         f"parallel stays inside a node, use pipeline_parallel_size across nodes; use {choices}")
 
 
@@ -196,17 +197,31 @@ def _build_plan(model: ModelFacts, hardware: Hardware, request: PlanRequest, lay
 
 
 def _vllm_on_cpu(model: ModelFacts, hardware: Hardware, request: PlanRequest) -> Plan:
-    """vLLM's CPU build: one engine, KV cache sized by VLLM_CPU_KVCACHE_SPACE in RAM."""
-    if request.strategy not in ("auto", "single") or (request.tensor_parallel_size or 1) > 1:
-        raise UserError("without GPUs vLLM runs one engine on CPU; use strategy=single (or auto) "
-                        "and tensor_parallel_size=1")
+    """vLLM's CPU build: ranks are core groups (``VLLM_CPU_OMP_THREADS_BIND``), one core at least
+    each, and the KV cache lives in RAM (``VLLM_CPU_KVCACHE_SPACE``). ``auto`` is one engine with
+    tensor parallel 1 (all cores serve it); explicit sizes obey the same head rules as on GPUs."""
+    cores = max(hardware.num_cpu_cores, 1)
+    tp, pp = request.tensor_parallel_size or 1, request.pipeline_parallel_size or 1
+    check_tp_size(model, tp, cores, device="CPU core")
+    dp = request.data_parallel_size or 1
+    if pp > model.num_layers:
+        raise UserError(f"pipeline_parallel_size={pp} exceeds the {model.num_layers} layers; use fewer stages")
+    if tp * pp * dp > cores:
+        raise UserError(f"tensor_parallel_size={tp} x pipeline_parallel_size={pp} x data_parallel_size={dp} "
+                        f"needs {tp * pp * dp} CPU cores (one per rank) but {cores} are available; lower one of them")
+    strategy = _strategy(tp, dp, pp)
+    if request.strategy not in ("auto", strategy.value):
+        raise UserError(f"strategy={request.strategy} does not match the sizes given on CPU ({strategy.value}); "
+                        "use strategy=auto and set tensor_parallel_size/data_parallel_size instead")
     ram = int(hardware.cpu_ram_bytes * CPU_RAM_FRACTION)
     target_len, _ = _target_len(model, request)
-    if model.weights_bytes + target_len * model.kv_bytes_per_token > ram:
+    if dp * model.weights_bytes + target_len * model.kv_bytes_per_token > ram:
         raise Unfit("CPU RAM cannot hold the weights and one context")
     reasons = (describe_model(model), f"No GPU: vLLM's CPU backend holds {fmt(model.weights_bytes)} "
-               f"of weights and the KV cache in {fmt(ram)} of RAM (set VLLM_CPU_KVCACHE_SPACE).")
-    return Plan(backend="vllm", strategy=Strategy.SINGLE, device="cpu", dtype=model.dtype,
-                num_replicas=1, gpus_per_replica=0, num_processes=1, weights_bytes=model.weights_bytes,
-                kv_bytes_per_token=model.kv_bytes_per_token, headroom_bytes=0,
-                max_model_len=target_len, reasons=reasons)
+               f"of weights and the KV cache in {fmt(ram)} of RAM (set VLLM_CPU_KVCACHE_SPACE).",
+               f"tensor_parallel_size={tp} x pipeline_parallel_size={pp} x data_parallel_size={dp} over "
+               f"{cores} CPU cores" + (" (auto: one engine on all cores)." if tp * pp * dp == 1 else "."))
+    return Plan(backend="vllm", strategy=strategy, device="cpu", dtype=model.dtype,
+                num_replicas=dp, gpus_per_replica=0, num_processes=1, weights_bytes=model.weights_bytes,
+                kv_bytes_per_token=model.kv_bytes_per_token, headroom_bytes=0, tensor_parallel_size=tp,
+                data_parallel_size=dp, pipeline_parallel_size=pp, max_model_len=target_len, reasons=reasons)

@@ -1,6 +1,6 @@
 """``vllm_ext``: stock lm-eval ``vllm`` with planned sizes, persistent replicas and a server mode.
 
-Construction reads as config -> sizes -> tokenizer -> engine (deferred to the first request-cache
+Construction reads as config -> build description (planner) -> tokenizer -> engine (deferred to the first request-cache
 miss). Between lm-eval's requests and the engine (tokenization, rolling windows, truncation, logprob
 parsing, stop handling) ``vllm_ext`` runs stock ``VLLM`` code or stock's helpers step by step, so
 results equal stock; results are handed to the request cache as the engine returns them. Token-id
@@ -21,11 +21,12 @@ from typing import Any
 
 from lm_eval_ext.compat import require
 from lm_eval_ext.vllm.request_cache import VllmRequestCacheMixin
-from lm_eval_ext.errors import ConfigError, install_excepthook
+from lm_eval_ext.errors import ConfigError, UserError, install_excepthook
 from lm_eval_ext.lm_args import EvaluatorArgsChecked
-from lm_eval_ext.vllm.config import VllmExtConfig
-from lm_eval_ext.vllm.engines import InProcessEngine, llm_kwargs
-from lm_eval_ext.vllm.sizes import HardwareView, ModelShape, VllmSizes, choose_vllm_sizes
+from lm_eval_ext.vllm.build import VllmBuild, describe_vllm_build, engine_args
+from lm_eval_ext.vllm.config import AUTO, VllmExtConfig
+from lm_eval_ext.vllm.engines import InProcessEngine
+from lm_eval_ext.vllm.sizes import VllmSizes
 
 require("vllm", "vllm")
 
@@ -37,57 +38,82 @@ logger = logging.getLogger("lm_eval_ext.vllm")
 install_excepthook()
 
 
-def read_model_shape(config: VllmExtConfig) -> tuple[ModelShape, Any]:
-    """Heads and context window from the model's config (no weights), and the HF config itself."""
+def read_hf_config(config: VllmExtConfig) -> Any:
     from transformers import AutoConfig
 
-    hf_config = AutoConfig.from_pretrained(
+    return AutoConfig.from_pretrained(
         config.pretrained, trust_remote_code=config.trust_remote_code, revision=config.revision
     )
-    text_config = getattr(hf_config, "get_text_config", lambda: hf_config)()
-    heads = getattr(text_config, "num_attention_heads", 1)
-    shape = ModelShape(
-        num_attention_heads=heads,
-        num_key_value_heads=getattr(text_config, "num_key_value_heads", None) or heads,
-        max_position_embeddings=getattr(text_config, "max_position_embeddings", None),
-    )
-    return shape, hf_config
 
 
-def read_hardware() -> HardwareView:
-    import torch
+def load_facts(config: VllmExtConfig):
+    """The planner's model facts from config.json (no weights); a hub id not cached yet has its
+    config.json fetched (vLLM would download the model anyway)."""
+    from lm_eval_ext.plan.model_facts import load_model_facts
 
-    num_gpus = torch.cuda.device_count() if torch.cuda.is_available() else 0
-    return HardwareView(num_gpus=num_gpus, num_cpu_cores=len(os.sched_getaffinity(0)))
+    kwargs = dict(revision=config.revision, trust_remote_code=config.trust_remote_code)
+    try:
+        return load_model_facts(config.pretrained, config.dtype, **kwargs)
+    except UserError:
+        offline = any(os.environ.get(v, "").lower() in ("1", "true", "yes") for v in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"))
+        if os.path.exists(config.pretrained) or offline:
+            raise
+    from huggingface_hub import hf_hub_download
+
+    path = hf_hub_download(config.pretrained, "config.json", revision=config.revision)
+    return load_model_facts(path, config.dtype, trust_remote_code=config.trust_remote_code)
 
 
-def plan_sizes(config: VllmExtConfig, shape: ModelShape, hardware: HardwareView) -> VllmSizes:
-    """Sizes for this run. MERGE HOOK: pass ``planner=`` (see ``lm_eval_ext.vllm.sizes.Planner``),
-    an adapter over ``lm_eval_ext.plan.planner.plan``, to let the project planner decide ``auto`` values."""
-    return choose_vllm_sizes(config, shape, hardware, planner=None)
+def plan_build(config: VllmExtConfig) -> VllmBuild:
+    """Facts, the machine (described under a dry run, else detected), then the build description."""
+    from lm_eval_ext.dry_run import described_hardware
+    from lm_eval_ext.plan.detect import detect_hardware, read_launch_env
+
+    hardware = described_hardware(read_launch_env()) or detect_hardware()
+    cores = None if hardware.described else sorted(os.sched_getaffinity(0))
+    build = describe_vllm_build(load_facts(config), hardware, config, cpu_cores=cores)
+    logger.info("vllm_ext: plan %s on %s; sizes %s", build.plan.strategy.value, hardware.describe(),
+                json.dumps({k: v for k, v in build.sizes.as_dict().items() if k != "reasons"}))
+    for reason in build.plan.reasons + build.plan.warnings:
+        logger.info("vllm_ext: plan: %s", reason)
+    return build
 
 
-def build_engine(config: VllmExtConfig, sizes: VllmSizes, hardware: HardwareView) -> Any:
+def check_buildable_here(build: VllmBuild) -> None:
+    """vllm_ext starts the replicas of this node only; replicas of other nodes would never run."""
+    nodes = [n for n in build.nodes_used if n is not None]
+    if len(nodes) > 1:
+        per_node = sum(r.node == 0 for r in build.replicas)
+        raise ConfigError(
+            f"data_parallel_size={build.sizes.data_parallel_size} puts replicas on {len(nodes)} nodes, but vllm_ext "
+            f"starts replicas on its own node only; use data_parallel_size={per_node} (this node), or "
+            "pipeline_parallel_size over nodes with distributed_executor_backend=ray (see docs/vllm.md)")
+
+
+def _pin_in_process(env: dict[str, str]) -> None:
+    """The in-process engine's pinning goes into this process's environment (vLLM's workers read
+    it); a value the user set wins and is kept."""
+    for name, value in env.items():
+        if name in os.environ and os.environ[name] != value:
+            logger.warning("vllm_ext: keeping %s=%s from the environment (the plan would set %s)",
+                           name, os.environ[name], value)
+            continue
+        if name not in os.environ:
+            logger.info("vllm_ext: %s=%s (planned pinning)", name, value)
+            os.environ[name] = value
+
+
+def build_engine(config: VllmExtConfig, build: VllmBuild | None) -> Any:
     if config.is_server_mode:
         from lm_eval_ext.vllm.server_client import ServerEngine
 
         return ServerEngine.from_config(config)
-    from lm_eval_ext.vllm.replicas import ReplicaPool, replica_pinning
+    from lm_eval_ext.vllm.replicas import ReplicaPool
 
-    if sizes.data_parallel_size == 1:
-        if not hardware.num_gpus and sizes.tensor_parallel_size > 1 and "VLLM_CPU_OMP_THREADS_BIND" not in os.environ:
-            # TOOLCHAIN.md: CPU tensor parallel needs one core group per rank ("0|1" on 2 cores).
-            pinning = replica_pinning(0, sizes.tensor_parallel_size, 0, sorted(os.sched_getaffinity(0)), 1)
-            logger.info("vllm_ext: CPU tensor parallel ranks bound with %s", pinning)
-            os.environ.update(pinning)
-        return InProcessEngine(config, sizes)
-    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
-    pinnings = [
-        replica_pinning(index, sizes.tensor_parallel_size, hardware.num_gpus, sorted(os.sched_getaffinity(0)),
-                        sizes.data_parallel_size, visible.split(",") if visible else None)
-        for index in range(sizes.data_parallel_size)
-    ]
-    return ReplicaPool(llm_kwargs(config, sizes), pinnings)
+    if len(build.replicas) == 1:
+        _pin_in_process(build.replicas[0].env)
+        return InProcessEngine(build.replicas[0].engine_args)
+    return ReplicaPool(build.replicas[0].engine_args, [replica.env for replica in build.replicas])
 
 
 def planned_model_config(config: VllmExtConfig, sizes: VllmSizes) -> Any:
@@ -96,7 +122,7 @@ def planned_model_config(config: VllmExtConfig, sizes: VllmSizes) -> Any:
     (``max_model_len`` left to vLLM, so that a larger request is refused by our check, with the fix)."""
     from vllm.engine.arg_utils import EngineArgs
 
-    return EngineArgs(**{**llm_kwargs(config, sizes), "max_model_len": None}).create_model_config()
+    return EngineArgs(**{**engine_args(config, sizes), "max_model_len": None}).create_model_config()
 
 
 class VllmEngineLM(VLLM):
@@ -109,10 +135,18 @@ class VllmEngineLM(VLLM):
         if config.device not in (None, "cpu", "cuda", "auto"):
             logger.warning("vllm_ext: device=%s is ignored (as by stock vllm); pick GPUs with CUDA_VISIBLE_DEVICES",
                            config.device)
-        shape, self._config = read_model_shape(config)
-        self._hardware = read_hardware()
-        self.sizes = plan_sizes(config, shape, self._hardware) if not config.is_server_mode else _server_sizes(config)
-        logger.info("vllm_ext: sizes %s", json.dumps(self.sizes.as_dict()))
+        self.build: VllmBuild | None = None
+        if config.is_server_mode:
+            self.sizes = _server_sizes(config)
+        else:
+            self.build = plan_build(config)
+            self.sizes = self.build.sizes
+            from lm_eval_ext.dry_run import finish_dry_run, is_dry_run
+
+            if is_dry_run():  # the description is complete: nothing below changes what is built
+                finish_dry_run(self.build.to_json())
+            check_buildable_here(self.build)
+        self._config = read_hf_config(config)
         self._engine: Any = None
         self._adopt_stock_attributes(config)
         if config.is_server_mode:  # no engine of ours to start; the identity needs the server's answer
@@ -127,7 +161,7 @@ class VllmEngineLM(VLLM):
     def engine(self) -> Any:
         """The running engine; started here on first use."""
         if self._engine is None:
-            engine = build_engine(self.ext_config, self.sizes, self._hardware)
+            engine = build_engine(self.ext_config, self.build)
             weakref.finalize(self, engine.close)
             if not self.ext_config.is_server_mode and engine.max_model_len != self._max_length:
                 engine.close()  # the cache keys were computed for the planned context window
@@ -168,8 +202,9 @@ class VllmEngineLM(VLLM):
     def _checked_max_length(self, engine_max_len: int) -> int:
         requested = self.sizes.max_model_len
         if requested is not None and requested > engine_max_len:
+            planned = " (planned from the model's window)" if self.ext_config.requested_max_model_len == AUTO else ""
             raise ConfigError(
-                f"max_model_len={requested} exceeds the engine's {engine_max_len}; "
+                f"max_model_len={requested}{planned} exceeds the {engine_max_len} vLLM allows for this model; "
                 f"use max_model_len={engine_max_len} or less"
             )
         return requested or engine_max_len
@@ -215,6 +250,7 @@ class VllmEngineLM(VLLM):
             "lm_eval_ext_model": "vllm_ext",
             "vllm_mode": engine_kind(self.ext_config, self.sizes),
             "vllm_sizes": self.sizes.as_dict(),
+            "lm_eval_ext_plan": self.build.plan.to_json() if self.build is not None else None,
             "max_model_len": self._max_length,
             "engine_starts": self.num_engine_starts,
             "model_name": self.ext_config.pretrained,

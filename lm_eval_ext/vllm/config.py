@@ -1,8 +1,8 @@
 """PURE: ``vllm_ext`` model_args -> one frozen :class:`VllmExtConfig`, parsed once at the adapter boundary.
 
 Spellings follow stock lm-eval ``vllm`` (``pretrained``, ``tensor_parallel_size``, ``max_model_len``,
-...); the sizes also accept ``auto`` (the default), resolved by
-:func:`lm_eval_ext.vllm.sizes.choose_vllm_sizes`. Server mode adds ``base_url`` and its knobs.
+...); the sizes also accept ``auto`` (the default), chosen by the project planner through
+:func:`lm_eval_ext.vllm.build.describe_vllm_build` (explicit values are its constraints). Server mode adds ``base_url`` and its knobs.
 Pure: no vLLM, torch or environment access here.
 """
 
@@ -88,6 +88,11 @@ class VllmExtConfig:
     prefix_token_id: int | None = arg(optional(non_negative_int), None, "token for empty contexts")
     tensor_parallel_size: int | Auto = arg(auto_or_positive_int, AUTO, "GPUs (CPU: core groups) per replica")
     data_parallel_size: int | Auto = arg(auto_or_positive_int, AUTO, "replicas, each a persistent process")
+    pipeline_parallel_size: int | Auto = arg(auto_or_positive_int, AUTO,
+                                             "pipeline stages per replica (across nodes: Ray)")
+    distributed_executor_backend: str = arg(
+        one_of("auto", "ray", "mp", "uni", "external_launcher"), AUTO,
+        "vLLM executor; auto: ray when a replica spans nodes, else vLLM's default")
     max_model_len: int | Auto = arg(auto_or_positive_int, AUTO, "context window in tokens")
     max_length: int | None = arg(optional(positive_int), None, "stock lm-eval spelling of max_model_len")
     gpu_memory_utilization: float | Auto = arg(auto_or_fraction, AUTO, "share of GPU memory for vLLM")
@@ -97,7 +102,11 @@ class VllmExtConfig:
     max_batch_size: int | None = arg(optional(positive_int), None, "vLLM max_num_seqs")
     seed: int = arg(non_negative_int, 1234, "sampling seed")
     enforce_eager: bool = arg(as_bool, False, "skip graph capture (faster start, slower steps)")
-    enable_prefix_caching: bool = arg(as_bool, True, "reuse KV of shared prompt prefixes (generation)")
+    enable_prefix_caching: bool = arg(as_bool, True, "reuse KV of shared prompt prefixes")
+    score_with_prefix_cache: bool | None = arg(
+        optional(as_bool), None,
+        "loglikelihood: compute each shared context once (vLLM's prefix cache); default on with the cache, "
+        "off in server mode")
     truncation_side: str = arg(one_of("left", "right", "middle"), "left", "which end of long prompts to cut")
     device: str | None = arg(optional(as_str), None, "ignored by vLLM: pick GPUs with CUDA_VISIBLE_DEVICES")
     enable_thinking: bool | None = arg(optional(as_bool), None, "chat template thinking switch")
@@ -128,6 +137,13 @@ class VllmExtConfig:
         return self.base_url is not None
 
     @property
+    def scores_with_prefix_cache(self) -> bool:
+        """``score_with_prefix_cache``, resolved: on unless turned off or impossible."""
+        if self.score_with_prefix_cache is not None:
+            return self.score_with_prefix_cache
+        return self.enable_prefix_caching and not self.is_server_mode
+
+    @property
     def requested_max_model_len(self) -> int | Auto:
         """``max_model_len`` or its stock alias ``max_length`` (not both)."""
         return self.max_length if self.max_length is not None else self.max_model_len
@@ -140,10 +156,17 @@ class VllmExtConfig:
             )
         if self.enable_thinking and self.think_end_token is None:
             raise ConfigError("enable_thinking=true needs think_end_token=..., e.g. think_end_token='</think>'")
+        if self.score_with_prefix_cache and not self.enable_prefix_caching:
+            raise ConfigError("score_with_prefix_cache=true needs enable_prefix_caching=true; "
+                              "drop one of them")
+        if self.score_with_prefix_cache and self.is_server_mode:
+            raise ConfigError("score_with_prefix_cache=true is not available with base_url (the completions "
+                              "endpoint cannot ask vLLM to read its prefix cache for prompt logprobs); drop it")
         if self.is_server_mode:
             engine_only = {
                 "tensor_parallel_size": self.tensor_parallel_size,
                 "data_parallel_size": self.data_parallel_size,
+                "pipeline_parallel_size": self.pipeline_parallel_size,
                 "gpu_memory_utilization": self.gpu_memory_utilization,
             }
             for name, value in engine_only.items():

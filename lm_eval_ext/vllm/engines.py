@@ -14,12 +14,10 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Hashable, Iterator, Sequence
+from collections.abc import Hashable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from lm_eval_ext.vllm.config import VllmExtConfig
-from lm_eval_ext.vllm.sizes import VllmSizes
 
 logger = logging.getLogger("lm_eval_ext.vllm")
 
@@ -55,6 +53,8 @@ class EngineOutput:
 
     prompt_logprobs: list[dict[int, float] | None] | None
     outputs: tuple[GeneratedText, ...] = field(default=(GeneratedText(""),))
+    num_cached_tokens: int = 0
+    """Prompt tokens vLLM read from its prefix cache instead of computing (a multiple of its block size)."""
 
 
 def compact_output(request_output: Any) -> EngineOutput:
@@ -66,30 +66,7 @@ def compact_output(request_output: Any) -> EngineOutput:
             for position in request_output.prompt_logprobs
         ]
     texts = tuple(GeneratedText(c.text or "") for c in request_output.outputs) or (GeneratedText(""),)
-    return EngineOutput(prompt_logprobs, texts)
-
-
-def llm_kwargs(config: VllmExtConfig, sizes: VllmSizes, *, tensor_parallel_size: int | None = None) -> dict:
-    """Keyword arguments for ``vllm.LLM`` (one replica) from the parsed config and chosen sizes."""
-    kwargs = {
-        "model": config.pretrained,
-        "revision": config.revision,
-        "dtype": config.dtype,
-        "tokenizer": config.tokenizer,
-        "tokenizer_mode": config.tokenizer_mode,
-        "tokenizer_revision": config.tokenizer_revision,
-        "trust_remote_code": config.trust_remote_code,
-        "tensor_parallel_size": tensor_parallel_size or sizes.tensor_parallel_size,
-        "max_model_len": sizes.max_model_len,
-        "gpu_memory_utilization": sizes.gpu_memory_utilization,
-        "quantization": config.quantization,
-        "seed": config.seed,
-        "enforce_eager": config.enforce_eager,
-        "enable_prefix_caching": config.enable_prefix_caching,
-    }
-    if config.max_batch_size is not None:
-        kwargs["max_num_seqs"] = config.max_batch_size
-    return kwargs
+    return EngineOutput(prompt_logprobs, texts, int(getattr(request_output, "num_cached_tokens", 0) or 0))
 
 
 def build_llm(kwargs: dict, where: str) -> Any:
@@ -133,6 +110,18 @@ def iter_finished(llm: Any, prompts: Sequence[list[int]], params: Sequence[Any])
             engine.abort_request([rid for _, rid in pending.values()], internal=True)
 
 
+def warm_prefix_cache(llm: Any, prompts: Sequence[list[int]]) -> None:
+    """Compute ``prompts`` once (one generated token, no logprobs) so that their KV blocks sit in
+    vLLM's prefix cache for the requests that follow."""
+    if not prompts:
+        return
+    from vllm import SamplingParams
+
+    warm = SamplingParams(temperature=0, max_tokens=1, detokenize=False)
+    for _ in iter_finished(llm, prompts, [warm] * len(prompts)):
+        pass
+
+
 def collect(batches: Iterator[list[tuple[int, EngineOutput]]], num_prompts: int) -> list[EngineOutput]:
     """``iter_batches`` output -> outputs in prompt order."""
     results: list[Any] = [None] * num_prompts
@@ -146,19 +135,25 @@ class InProcessEngine:
     """One ``vllm.LLM`` in this process (tensor parallel inside it when TP > 1)."""
 
     kind = "in_process"
+    #: ``iter_batches(..., warm=...)`` runs the warm prompts on the engine that scores their groups
+    supports_prefix_warmup = True
 
-    def __init__(self, config: VllmExtConfig, sizes: VllmSizes) -> None:
-        self._llm = build_llm(llm_kwargs(config, sizes), where="in-process")
+    def __init__(self, engine_args: dict) -> None:
+        self._llm = build_llm(engine_args, where="in-process")
         self.num_engine_starts = 1
         self.max_model_len: int = self._llm.llm_engine.model_config.max_model_len
+        self.block_size: int = self._llm.llm_engine.vllm_config.cache_config.block_size
 
     def iter_batches(
-        self, prompts: Sequence[list[int]], params: Sequence[Any], group_keys: Sequence[Hashable] | None = None
+        self, prompts: Sequence[list[int]], params: Sequence[Any], group_keys: Sequence[Hashable] | None = None,
+        warm: Mapping[Hashable, list[int]] | None = None,
     ) -> Iterator[list[tuple[int, EngineOutput]]]:
+        """``warm``: a prompt per group key, computed first (see :func:`warm_prefix_cache`)."""
+        warm_prefix_cache(self._llm, list((warm or {}).values()))
         yield from iter_finished(self._llm, prompts, params)
 
-    def run(self, prompts, params, group_keys=None) -> list[EngineOutput]:
-        return collect(self.iter_batches(prompts, params, group_keys), len(prompts))
+    def run(self, prompts, params, group_keys=None, warm=None) -> list[EngineOutput]:
+        return collect(self.iter_batches(prompts, params, group_keys, warm), len(prompts))
 
     def close(self) -> None:
         if self._llm is not None:

@@ -24,10 +24,11 @@ import tempfile
 import threading
 import time
 import traceback
-from collections.abc import Hashable, Iterator, Sequence
+from collections.abc import Hashable, Iterator, Mapping, Sequence
 from multiprocessing.connection import wait as wait_for_connections
 from typing import Any
 
+from lm_eval_ext.vllm.build import replica_pinning  # noqa: F401 (re-exported: pinning is decided in build)
 from lm_eval_ext.vllm.engines import EngineOutput, collect, count_engine_start
 
 logger = logging.getLogger("lm_eval_ext.vllm")
@@ -60,25 +61,6 @@ def split_by_tokens(
     return [sorted(shard) for shard in shards]
 
 
-def replica_pinning(index: int, tensor_parallel_size: int, num_gpus: int, cpu_cores: Sequence[int],
-                    num_replicas: int, visible_gpus: Sequence[str] | None = None) -> dict[str, str]:
-    """Environment that pins replica ``index`` to its devices.
-
-    GPUs: ``tensor_parallel_size`` consecutive visible GPUs each. CPU: an equal slice of
-    ``cpu_cores`` per replica, cut into ``tensor_parallel_size`` groups joined by ``|`` (vLLM's
-    per-rank OpenMP binding). Example: cores 0-3, 2 replicas, TP 2 -> replica 1 gets "2|3".
-    """
-    if num_gpus:
-        gpus = list(visible_gpus) if visible_gpus is not None else [str(i) for i in range(num_gpus)]
-        mine = gpus[index * tensor_parallel_size:(index + 1) * tensor_parallel_size]
-        return {"CUDA_VISIBLE_DEVICES": ",".join(mine)}
-    per_replica = len(cpu_cores) // num_replicas
-    mine = list(cpu_cores)[index * per_replica:(index + 1) * per_replica]
-    per_rank = max(len(mine) // tensor_parallel_size, 1)
-    ranks = [mine[r * per_rank:(r + 1) * per_rank] for r in range(tensor_parallel_size)]
-    return {"VLLM_CPU_OMP_THREADS_BIND": "|".join(",".join(map(str, cores)) for cores in ranks)}
-
-
 def _exit_when_orphaned(parent_pid: int) -> None:
     while True:
         time.sleep(_PARENT_POLL_S)
@@ -87,19 +69,20 @@ def _exit_when_orphaned(parent_pid: int) -> None:
 
 
 def _replica_main(conn: Any, index: int, env: dict[str, str], kwargs: dict, parent_pid: int) -> None:
-    """Worker process: build one engine, then answer ("run", prompts, params) until ("close",):
+    """Worker process: build one engine, then answer ("run", prompts, params, warm_prompts) until ("close",):
     one ("part", [(index, output), ...]) per engine step that finished requests, then ("done", None)."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     os.setpgid(0, 0)
     os.environ.update(env)
     threading.Thread(target=_exit_when_orphaned, args=(parent_pid,), daemon=True).start()
-    from lm_eval_ext.vllm.engines import iter_finished, shutdown_llm
+    from lm_eval_ext.vllm.engines import iter_finished, shutdown_llm, warm_prefix_cache
 
     try:
         from vllm import LLM
 
         llm = LLM(**kwargs)
-        conn.send(("ready", llm.llm_engine.model_config.max_model_len))
+        conn.send(("ready", (llm.llm_engine.model_config.max_model_len,
+                             llm.llm_engine.vllm_config.cache_config.block_size)))
     except BaseException:
         conn.send(("error", traceback.format_exc()))
         return
@@ -109,6 +92,7 @@ def _replica_main(conn: Any, index: int, env: dict[str, str], kwargs: dict, pare
             if message[0] == "close":
                 break
             try:
+                warm_prefix_cache(llm, message[3])
                 for batch in iter_finished(llm, message[1], message[2]):
                     conn.send(("part", batch))
                 conn.send(("done", None))
@@ -125,6 +109,7 @@ class ReplicaPool:
     """N persistent replicas; ``iter_batches`` splits one call's requests over all of them."""
 
     kind = "data_parallel"
+    supports_prefix_warmup = True
 
     def __init__(self, kwargs: dict, pinnings: Sequence[dict[str, str]]) -> None:
         self._scratch_dir = tempfile.mkdtemp(prefix="lm_eval_ext_vllm_")
@@ -132,6 +117,7 @@ class ReplicaPool:
         self._connections: list[Any] = []
         self.num_engine_starts = 0
         self.max_model_len = 0
+        self.block_size = 0
         atexit.register(self.close)
         try:
             self._start(kwargs, pinnings)
@@ -162,7 +148,7 @@ class ReplicaPool:
             status, payload = self._receive(index, conn)
             if status != "ready":
                 raise RuntimeError(f"vllm_ext replica {index} failed to start:\n{payload}")
-            self.max_model_len = payload
+            self.max_model_len, self.block_size = payload
             self.num_engine_starts += 1
             count_engine_start(f"replica {index}, pid {self._processes[index].pid}")
 
@@ -174,10 +160,12 @@ class ReplicaPool:
             raise RuntimeError(f"vllm_ext replica {index} exited unexpectedly (exit code {code})") from None
 
     def iter_batches(
-        self, prompts: Sequence[list[int]], params: Sequence[Any], group_keys: Sequence[Hashable] | None = None
+        self, prompts: Sequence[list[int]], params: Sequence[Any], group_keys: Sequence[Hashable] | None = None,
+        warm: Mapping[Hashable, list[int]] | None = None,
     ) -> Iterator[list[tuple[int, EngineOutput]]]:
         """Yield ``[(index, output), ...]`` as replicas finish requests; the pool is closed if the
-        caller fails or is interrupted meanwhile (replicas would otherwise answer a dead request)."""
+        caller fails or is interrupted meanwhile (replicas would otherwise answer a dead request).
+        ``warm``: a prompt per group key, computed first on the replica that gets the group."""
         if not self._processes:
             raise RuntimeError("vllm_ext replica pool is closed (a request failed or the run was interrupted)")
         costs_tokens = [len(p) + (getattr(sp, "max_tokens", 1) or 1) for p, sp in zip(prompts, params)]
@@ -186,7 +174,9 @@ class ReplicaPool:
         try:
             for conn, shard in zip(self._connections, shards):
                 if shard:
-                    conn.send(("run", [prompts[i] for i in shard], [params[i] for i in shard]))
+                    keys = dict.fromkeys(group_keys[i] for i in shard) if warm and group_keys is not None else {}
+                    conn.send(("run", [prompts[i] for i in shard], [params[i] for i in shard],
+                               [warm[k] for k in keys if k in warm]))
                     pending[conn] = shard
             while pending:
                 for conn in wait_for_connections(list(pending)):
@@ -202,8 +192,8 @@ class ReplicaPool:
             self.close(graceful=False)  # busy replicas would finish the abandoned work first
             raise
 
-    def run(self, prompts, params, group_keys=None) -> list[EngineOutput]:
-        return collect(self.iter_batches(prompts, params, group_keys), len(prompts))
+    def run(self, prompts, params, group_keys=None, warm=None) -> list[EngineOutput]:
+        return collect(self.iter_batches(prompts, params, group_keys, warm), len(prompts))
 
     def close(self, graceful: bool = True) -> None:
         """Ask every replica to exit (``graceful``: wait up to :data:`REPLICA_EXIT_GRACE_S`), then

@@ -34,13 +34,46 @@ def grouped_order(group_keys: Sequence[Any]) -> list[int]:
     return sorted(range(len(group_keys)), key=lambda i: (first_seen[group_keys[i]], i))
 
 
+def all_continuation_computed(output: Any, context_len: int) -> bool:
+    """Whether vLLM computed every position whose logprob scoring reads. The logprob of token ``j``
+    comes from position ``j - 1``, so positions ``context_len - 1`` onwards must not have come from
+    the prefix cache. Example: block size 128, a 128-token context fully cached -> False (the first
+    continuation token's logprob was never computed); a 138-token context, 128 cached -> True."""
+    return output.num_cached_tokens <= context_len - 1
+
+
+def worth_warming(keys: Sequence[Any], context_lens: Sequence[int], block_size: int) -> dict[Any, bool]:
+    """Per context: whether computing it once first saves work. Only whole KV blocks are cached, and
+    position ``context_len - 1`` must be computed, so a context reuses ``(context_len - 1) // block``
+    blocks; with one choice (or no whole block) the warm-up would only add work. Example: block 128,
+    4 choices of a 600-token context -> warm (4 blocks reused by each choice); a 79-token context -> no."""
+    counts: dict[Any, int] = {}
+    lengths: dict[Any, int] = {}
+    for key, length in zip(keys, context_lens):
+        counts[key] = counts.get(key, 0) + 1
+        lengths[key] = length
+    return {key: counts[key] > 1 and (lengths[key] - 1) // max(block_size, 1) >= 1 for key in counts}
+
+
+def uses_prefix_cache(lm: Any) -> bool:
+    return lm.ext_config.scores_with_prefix_cache and getattr(lm.engine, "supports_prefix_warmup", False)
+
+
 def score_requests(
     lm: Any, requests: Sequence[tuple], on_scored: Callable[[int, tuple[float, bool]], None] | None = None
 ) -> list[tuple[float, bool]]:
     """``requests``: ``(cache_key, context_tokens, continuation_tokens)`` as lm-eval builds them;
-    ``on_scored(index, answer)`` is called as each answer arrives."""
+    ``on_scored(index, answer)`` is called as each answer arrives.
+
+    With ``score_with_prefix_cache`` each distinct context is computed once first (it then sits in
+    vLLM's prefix cache) and the choices ask for prompt logprobs with
+    ``skip_reading_prefix_cache=False``, so only their continuations are computed; a request whose
+    continuation positions came from the cache (:func:`all_continuation_computed`) is scored again
+    the stock way (prefix cache skipped)."""
     from lm_eval.models.vllm_causallms import VLLM, SamplingParams
 
+    if not requests:  # nothing to compute: never start an engine (uses_prefix_cache would)
+        return []
     prepared = [truncate_for_scoring(ctx, cont, lm.max_length) for _, ctx, cont in requests]
     num_truncated = sum(len(ctx) + len(cont) > lm.max_length - 1 for _, ctx, cont in requests)
     if num_truncated:
@@ -48,20 +81,44 @@ def score_requests(
                        num_truncated, lm.max_length - 1)
     keys = [tuple(ctx) for _, ctx, _ in requests]
     order = grouped_order(keys)
-    params = SamplingParams(temperature=0, prompt_logprobs=1, max_tokens=1, detokenize=False)
+    stock = SamplingParams(temperature=0, prompt_logprobs=1, max_tokens=1, detokenize=False)
+    shared = uses_prefix_cache(lm)
+    params = SamplingParams(temperature=0, prompt_logprobs=1, max_tokens=1, detokenize=False,
+                            skip_reading_prefix_cache=False) if shared else stock
     results: list[Any] = [None] * len(requests)
-    for chunk in chunked(order, lm.batch_size):
+    recompute: list[int] = []
+
+    def run(chunk: list[int], chunk_params: Any, warm: dict | None) -> None:
+        if not chunk:
+            return
         prompts = [prepared[i][0] for i in chunk]
-        for batch in lm.engine.iter_batches(prompts, [params] * len(chunk), [keys[i] for i in chunk]):
+        for batch in lm.engine.iter_batches(prompts, [chunk_params] * len(chunk), [keys[i] for i in chunk], warm):
             for position, output in batch:
                 index = chunk[position]
                 tokens, context_len = prepared[index]
+                if chunk_params is params and shared and not all_continuation_computed(output, context_len):
+                    recompute.append(index)
+                    continue
                 results[index] = answer = VLLM._parse_logprobs(tokens=tokens, outputs=output, ctxlen=context_len)
                 if requests[index][0] is not None:  # rolling windows have none (see rolling_loglikelihoods)
                     lm.cache_hook.add_partial("loglikelihood", requests[index][0], answer)
                 if on_scored is not None:
                     on_scored(index, answer)
             lm.store_arrived_results()
+
+    for chunk in chunked(order, lm.batch_size):
+        if not shared:
+            run(chunk, stock, None)
+            continue
+        reusing = worth_warming([keys[i] for i in chunk], [prepared[i][1] for i in chunk], lm.engine.block_size)
+        run([i for i in chunk if not reusing[keys[i]]], stock, None)
+        chunk = [i for i in chunk if reusing[keys[i]]]
+        run(chunk, params, {keys[i]: prepared[i][0][:prepared[i][1]] for i in chunk})
+    if recompute:
+        logger.info("vllm_ext: %d request(s) had continuation positions served from the prefix cache "
+                    "(context ending on a KV block boundary); scored again without it", len(recompute))
+        for chunk in chunked(sorted(recompute, key=order.index), lm.batch_size):
+            run(chunk, stock, None)
     return results
 
 

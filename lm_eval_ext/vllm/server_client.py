@@ -208,10 +208,13 @@ class ServerEngine:
         return [EngineOutput(None, (GeneratedText(text),)) for text in texts]
 
     def iter_batches(
-        self, prompts: Sequence[list[int]], params: Sequence[Any], group_keys: Sequence[Hashable] | None = None
+        self, prompts: Sequence[list[int]], params: Sequence[Any], group_keys: Sequence[Hashable] | None = None,
+        warm: Any = None,
     ) -> Iterator[list[tuple[int, EngineOutput]]]:
         """Yield one ``[(index, output), ...]`` per HTTP response, in completion order, with at most
-        ``num_concurrent`` calls in flight."""
+        ``num_concurrent`` calls in flight. ``warm`` must be None: no prefix warm-up over HTTP
+        (``supports_prefix_warmup`` is False)."""
+        assert not warm, "server mode cannot read vLLM's prefix cache for prompt logprobs"
         fields = [request_fields(p) for p in params]
         keys = [json.dumps(f, sort_keys=True) for f in fields]
         batches = pack_by_tokens(prompts, keys, self.tokens_per_request)
@@ -225,6 +228,8 @@ class ServerEngine:
                     yield list(zip(batch, future.result()))
         finally:
             pool.shutdown(wait=False, cancel_futures=True)
+
+    supports_prefix_warmup = False
 
     def run(self, prompts, params, group_keys=None) -> list[EngineOutput]:
         return collect(self.iter_batches(prompts, params, group_keys), len(prompts))

@@ -287,8 +287,14 @@ def test_explicit_cpu_offload_on_cpu_spills_to_disk_with_a_warning():
     assert "disk offload" in result.warnings[0]
 
 
-def test_vllm_on_cpu_is_one_engine():
+def test_vllm_on_cpu_is_one_engine_unless_sizes_are_given():
     result = _plan("qwen2.5-0.5b", "auto", "", 1, "vllm", {})
     assert (result.device, result.strategy, result.max_model_len) == ("cpu", Strategy.SINGLE, 32768)
-    with pytest.raises(UserError, match="without GPUs vLLM runs one engine on CPU"):
-        _plan("qwen2.5-0.5b", "auto", "", 1, "vllm", {"tensor_parallel_size": 2})
+    assert (result.tensor_parallel_size, result.data_parallel_size) == (1, 1)
+    # vLLM's CPU build runs tensor parallel over core groups: the same head rule as on GPUs
+    result = _plan("qwen2.5-0.5b", "auto", "", 1, "vllm", {"tensor_parallel_size": 2})
+    assert (result.strategy, result.tensor_parallel_size) == (Strategy.TENSOR_PARALLEL, 2)
+    with pytest.raises(UserError, match="tensor_parallel_size=3 must divide num_attention_heads=14"):
+        _plan("qwen2.5-0.5b", "auto", "", 1, "vllm", {"tensor_parallel_size": 3})
+    with pytest.raises(UserError, match="needs 64 CPU cores"):
+        _plan("qwen2.5-0.5b", "auto", "", 1, "vllm", {"data_parallel_size": 64})

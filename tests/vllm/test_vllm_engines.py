@@ -30,7 +30,7 @@ def test_in_process_tp1_equals_stock_and_builds_what_was_asked(stock_samples, ti
     lm = VllmExtLM(pretrained=tiny_vllm_model_path, max_model_len=1024, **ENGINE_ARGS)
     try:
         built = lm.engine._llm.llm_engine.vllm_config  # read each setting back from the engine
-        assert built.parallel_config.tensor_parallel_size == 1
+        assert built.parallel_config.tensor_parallel_size == 1 and built.parallel_config.pipeline_parallel_size == 1
         assert built.model_config.max_model_len == 1024 and str(built.model_config.dtype) == "torch.float32"
         assert built.model_config.enforce_eager and built.cache_config.enable_prefix_caching
         samples = evaluate_samples(lm, task_manager)
@@ -40,25 +40,27 @@ def test_in_process_tp1_equals_stock_and_builds_what_was_asked(stock_samples, ti
     info = lm.get_model_info()
     assert info["vllm_mode"] == "in_process" and info["max_model_len"] == 1024
     assert info["vllm_sizes"]["tensor_parallel_size"] == 1 and info["vllm_sizes"]["data_parallel_size"] == 1
+    assert info["lm_eval_ext_plan"]["strategy"] == "single" and info["lm_eval_ext_plan"]["device"] == "cpu"
     assert lm.num_engine_starts == 1
 
 
 @pytest.mark.parametrize(
     ("args", "message"),
     [
-        ({"tensor_parallel_size": 3}, "tensor_parallel_size=3 must divide num_attention_heads=4; use one of 1, 2"),
-        ({"max_model_len": 4096}, "exceeds the model's max_position_embeddings=1024"),
+        ({"tensor_parallel_size": 3}, "tensor_parallel_size=3 must divide num_attention_heads=4; use 1, 2"),
+        ({"max_model_len": 4096}, "max_model_len=4096 exceeds the model's window of 1024 tokens"),
+        ({"pipeline_parallel_size": 4}, "pipeline_parallel_size=4 exceeds the 2 layers"),
         ({"data_parallel_size": 64}, "needs 64 CPU cores"),
         ({"tensor_parallel": 2}, "did you mean 'tensor_parallel_size'"),
     ],
 )
 def test_impossible_settings_are_refused_before_any_engine_starts(tiny_vllm_model_path, args, message):
     from lm_eval_ext.vllm.adapter import VllmExtLM
-    from lm_eval_ext.errors import ConfigError
+    from lm_eval_ext.errors import UserError
     from lm_eval_ext.vllm.engines import engine_starts_so_far
 
     before = engine_starts_so_far()
-    with pytest.raises(ConfigError, match=message):
+    with pytest.raises(UserError, match=message):
         VllmExtLM(pretrained=tiny_vllm_model_path, **ENGINE_ARGS, **args)
     assert engine_starts_so_far() == before
 
