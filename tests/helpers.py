@@ -60,3 +60,16 @@ def metrics(results: dict) -> dict[str, float]:
         for name, value in values.items()
         if isinstance(value, float) and "stderr" not in name
     }
+
+
+#: the repository's root folder
+REPO_ROOT = __import__("pathlib").Path(__file__).resolve().parents[1]
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on now (tests' servers and rendezvous)."""
+    import socket
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]

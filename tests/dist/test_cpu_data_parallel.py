@@ -7,24 +7,19 @@ from __future__ import annotations
 import ast
 import json
 import re
-import socket
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
+from tests.helpers import free_port
+
 ROOT = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
 TASKS = "ext_arith_mc,ext_copy_gen,ext_prose_rolling"
 LIMIT = 16  # documents per task (ext_prose_rolling has 12): even counts, so halves are exact
 NUM_DOCS = {"ext_arith_mc": 16, "ext_copy_gen": 16, "ext_prose_rolling": 12}
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def _lm_eval_args(model: Path, out: Path) -> list[str]:
@@ -77,7 +72,7 @@ def test_two_cpu_ranks_each_do_half_and_match_one_process(tiny_model_path, singl
     out = tmp_path / "dp2"
     cmd = [str(BIN / "accelerate"), "launch", "--config_file",
            str(ROOT / "accelerate_configs" / "cpu_dp2.yaml"), "--main_process_port",
-           str(_free_port()), *_lm_eval_args(tiny_model_path, out)]
+           str(free_port()), *_lm_eval_args(tiny_model_path, out)]
     scratch_env.pop("ACCELERATE_USE_CPU", None)  # hf_ext must set it by itself
     done = subprocess.run(cmd, capture_output=True, text=True, timeout=900, env=scratch_env)
     assert done.returncode == 0, done.stderr[-3000:]

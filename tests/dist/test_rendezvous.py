@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import logging
 import os
-import socket
 import subprocess
 import sys
 
 import pytest
+
+from tests.helpers import free_port
 
 from lm_eval_ext.errors import UserError
 from lm_eval_ext.plan.hardware import LaunchEnv
@@ -16,16 +17,10 @@ from lm_eval_ext.plan.hardware import LaunchEnv
 torch = pytest.importorskip("torch")
 
 
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
 def test_a_rank_whose_rank_zero_never_comes_fails_in_bounded_time_naming_what_it_waited_for(caplog):
     from lm_eval_ext.hf.rendezvous import join_process_group
 
-    port = _free_port()
+    port = free_port()
     launch = LaunchEnv(rank=1, local_rank=1, world_size=2, master_addr="127.0.0.1", master_port=str(port))
     caplog.set_level(logging.INFO, logger="lm_eval_ext.hf")
     with pytest.raises(UserError) as failure:
@@ -62,7 +57,7 @@ dist.destroy_process_group()
 
 
 def test_two_hand_started_ranks_meet_and_keep_working():
-    port = str(_free_port())
+    port = str(free_port())
     env = {**os.environ, "OMP_NUM_THREADS": "1", "GLOO_SOCKET_IFNAME": "lo"}
     ranks = [subprocess.Popen([sys.executable, "-c", _RANK, str(r), port], env=env, stdout=subprocess.PIPE,
                               stderr=subprocess.PIPE, text=True) for r in (0, 1)]

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import os
 import re
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -26,16 +25,11 @@ import pytest
 import yaml
 
 from tests.dist.test_cpu_data_parallel import _assert_close, _samples
+from tests.helpers import free_port
 
 ROOT = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
 TASK, LIMIT = "ext_arith_mc", 8
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def _lm_eval(model: Path, out: Path) -> list[str]:
@@ -92,7 +86,7 @@ def _check_halves_and_samples(logs: str, out: Path, one_process: dict) -> None:
 
 
 def test_two_torchrun_nodes_split_the_documents_by_global_rank(tiny_model_path, one_process, tmp_path, scratch_env):
-    out, port = tmp_path / "out", str(_free_port())
+    out, port = tmp_path / "out", str(free_port())
     commands = [[sys.executable, "-m", "torch.distributed.run", "--nnodes", "2", "--node_rank", str(node),
                  "--nproc-per-node", "1", "--master_addr", "127.0.0.1", "--master_port", port,
                  *_lm_eval(tiny_model_path, out)] for node in (0, 1)]
@@ -105,7 +99,7 @@ def test_two_accelerate_nodes_from_a_multinode_config(tiny_model_path, one_proce
     loopback. MULTI_GPU stays (it is what launches through torch elastic on both nodes); hf_ext sees
     no CUDA and accelerate uses gloo (ACCELERATE_USE_CPU)."""
     config = yaml.safe_load((ROOT / "accelerate_configs" / "multinode_2x8.yaml").read_text())
-    config.update(num_processes=2, main_process_ip="127.0.0.1", main_process_port=_free_port())
+    config.update(num_processes=2, main_process_ip="127.0.0.1", main_process_port=free_port())
     out = tmp_path / "out"
     commands = []
     for node in (0, 1):

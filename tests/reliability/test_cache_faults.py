@@ -106,7 +106,7 @@ def test_a_full_disk_mid_write_is_reported_as_full_and_loses_nothing(tmp_path):
 def test_a_main_file_shorter_than_its_header_beside_a_wal_is_left_to_sqlite(tmp_path):
     """The state a full disk (or a kill) during a checkpoint leaves: page 1 already says N pages,
     the file has fewer, and the WAL still holds them. SQLite recovers it; we must not refuse it."""
-    child = f"""
+    child = """
 import sys
 from lm_eval_ext.cache.store import RequestStore
 from tests.reliability.test_cache_faults import _entries

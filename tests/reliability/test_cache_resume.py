@@ -7,7 +7,6 @@ import json
 import os
 import random
 import signal
-import socket
 import sqlite3
 import subprocess
 import sys
@@ -15,6 +14,8 @@ import time
 from pathlib import Path
 
 import pytest
+
+from tests.helpers import free_port
 from tests.reliability.forking import REPO, TASKS_DIR, preload, run_forked, tiny_model
 
 pytestmark = pytest.mark.skipif(
@@ -107,17 +108,11 @@ def test_kill_nine_ten_times_then_resume_gives_the_uninterrupted_results(tmp_pat
     assert stored_entries(cache_dir) == KILL_TOTAL_REQUESTS
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 def launch_two_ranks(cache_dir: Path, out: Path, extra_model_args: str = "") -> dict:
     launch = [
         sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
         "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
-        "--main_process_port", str(_free_port()),
+        "--main_process_port", str(free_port()),
         str(Path(__file__).with_name("run_eval.py")), "--model-args",
         f"pretrained={tiny_model()},cache_dir={cache_dir}{extra_model_args}", "--tasks-dir", str(TASKS_DIR),
         "--limit", str(LIMIT), "--batch-size", "4", "--out", str(out),

@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -60,11 +59,9 @@ def test_lm_eval_mistakes_are_lm_evals_message_in_one_line(tiny_model_path, tmp_
 
 def test_a_hand_set_rank_whose_rank_zero_never_comes_gives_up_in_bounded_time(tiny_model_path, tmp_path,
                                                                                scratch_env):
-    import socket
+    from tests.helpers import free_port
 
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
+    port = free_port()  # nobody listens on it
     done, errors = _run(_argv(tiny_model_path), tmp_path, scratch_env, LOCAL_RANK="1", RANK="1", WORLD_SIZE="2",
                         MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), LM_EVAL_EXT_RENDEZVOUS_TIMEOUT_S="2")
     assert done.returncode == 2 and len(errors) == 1, done.stderr[-3000:]

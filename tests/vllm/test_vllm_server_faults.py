@@ -127,11 +127,9 @@ def test_api_key_falls_back_to_openai_variable_and_unknown_model_is_refused(fake
 
 
 def test_a_server_that_is_not_there_fails_after_retries():
-    import socket
+    from tests.helpers import free_port
 
-    with socket.socket() as probe:  # a port nobody listens on
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
+    port = free_port()  # nobody listens on it
     config = VllmExtConfig.from_model_args(
         {"pretrained": "unused", "base_url": f"http://127.0.0.1:{port}/v1", "backoff_s": 0.01, "max_retries": 2}
     )
