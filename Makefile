@@ -35,7 +35,7 @@ $(MODELS)/smollm2-135m/.complete: $(STAMP) scripts/build_models.py
 models: $(MODELS)/tiny-llama/.complete $(MODELS)/smollm2-135m/.complete
 
 demo: $(MODELS)/smollm2-135m/.complete
-	$(PY) scripts/demo.py --model $(MODELS)/smollm2-135m
+	$(PY) scripts/demo.py --model $(MODELS)/smollm2-135m --output_path out/demo
 
 # pytest exits 5 when it collects nothing; that is not a failure of the suite.
 # vLLM (CPU build) is part of the test environment: vllm_ext is tested against real vLLM.

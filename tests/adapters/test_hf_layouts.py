@@ -57,8 +57,9 @@ def test_parallelize_on_cpu_is_refused_with_the_fix(tiny_model_path):
     from lm_eval_ext.hf.adapter import HfExtLM
     from lm_eval_ext.errors import UserError
 
-    with pytest.raises(UserError, match="strategy=model_split splits a model over GPUs, and none is visible; "
-                                        "on CPU use strategy=cpu_offload"):
+    # names what the user typed (parallelize), not the strategy it maps to (issue: "parallelize=True on CPU")
+    with pytest.raises(UserError, match=r"parallelize=True splits a model over GPUs, and none is visible; drop "
+                                        r"parallelize \(hf_ext plans the CPU run itself\), or pass strategy=cpu_offload"):
         HfExtLM(pretrained=str(tiny_model_path), device="cpu", dtype="float32", parallelize=True)
 
 

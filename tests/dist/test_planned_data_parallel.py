@@ -38,7 +38,8 @@ def _run(argv: list[str], tmp_path: Path, model: str, tiny: Path, base_env: dict
     env.pop("OMP_NUM_THREADS", None)  # the planner sets it: 2 cores / 2 processes
     done = subprocess.run(argv + [str(script), model, str(tiny), str(REPO / "tasks"), str(out)],
                           env=env, capture_output=True, text=True, timeout=600)
-    assert done.returncode == 0, done.stderr[-3000:]
+    first_errors = [line for line in done.stderr.splitlines() if "[rank0]" in line][-40:]
+    assert done.returncode == 0, "\n".join(first_errors) + "\n...\n" + done.stderr[-3000:]
     return json.loads(out.read_text()) | {"log": done.stderr}
 
 
