@@ -34,6 +34,7 @@ from lm_eval.models.huggingface import HFLM  # noqa: E402
 from lm_eval.models.utils import resolve_max_length  # noqa: E402
 
 from lm_eval_ext.hf import request_cache as hf_cache  # noqa: E402  (imports torch)
+from lm_eval_ext.hf.rendezvous import join_process_group  # noqa: E402
 from lm_eval_ext.hf.engine import WHOLE_CALL, EngineSettings, ScoringEngine  # noqa: E402
 
 logger = logging.getLogger("lm_eval_ext.hf")
@@ -65,6 +66,8 @@ class HfExtLM(HFLM):
         self._create_kwargs: dict = {}
         self._deferred_load: tuple[tuple, dict] | None = None
         self._layout = build_layout(config)  # the build description (plan.build); a dry run stops here
+        if self._layout.launch is not None:  # hand-started ranks: a bounded, announced rendezvous
+            join_process_group(self._layout.launch)
         super().__init__(**self._layout.hflm_kwargs)
         self._model_state = ModelState.DEFERRED if self._deferred_load else ModelState.LOADED
         self._adopt_launcher_ranks()

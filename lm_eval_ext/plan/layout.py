@@ -27,7 +27,7 @@ from lm_eval_ext.plan.build import (
     SPLIT_STRATEGIES, HfBuild, Place, hf_build, place_of, resolve_device, resolve_dtype, unpinned_device,
 )
 from lm_eval_ext.plan.detect import detect_hardware, read_launch_env
-from lm_eval_ext.plan.hardware import Hardware
+from lm_eval_ext.plan.hardware import Hardware, LaunchEnv
 from lm_eval_ext.plan.types import Plan, PlanRequest, Strategy
 from lm_eval_ext.units import format_bytes, parse_bytes
 
@@ -48,6 +48,8 @@ class Layout:
     """The complete build description; None with ``plan``."""
     hflm_kwargs: dict[str, Any] = field(default_factory=dict)
     """What the adapter hands to HFLM (the build's, or the config's when there is no plan)."""
+    launch: LaunchEnv | None = None
+    """This process's launch on a real (not described) machine: the adapter joins its process group."""
 
     @property
     def strategy_name(self) -> str:
@@ -173,11 +175,7 @@ def build_layout(config: Any, *, device: str | None = None, dtype: str | None = 
     _finish_if_dry_run(layout.build.to_json(), hardware, environ)
     if isinstance(environ, MutableMapping):
         apply_omp_default(hardware, environ)
-    if not hardware.described:
-        from lm_eval_ext.hf.rendezvous import join_process_group
-
-        join_process_group(hardware.launch, environ)
-    return layout
+    return layout if hardware.described else replace(layout, launch=hardware.launch)
 
 
 def _unpin(requested: str, hardware: Hardware) -> str:
