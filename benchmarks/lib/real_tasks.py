@@ -56,6 +56,7 @@ def definitions(data_dir: Path) -> dict[str, dict]:
         out[mmlu_task(subject)] = {
             "include": str(stock / "mmlu" / "default" / "_default_template_yaml"), "task": mmlu_task(subject),
             "description": f"The following are multiple choice questions (with answers) about {name}.\n\n",
+            "num_fewshot": 5,  # the published MMLU setting (lm-eval's YAML leaves it to --num_fewshot)
             **_json_source({"test": mmlu / "test" / f"{subject}.jsonl", "dev": mmlu / "dev" / f"{subject}.jsonl"}),
         }
     return out

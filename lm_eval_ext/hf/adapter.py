@@ -187,6 +187,14 @@ class HfExtLM(HFLM):
         self.engine.note_request_tasks(request_type, requests)
         collective = self._compute_is_collective(request_type)
         chunks = functools.partial(hf_cache.rolling_chunks, collective=collective)
+        # one bar per request type, the engine's (requests/s, tokens/s), across every backend call
+        # of this lm-eval call (rolling chunks); HFLM's own bars stay off (see _compute)
+        bars = (contextlib.nullcontext() if self.engine.budgets.max_batch_tokens is None
+                else self.engine.bars(disabled=disable_tqdm))
+        with bars:
+            return self._answer_through_cache(request_type, requests, disable_tqdm, collective, chunks)
+
+    def _answer_through_cache(self, request_type, requests, disable_tqdm, collective, chunks) -> list:
         return self.request_cache.answer(
             request_type, requests, functools.partial(self._compute, request_type, disable_tqdm=disable_tqdm),
             hook_owner=self, prepare=self.load_weights,
@@ -199,8 +207,12 @@ class HfExtLM(HFLM):
         if not todo and request_type == "generate_until":  # HFLM would return at once; join the agreement
             self.engine.budgets.join_agreement("generate_until")
             return []
-        with self._whole_calls():
+        if self.engine.budgets.max_batch_tokens is None:  # off: stock batching, stock bars
             return getattr(HFLM, request_type)(self, todo, disable_tqdm=disable_tqdm)
+        # HFLM's own bars (tokenizing, documents, generate_until requests) are off: the engine's
+        # bar is the one (the user's disable_tqdm reached it in _answer)
+        with self._whole_calls():
+            return getattr(HFLM, request_type)(self, todo, disable_tqdm=True)
 
     @contextlib.contextmanager
     def _whole_calls(self):

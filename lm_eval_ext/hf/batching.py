@@ -62,7 +62,7 @@ DEFAULT_ROW_TOKENS = 1024
 #: What one more forward costs beyond its tokens, in tokens: one 128-token row runs at 478
 #: tokens/s, 32 of them at 650 (SmolLM2-135M, this CPU), i.e. ~70 ms or ~45 tokens per forward
 #: of fixed cost (Python, kernel launches, weights streamed once per forward).
-BATCH_OVERHEAD_TOKENS = 48
+BATCH_OVERHEAD_TOKENS = 192
 #: Most rows one batch holds (bounds the batch-cut search to rows x this many steps).
 MAX_BATCH_ROWS = 512
 
@@ -97,10 +97,13 @@ class ScoreRequest:
     index: int
     input_tokens: tuple[int, ...]
     continuation_tokens: tuple[int, ...]
+    #: positions before ``input_tokens``: those tokens are the batch's shared prefix, computed
+    #: once and read from its KV cache (``families.py``); 0 for a whole request
+    offset: int = 0
 
     @property
     def useful_tokens(self) -> int:
-        return len(self.input_tokens)
+        return self.offset + len(self.input_tokens)
 
     @property
     def context_tokens(self) -> tuple[int, ...]:
@@ -152,7 +155,7 @@ class Row:
         if new:
             self.segments.append((start, start + new, path[-1] if path else -1))
             self.parents.extend([path[-1] if path else -1] + list(range(start, start + new - 1)))
-            self.depths.extend(range(shared, len(request.input_tokens)))
+            self.depths.extend(range(request.offset + shared, request.offset + len(request.input_tokens)))
             self.tokens.extend(request.input_tokens[shared:])
             path = path + list(range(start, start + new))
         num_scored = len(request.continuation_tokens)
@@ -163,6 +166,8 @@ class Row:
 @dataclass
 class Batch:
     rows: list[Row]
+    #: tokens every row continues (a few-shot prefix): computed once per family, not per row
+    prefix: tuple[int, ...] = ()
 
     @property
     def padded_tokens(self) -> int:
@@ -249,7 +254,7 @@ def pack_rows(
 
 def pack_batches(
     rows: Sequence[Row], *, max_batch_tokens: int | None, max_batch_requests: int | None = None,
-    overhead_tokens: int | None = None,
+    overhead_tokens: int | None = None, prefix: tuple[int, ...] = (),
 ) -> list[Batch]:
     """Cut the rows, longest first, into batches of at most ``max_batch_tokens`` padded tokens
     (rows x longest) and (if given) ``max_batch_requests`` requests; a row over budget travels
@@ -258,7 +263,8 @@ def pack_batches(
     Padding costs as much as a real token and every forward a fixed overhead
     (:data:`BATCH_OVERHEAD_TOKENS`), so the cut points minimise ``padded tokens + overhead x
     batches`` (dynamic programming over the sorted rows) instead of filling each batch
-    greedily: a batch of rows of 90 and 25 tokens would pad the short ones to 90.
+    greedily: a batch of rows of 90 and 25 tokens would pad the short ones to 90. Every batch
+    continues ``prefix`` (the rows' shared few-shot prefix, if any).
     """
     ordered = sorted(rows, key=len, reverse=True)
     overhead = BATCH_OVERHEAD_TOKENS if overhead_tokens is None else overhead_tokens
@@ -278,7 +284,7 @@ def pack_batches(
                 suffix[i], cut[i] = total, j + 1
     batches, i = [], 0
     while i < n:
-        batches.append(Batch(ordered[i : cut[i]]))
+        batches.append(Batch(ordered[i : cut[i]], prefix))
         i = cut[i]
     return batches
 
@@ -289,7 +295,7 @@ def split_batch(batch: Batch, *, row_tokens: int, share: bool) -> list[Batch]:
     not); a single request cannot be split (``[]`` tells the caller to give up on it)."""
     if len(batch.rows) > 1:
         half = len(batch.rows) // 2
-        return [Batch(batch.rows[:half]), Batch(batch.rows[half:])]
+        return [Batch(batch.rows[:half], batch.prefix), Batch(batch.rows[half:], batch.prefix)]
     row = batch.rows[0]
     if len(row.targets) == 1:
         return []
@@ -297,7 +303,7 @@ def split_batch(batch: Batch, *, row_tokens: int, share: bool) -> list[Batch]:
     items = group_items(requests) if share else [[r] for r in requests]
     if len(items) == 1:
         items = [[r] for r in requests]
-    return [Batch([item_tree(item)]) for item in items]
+    return [Batch([item_tree(item)], batch.prefix) for item in items]
 
 
 def lowered_budget(budget_tokens: int, failed_batch_tokens: int) -> int:

@@ -141,7 +141,7 @@ class Budgets:
             count = max(1, budget_tokens // max(1, width))
             try:
                 if rows:
-                    score(Batch([rows[i % len(rows)] for i in range(count)]))
+                    score(Batch([rows[i % len(rows)] for i in range(count)], stats.get("prefix", ())))
                 else:
                     ids = torch.ones((count, width), dtype=torch.long, device=self.host.device)
                     with torch.no_grad():

@@ -14,6 +14,7 @@ The host (the ``HfExtLM``) provides HFLM's ``model``, ``device``, ``tokenizer``,
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from collections import Counter, deque
 from dataclasses import dataclass
@@ -27,8 +28,10 @@ from lm_eval_ext.hf.batching import (
 )
 from lm_eval_ext.hf.budget import Budgets
 from lm_eval_ext.hf.cost_report import CostReport
+from lm_eval_ext.hf.families import Family, split_families
 from lm_eval_ext.hf.generation import eos_token_ids, greedy_generate, is_plain_greedy
 from lm_eval_ext.hf.oom import device_peaks_bytes, drain, reset_peaks
+from lm_eval_ext.hf.prefix_kv import PrefixStore, supports_prefix
 from lm_eval_ext.hf.probe import ProbeCache
 from lm_eval_ext.hf.progress import CallProgress
 from lm_eval_ext.hf.prompt_lookup import DEFAULT_DRAFT_TOKENS
@@ -61,6 +64,10 @@ class ScoringEngine:
         self.budgets = Budgets(host, max_batch_tokens=settings.max_batch_tokens, strategy=settings.strategy,
                                default_row_tokens=settings.row_tokens, probe_cache=probe_cache)
         self.cost_report = CostReport()
+        self.prefixes = PrefixStore()
+        self._prefix_tokens_accounted = 0
+        self._bars_disabled: bool | None = None
+        self._open_bars: dict[str, CallProgress] = {}
         self.current_kind: str | None = None
         self._parts: ModelParts | None = None
         self._tasks: dict[str, Counter] = {}
@@ -71,6 +78,36 @@ class ScoringEngine:
         if self._parts is None or self._parts.model is not self.host.model:
             self._parts = split_model(self.host.model)
         return self._parts
+
+    @contextlib.contextmanager
+    def bars(self, *, disabled: bool):
+        """Inside: the engine's bars follow ``disabled`` (the user's ``disable_tqdm``), whatever
+        HFLM's loops pass down (they are told to hide their own bars)."""
+        saved, self._bars_disabled = self._bars_disabled, disabled
+        try:
+            yield
+        finally:
+            self._bars_disabled = saved
+            for bar in self._open_bars.values():
+                bar.close()
+            self._open_bars.clear()
+
+    def _progress(self, kind: str, num_requests: int, disable_tqdm: bool) -> CallProgress:
+        """The bar of ``kind``: inside :meth:`bars` one for every engine call of that kind (rolling
+        chunks, gen_kwargs groups), else one per call."""
+        if self._bars_disabled is None:
+            return CallProgress(kind, num_requests, disable=disable_tqdm or self.host.rank != 0)
+        bar = self._open_bars.get(kind)
+        if bar is None:
+            bar = self._open_bars[kind] = CallProgress(kind, num_requests,
+                                                       disable=self._bars_disabled or self.host.rank != 0)
+        else:
+            bar.extend(num_requests)
+        return bar
+
+    def _close_progress(self, bar: CallProgress) -> None:
+        if bar not in self._open_bars.values():
+            bar.close()
 
     # ---- what the caller asked for -------------------------------------------------------
     def note_request_tasks(self, request_type: str, instances: list) -> None:
@@ -88,7 +125,7 @@ class ScoringEngine:
     def score_batch(self, batch: Batch) -> dict[int, tuple[float, bool]]:
         """One forward; the single place scoring batches meet the model (tests inject faults here)."""
         return score_batch(self.parts, batch, device=self.host.device, softmax_dtype=self.host.softmax_dtype,
-                           autocast_dtype=self.host.mixed_precision_dtype)
+                           autocast_dtype=self.host.mixed_precision_dtype, prefixes=self.prefixes)
 
     def _score_requests(self, requests) -> list[ScoreRequest]:
         max_length = self.host.max_length
@@ -109,15 +146,20 @@ class ScoringEngine:
         kind = "loglikelihood_rolling" if requests[0][0] is None else "loglikelihood"
         score_requests = self._score_requests(requests)
         share = self.settings.share_contexts and self.parts.supports_tree_mask
-        rows = pack_rows(score_requests, row_tokens=self.settings.row_tokens, share=share)
+        families = (split_families(score_requests) if share and supports_prefix(self.parts)
+                    else [Family((), tuple(score_requests))])
+        packed = [(f.prefix, pack_rows(f.requests, row_tokens=self.settings.row_tokens, share=share))
+                  for f in families]
+        rows = [row for _, family_rows in packed for row in family_rows]
         scored = sum(len(r.continuation_tokens) for r in score_requests)
-        stats = {"rows": rows, "scored_fraction": scored / max(1, sum(len(r) for r in rows)),
-                 "row_tokens": max(len(r) for r in rows)}
+        widest = max(packed, key=lambda entry: max(len(r) for r in entry[1]))
+        stats = {"rows": widest[1], "prefix": widest[0], "row_tokens": max(len(r) for r in rows),
+                 "scored_fraction": scored / max(1, sum(len(r) for r in rows))}
         budget, cap = self.budgets.limits(kind, stats, self.score_batch)
         if override_bs and budget is None:
             cap = min(cap or override_bs, override_bs)
         results: dict[int, tuple[float, bool]] = {}
-        progress = CallProgress(kind, len(requests), disable=disable_tqdm or self.host.rank != 0)
+        progress = self._progress(kind, len(requests), disable_tqdm)
         current = {"budget": budget}
 
         def on_oom(batch: Batch, queue: deque, exc: BaseException) -> None:
@@ -129,9 +171,14 @@ class ScoringEngine:
             self.budgets.lower(kind, current["budget"])
             logger.warning("out of memory at %d padded tokens (%d requests); split and retried, "
                            "budget now %d tokens", batch.padded_tokens, batch.num_requests, current["budget"])
-            rest = [row for b in queue for row in b.rows]
+            rest: dict[tuple[int, ...], list] = {}  # the queued rows by family, in order
+            for queued in queue:
+                rest.setdefault(queued.prefix, []).extend(queued.rows)
             queue.clear()
-            queue.extend(parts + pack_batches(rest, max_batch_tokens=current["budget"], max_batch_requests=cap))
+            queue.extend(parts)
+            for prefix, family_rows in rest.items():
+                queue.extend(pack_batches(family_rows, max_batch_tokens=current["budget"], max_batch_requests=cap,
+                                          prefix=prefix))
 
         def on_done(batch: Batch, out: dict, wall_s: float) -> None:
             results.update(out)
@@ -142,9 +189,14 @@ class ScoringEngine:
             progress.update(batch.num_requests, batch.computed_tokens)
 
         reset_peaks()
-        queue = deque(pack_batches(rows, max_batch_tokens=budget, max_batch_requests=cap))
-        num_ooms = drain(queue, self.score_batch, on_oom=on_oom, on_done=on_done)
-        progress.close()
+        queue = deque(batch for prefix, family_rows in packed
+                      for batch in pack_batches(family_rows, max_batch_tokens=budget, max_batch_requests=cap,
+                                                prefix=prefix))
+        try:
+            num_ooms = drain(queue, self.score_batch, on_oom=on_oom, on_done=on_done)
+        finally:
+            self.prefixes.clear()  # a prefix's KV lives for its call only
+        self._close_progress(progress)
         tasks = sorted(self._tasks.get(kind, {})) or ["unknown"]
         self.cost_report.finish_call(kind, tasks if kind == "loglikelihood" else [self._task_label(kind)],
                                      budget_tokens=budget, oom_retries=num_ooms, peak_memory_bytes=device_peaks_bytes())
@@ -159,8 +211,10 @@ class ScoringEngine:
                 task = self._task_of.get(tuple(requests[request.index][0]), label)
             useful[task] += request.useful_tokens
             counts[task] += 1
-        self.cost_report.add_batch(kind, useful, wall_s=wall_s, computed_tokens=batch.computed_tokens,
-                                   padded_tokens=batch.padded_tokens, requests_by_task=counts)
+        prefix_tokens = self.prefixes.computed_tokens - self._prefix_tokens_accounted  # this batch's prefix, if it paid
+        self._prefix_tokens_accounted = self.prefixes.computed_tokens
+        self.cost_report.add_batch(kind, useful, wall_s=wall_s, computed_tokens=batch.computed_tokens + prefix_tokens,
+                                   padded_tokens=batch.padded_tokens + prefix_tokens, requests_by_task=counts)
 
     # ---- generation ------------------------------------------------------------------------
     def handles_generation(self, attention_mask, options: dict) -> bool:
@@ -190,7 +244,7 @@ class ScoringEngine:
         budget, cap = self.budgets.limits("generate_until", stats, self.score_batch)
         out = torch.full((len(prompts), width + max_new), self.host.tokenizer.pad_token_id, dtype=torch.long)
         out[:, :width] = context.cpu()
-        progress = CallProgress("generate_until", len(prompts), disable=self.host.rank != 0)
+        progress = self._progress("generate_until", len(prompts), False)
         label = self._task_label("generate_until")
 
         def on_oom(batch: list, queue: deque, exc: BaseException) -> None:
@@ -215,7 +269,7 @@ class ScoringEngine:
         queue = deque(pack_generation(requests, max_gen_tokens=max_new, max_batch_tokens=budget,
                                       max_batch_requests=cap))
         num_ooms = drain(queue, lambda batch: self.generate_batch(batch, max_new, stop), on_oom=on_oom, on_done=on_done)
-        progress.close()
+        self._close_progress(progress)
         self.cost_report.finish_call("generate_until", [label], budget_tokens=budget, oom_retries=num_ooms,
                                      peak_memory_bytes=device_peaks_bytes())
         return out.to(context.device)

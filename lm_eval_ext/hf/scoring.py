@@ -15,6 +15,7 @@ import torch
 import torch.nn.functional as F
 
 from lm_eval_ext.hf.batching import Batch, Row
+from lm_eval_ext.hf.prefix_kv import PrefixStore
 
 #: Config attributes of models whose logits are more than ``lm_head(hidden)``; for those we keep
 #: the model's own forward (correct, just not cheaper) instead of guessing their post-processing.
@@ -54,39 +55,43 @@ def split_model(model: Any) -> ModelParts:
     return ModelParts(model, decoder, head, tree_ok)
 
 
-def tree_attention_mask(rows: list[Row], width: int, dtype: torch.dtype) -> torch.Tensor:
-    """Additive mask ``[rows, 1, width, width]``: node i sees itself and its ancestors.
+def tree_attention_mask(rows: list[Row], width: int, dtype: torch.dtype, prefix_tokens: int = 0) -> torch.Tensor:
+    """Additive mask ``[rows, 1, width, prefix_tokens + width]``: node i sees the shared prefix
+    (a family's cached KV, ``prefix_kv.py``), itself and its ancestors.
 
     Built per segment (one per inserted request, ``Row.segments``): a segment's nodes see what
-    its parent node sees plus the segment up to themselves. Padding nodes see only themselves:
-    a fully masked query row would be NaN, and a NaN value leaks into real rows through
-    ``0 * NaN`` in the attention product.
+    its parent node sees plus the segment up to themselves. Padding nodes see only themselves
+    (and the prefix): a fully masked query row would be NaN, and a NaN value leaks into real rows
+    through ``0 * NaN`` in the attention product.
     """
-    allowed = torch.zeros((len(rows), width, width), dtype=torch.bool)
+    allowed = torch.zeros((len(rows), width, prefix_tokens + width), dtype=torch.bool)
+    allowed[:, :, :prefix_tokens] = True
+    own = allowed[:, :, prefix_tokens:]  # a view: the rows' own columns
     causal = torch.ones((width, width), dtype=torch.bool).tril_()
     for r, row in enumerate(rows):
         for start, end, parent in row.segments:
             if parent >= 0:
-                allowed[r, start:end, : parent + 1] = allowed[r, parent, : parent + 1]
-            allowed[r, start:end, start:end] = causal[: end - start, : end - start]
-        allowed[r, len(row):, len(row):] = torch.eye(width - len(row), dtype=torch.bool)
+                own[r, start:end, : parent + 1] = own[r, parent, : parent + 1]
+            own[r, start:end, start:end] = causal[: end - start, : end - start]
+        own[r, len(row):, len(row):] = torch.eye(width - len(row), dtype=torch.bool)
     mask = torch.zeros(allowed.shape, dtype=dtype)
     mask.masked_fill_(~allowed, torch.finfo(dtype).min)
     return mask.unsqueeze(1)
 
 
 def batch_inputs(batch: Batch, parts: ModelParts, device: Any, dtype: torch.dtype) -> dict:
-    """input_ids (right padded), and for packed rows position_ids (= depth) and the tree mask.
+    """input_ids (right padded), and for packed rows (or rows after a family's prefix)
+    position_ids (= depth) and the tree mask.
 
-    When every row is a plain chain the tensors are exactly stock's (right padding, no mask):
-    causal attention already is the ancestor relation.
+    When every row is a plain chain from position 0 the tensors are exactly stock's (right
+    padding, no mask): causal attention already is the ancestor relation.
     """
     width = max(len(row) for row in batch.rows)
     ids = torch.zeros((len(batch.rows), width), dtype=torch.long)
     for r, row in enumerate(batch.rows):
         ids[r, : len(row)] = torch.tensor(row.tokens, dtype=torch.long)
     inputs = {"input_ids": ids.to(device)}
-    if all(row.is_chain for row in batch.rows):
+    if not batch.prefix and all(row.is_chain for row in batch.rows):
         return inputs
     if not parts.supports_tree_mask:
         raise ValueError("packed rows need an attention implementation that accepts 4D masks")
@@ -94,7 +99,7 @@ def batch_inputs(batch: Batch, parts: ModelParts, device: Any, dtype: torch.dtyp
     for r, row in enumerate(batch.rows):
         pos[r, : len(row)] = torch.tensor(row.depths, dtype=torch.long)
     inputs["position_ids"] = pos.to(device)
-    inputs["attention_mask"] = tree_attention_mask(batch.rows, width, dtype).to(device)
+    inputs["attention_mask"] = tree_attention_mask(batch.rows, width, dtype, len(batch.prefix)).to(device)
     return inputs
 
 
@@ -119,10 +124,14 @@ def execution_device(module: torch.nn.Module) -> torch.device:
     return torch.device(device) if device is not None else module.weight.device
 
 
-def target_hidden(parts: ModelParts, inputs: dict, batch: Batch) -> tuple[torch.Tensor, bool]:
+def target_hidden(parts: ModelParts, inputs: dict, batch: Batch, prefix_cache=None) -> tuple[torch.Tensor, bool]:
     """Hidden states (split model) or logits (whole model) at the continuation-predicting
-    positions, ``[num_targets, hidden or vocab]`` in row order; the flag says which."""
+    positions, ``[num_targets, hidden or vocab]`` in row order; the flag says which.
+    ``prefix_cache``: the family's prefix (``prefix_kv.PrefixStore.cache_for``), read, never grown."""
     rows_idx, nodes_idx = _target_index(batch)
+    if prefix_cache is not None:
+        hidden = parts.decoder(**inputs, past_key_values=prefix_cache, use_cache=True).last_hidden_state
+        return hidden[rows_idx, nodes_idx], True
     if parts.split:
         hidden = parts.decoder(**inputs, use_cache=False).last_hidden_state
         return hidden[rows_idx, nodes_idx], True
@@ -159,15 +168,22 @@ def score_batch(
     device: Any,
     softmax_dtype: torch.dtype | None,
     autocast_dtype: torch.dtype | None,
+    prefixes: PrefixStore | None = None,
 ) -> dict[int, tuple[float, bool]]:
-    """``{request index: (sum of continuation logprobs, continuation is greedy)}``."""
+    """``{request index: (sum of continuation logprobs, continuation is greedy)}``. A batch with
+    a ``prefix`` reads (and first computes) its family's prefix cache from ``prefixes``."""
     dtype = next(parts.model.parameters()).dtype
     inputs = batch_inputs(batch, parts, device, autocast_dtype or dtype)
     device_type = torch.device(device).type
     wanted = [t for row in batch.rows for r, _ in row.targets for t in r.continuation_tokens]
     autocast = torch.autocast(device_type=device_type, dtype=autocast_dtype, enabled=autocast_dtype is not None)
     with autocast:
-        picked, is_hidden = target_hidden(parts, inputs, batch)
+        prefix_cache = None
+        if batch.prefix:
+            if prefixes is None:
+                raise ValueError("a batch after a shared prefix needs the engine's PrefixStore")
+            prefix_cache = prefixes.cache_for(parts, batch.prefix, device)
+        picked, is_hidden = target_hidden(parts, inputs, batch, prefix_cache)
     logprobs, greedy = target_logprobs(parts, picked, is_hidden, wanted, softmax_dtype, autocast)
     results: dict[int, tuple[float, bool]] = {}
     start = 0
