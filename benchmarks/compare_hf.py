@@ -71,12 +71,31 @@ def _build_lm(spec: dict):
     return HfExtLM(**spec["model_args"])
 
 
+def _time_request_methods(lm) -> dict[str, float]:
+    """Seconds spent inside the LM's request methods (what lm-eval's evaluator calls), per type:
+    the model's share of the evaluation, without task building, metrics and bootstrap."""
+    spent: dict[str, float] = {}
+    for name in ("loglikelihood", "loglikelihood_rolling", "generate_until"):
+        method = getattr(lm, name)
+
+        def timed(*args, _method=method, _name=name, **kwargs):
+            start_s = time.perf_counter()
+            try:
+                return _method(*args, **kwargs)
+            finally:
+                spent[_name] = spent.get(_name, 0.0) + time.perf_counter() - start_s
+
+        setattr(lm, name, timed)
+    return spent
+
+
 def run_worker(spec: dict) -> dict:
     """Evaluate one task with one configuration in this process; model load is not timed."""
     from lm_eval import simple_evaluate
     from lm_eval.tasks import TaskManager
 
     lm = _build_lm(spec)
+    model_s = _time_request_methods(lm)
     manager = TaskManager(include_path=spec["include_paths"], include_defaults=False)
     start_s = time.perf_counter()
     out = simple_evaluate(model=lm, tasks=[spec["task"]], task_manager=manager, log_samples=True,
@@ -86,6 +105,7 @@ def run_worker(spec: dict) -> dict:
                if isinstance(v, float) and "stderr" not in k}
     return {
         "wall_s": wall_s,
+        "model_s": sum(model_s.values()),
         "peak_rss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
         "metrics": metrics,
         "responses": _responses(out["samples"][spec["task"]]),
@@ -246,18 +266,22 @@ def format_table(result: dict) -> str:
              f"machine: {result['machine_before'].get('cpus')} CPUs, load avg before "
              f"{tuple(round(x, 2) for x in result['machine_before']['load_avg_1_5_15'])}, after "
              f"{tuple(round(x, 2) for x in result['machine_after']['load_avg_1_5_15'])}",
-             f"{'task':<18} {'configuration':<30} {'wall_s':>8} {'useful tok/s':>12} {'peak RSS MiB':>12}"]
+             f"{'task':<18} {'configuration':<30} {'wall_s':>8} {'model_s':>8} {'useful tok/s':>12} "
+             f"{'peak RSS MiB':>12}"]
     for task, entry in result["tasks"].items():
         for name, run in entry["runs"].items():
             if "wall_s" in run:
-                lines.append(f"{task:<18} {name:<30} {run['wall_s']:>8.2f} "
+                model_s = f"{run['model_s']:>8.2f}" if "model_s" in run else f"{'-':>8}"
+                lines.append(f"{task:<18} {name:<30} {run['wall_s']:>8.2f} {model_s} "
                              f"{run.get('useful_tokens_per_s', 0):>12.0f} {run['peak_rss_bytes'] / mib:>12.0f}")
             else:
                 lines.append(f"{task:<18} {name:<30} {run.get('skipped') or run.get('error')}")
         if "speedup_vs_best_stock" in entry:
             agree = entry["agreement_vs_best_stock"]
             verdict = entry.get("comparison", {}).get("verdict", "")
-            lines.append(f"{'':<18} -> speedup {entry['speedup_vs_best_stock']:.2f}x ({verdict}) vs {entry['best_stock']}; "
+            model = (f" (model time {entry['model_speedup_vs_best_stock']:.2f}x)"
+                     if "model_speedup_vs_best_stock" in entry else "")
+            lines.append(f"{'':<18} -> speedup {entry['speedup_vs_best_stock']:.2f}x ({verdict}){model} vs {entry['best_stock']}; "
                          f"peak RSS {entry['peak_rss_ratio_vs_best_stock']:.2f}x; max |dLL| "
                          f"{agree['max_abs_loglikelihood_diff']:.2e} (rel {agree['max_rel_loglikelihood_diff']:.1e}); "
                          f"is_greedy diffs {agree['is_greedy_mismatches']}; generation diffs "

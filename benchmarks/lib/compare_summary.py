@@ -52,8 +52,12 @@ def merge_repetitions(results: list[dict]) -> dict:
     if broken is not None:
         return broken
     walls = [r["wall_s"] for r in results]
-    return {**results[0], "walls_s": walls, "wall_s": summarize(walls).median,
-            "peak_rss_bytes": max(r["peak_rss_bytes"] for r in results)}
+    merged = {**results[0], "walls_s": walls, "wall_s": summarize(walls).median,
+              "peak_rss_bytes": max(r["peak_rss_bytes"] for r in results)}
+    if all("model_s" in r for r in results):
+        merged["models_s"] = [r["model_s"] for r in results]
+        merged["model_s"] = summarize(merged["models_s"]).median
+    return merged
 
 
 def summarize_task(task: str, runs: dict) -> dict:
@@ -76,6 +80,8 @@ def summarize_task(task: str, runs: dict) -> dict:
         "agreement_vs_best_stock": agreement(stock[best], ext),
         "samples_agreement": compare_samples({task: stock[best]["responses"]}, {task: ext["responses"]}),
     }
+    if ext.get("model_s") and stock[best].get("model_s"):  # the same stock configuration, model time only
+        summary["model_speedup_vs_best_stock"] = stock[best]["model_s"] / ext["model_s"]
     if EXT_UNSHARED in runs and "wall_s" in runs[EXT_UNSHARED]:
         summary["agreement_unshared_vs_shared"] = agreement(ext, runs[EXT_UNSHARED])
     for result in runs.values():

@@ -29,10 +29,12 @@ SmolLM2-135M's measured constants (chain 2.0e-4, masked 5.0e-4; see :class:`Cost
   (masked) row of ``W = 120``: ``28 + 5e-4 * (148**2 - 120**2)`` = 31.8 against
   ``0.75 * (30 + 5e-4 * 30**2)`` = 22.8 for its own row (multi-token choices make it a tree): every
   item gets its own row, and its choices still share its question.
-- MMLU 5-shot (``first_n``): a shared prefix of ``P = 500`` tokens, items of ``q = 100`` new
-  tokens. Adding an item to a masked row of ``W`` tokens costs ``100 + 5e-4 * (200 W + 100**2)``
-  against ``0.75 * (600 + 2e-4 * 600**2)`` = 504 alone: items join while ``W`` < ~3,900, so
-  rows fill up to ``row_tokens`` (1,024): 5 items per row at ~300 token-costs each, not 672.
+- MMLU 5-shot (``first_n``): every item continues one few-shot head of ``P`` ~ 330 tokens. Such
+  a head never reaches this rule: ``families.py`` computes it once for the whole call and the
+  items (~55 new tokens each) are packed here as rows of their own after it. Without families
+  (a model whose cache cannot be shared) the rule fills masked rows up to ``row_tokens``: adding
+  an item of ``q = 100`` to a row of ``W`` costs ``100 + 5e-4 * (200 W + 100**2)`` against
+  ``0.75 * (430 + 2e-4 * 430**2)`` = 350 alone, so items join while ``W`` < ~2,400.
 - Rolling windows: a request whose context is one token (a rolling window, or an empty context
   given the prefix token) is an item of its own: the windows of many documents would otherwise
   all be one "item" under that token. They share one token at most, so each gets its own row;
@@ -59,9 +61,12 @@ from dataclasses import dataclass, field
 #: and its mask and scores grow with the square of the width.
 DEFAULT_ROW_TOKENS = 1024
 
-#: What one more forward costs beyond its tokens, in tokens: one 128-token row runs at 478
-#: tokens/s, 32 of them at 650 (SmolLM2-135M, this CPU), i.e. ~70 ms or ~45 tokens per forward
-#: of fixed cost (Python, kernel launches, weights streamed once per forward).
+#: What one more forward costs beyond its tokens, in tokens. SmolLM2-135M's decoder on the
+#: 2-core CPU, rows of 90 tokens: 8 rows 695 tokens/s, 16 rows 776, 32 rows 821 (8 x 128: 678),
+#: i.e. ~0.2-0.4 s per forward that tokens do not explain (Python, kernel launches, weights
+#: streamed once per forward, small-matrix GEMM efficiency). 48 (the earlier estimate) cut
+#: LAMBADA into 11 batches of 300-2,500 tokens; 192 is 6 % faster there (22.1 -> 20.7 s, 200
+#: documents, in-process A/B, 2 repetitions each) and within noise on MMLU 5-shot.
 BATCH_OVERHEAD_TOKENS = 192
 #: Most rows one batch holds (bounds the batch-cut search to rows x this many steps).
 MAX_BATCH_ROWS = 512

@@ -26,6 +26,7 @@ from lm_eval_ext.lm_args import EvaluatorArgsChecked
 from lm_eval_ext.vllm.build import VllmBuild, describe_vllm_build, engine_args
 from lm_eval_ext.vllm.config import AUTO, VllmExtConfig
 from lm_eval_ext.vllm.engines import InProcessEngine
+from lm_eval_ext.vllm.shards import NodeShards
 from lm_eval_ext.vllm.sizes import VllmSizes
 
 require("vllm", "vllm")
@@ -64,10 +65,17 @@ def load_facts(config: VllmExtConfig):
     return load_model_facts(path, config.dtype, trust_remote_code=config.trust_remote_code)
 
 
+def read_launch_env():
+    from lm_eval_ext.plan.detect import read_launch_env as read
+
+    return read()
+
+
 def plan_build(config: VllmExtConfig) -> VllmBuild:
     """Facts, the machine (described under a dry run, else detected), then the build description."""
     from lm_eval_ext.dry_run import described_hardware
-    from lm_eval_ext.plan.detect import detect_hardware, read_launch_env
+
+    from lm_eval_ext.plan.detect import detect_hardware
 
     hardware = described_hardware(read_launch_env()) or detect_hardware()
     cores = None if hardware.described else sorted(os.sched_getaffinity(0))
@@ -146,6 +154,9 @@ class VllmEngineLM(VLLM):
             if is_dry_run():  # the description is complete: nothing below changes what is built
                 finish_dry_run(self.build.to_json())
             check_buildable_here(self.build)
+        self.node_shards = NodeShards.join(read_launch_env())  # one lm_eval process per node
+        if self.node_shards is not None:
+            self._rank, self._world_size = self.node_shards.rank, self.node_shards.world_size
         self._config = read_hf_config(config)
         self._engine: Any = None
         self._adopt_stock_attributes(config)
@@ -174,6 +185,17 @@ class VllmEngineLM(VLLM):
     @property
     def engine_started(self) -> bool:
         return self._engine is not None
+
+    # lm-eval's evaluator shards documents by rank and gathers through these (vllm/shards.py)
+    def all_gather(self, tensor):
+        return tensor if self.node_shards is None else self.node_shards.all_gather(tensor)
+
+    def gather_object(self, obj, dst=0):
+        return [obj] if self.node_shards is None else self.node_shards.gather_object(obj, dst)
+
+    def barrier(self) -> None:
+        if self.node_shards is not None:
+            self.node_shards.barrier()
 
     def _adopt_stock_attributes(self, config: VllmExtConfig) -> None:
         """The attributes stock ``VLLM`` methods read, set from the typed config."""

@@ -120,7 +120,26 @@ def engine_args(config: VllmExtConfig, sizes: VllmSizes) -> dict[str, Any]:
         kwargs["distributed_executor_backend"] = sizes.distributed_executor_backend
     if config.max_batch_size is not None:
         kwargs["max_num_seqs"] = config.max_batch_size
+    if sizes.block_size is not None:
+        kwargs["block_size"] = sizes.block_size
     return kwargs
+
+
+#: KV block on CPU while scoring through the prefix cache. vLLM caches whole blocks only, so each
+#: choice recomputes the context tokens past its last whole block (64 on average at the CPU default
+#: of 128) and contexts shorter than one block (ARC-Easy 0-shot, ~40 tokens) reuse nothing; 32 is
+#: the smallest block the CPU attention kernel runs at full speed ("prefers multiples of 32").
+CPU_SCORING_BLOCK_TOKENS = 32
+
+
+def kv_block_size(config: VllmExtConfig, hardware: Hardware) -> int | None:
+    """``block_size``: explicit, else :data:`CPU_SCORING_BLOCK_TOKENS` on CPU when loglikelihoods
+    read the prefix cache, else vLLM's own (None; 16 on GPUs already)."""
+    if config.block_size != AUTO:
+        return int(config.block_size)
+    if hardware.num_gpus == 0 and config.scores_with_prefix_cache:
+        return CPU_SCORING_BLOCK_TOKENS
+    return None
 
 
 def replica_pinning(index: int, tensor_parallel_size: int, num_gpus: int, cpu_cores: Sequence[int],
@@ -177,6 +196,7 @@ def describe_vllm_build(facts: ModelFacts, hardware: Hardware, config: VllmExtCo
         max_model_len=chosen.max_model_len, gpu_memory_utilization=utilization, reasons=chosen.reasons,
         pipeline_parallel_size=chosen.pipeline_parallel_size,
         distributed_executor_backend=executor_backend(config, chosen, hardware),
+        block_size=kv_block_size(config, hardware),
     )
     cores = list(cpu_cores) if cpu_cores is not None else list(range(hardware.num_cpu_cores))
     return VllmBuild(chosen, sizes, _replicas(sizes, hardware, engine_args(config, sizes), cores))

@@ -103,6 +103,8 @@ class VllmExtConfig:
     seed: int = arg(non_negative_int, 1234, "sampling seed")
     enforce_eager: bool = arg(as_bool, False, "skip graph capture (faster start, slower steps)")
     enable_prefix_caching: bool = arg(as_bool, True, "reuse KV of shared prompt prefixes")
+    block_size: int | Auto = arg(auto_or_positive_int, AUTO,
+                                 "KV block in tokens; auto: 32 on CPU when scoring with the prefix cache, else vLLM's")
     score_with_prefix_cache: bool | None = arg(
         optional(as_bool), None,
         "loglikelihood: compute each shared context once (vLLM's prefix cache); default on with the cache, "
@@ -164,6 +166,7 @@ class VllmExtConfig:
                               "endpoint cannot ask vLLM to read its prefix cache for prompt logprobs); drop it")
         if self.is_server_mode:
             engine_only = {
+                "block_size": self.block_size,
                 "tensor_parallel_size": self.tensor_parallel_size,
                 "data_parallel_size": self.data_parallel_size,
                 "pipeline_parallel_size": self.pipeline_parallel_size,

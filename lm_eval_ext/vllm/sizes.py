@@ -20,6 +20,8 @@ class VllmSizes:
     pipeline_parallel_size: int = 1
     distributed_executor_backend: str | None = None
     """None: vLLM's own choice (``uni`` for one rank, ``mp`` for several on one node)."""
+    block_size: int | None = None
+    """KV block in tokens; None: vLLM's own (16 on GPUs, 128 on CPU)."""
 
     def as_dict(self) -> dict:
         return {
@@ -29,5 +31,6 @@ class VllmSizes:
             "distributed_executor_backend": self.distributed_executor_backend,
             "max_model_len": self.max_model_len,
             "gpu_memory_utilization": self.gpu_memory_utilization,
+            "block_size": self.block_size,
             "reasons": list(self.reasons),
         }

@@ -18,11 +18,11 @@ torch = pytest.importorskip("torch")
 
 
 def test_a_rank_whose_rank_zero_never_comes_fails_in_bounded_time_naming_what_it_waited_for(caplog):
-    from lm_eval_ext.hf.rendezvous import join_process_group
+    from lm_eval_ext.rendezvous import join_process_group
 
     port = free_port()
     launch = LaunchEnv(rank=1, local_rank=1, world_size=2, master_addr="127.0.0.1", master_port=str(port))
-    caplog.set_level(logging.INFO, logger="lm_eval_ext.hf")
+    caplog.set_level(logging.INFO, logger="lm_eval_ext.rendezvous")
     with pytest.raises(UserError) as failure:
         join_process_group(launch, {"LM_EVAL_EXT_RENDEZVOUS_TIMEOUT_S": "1"})
     message = str(failure.value)
@@ -35,7 +35,7 @@ def test_a_rank_whose_rank_zero_never_comes_fails_in_bounded_time_naming_what_it
 
 
 def test_a_bad_timeout_value_is_one_line():
-    from lm_eval_ext.hf.rendezvous import rendezvous_timeout_s
+    from lm_eval_ext.rendezvous import rendezvous_timeout_s
 
     with pytest.raises(UserError, match=r"^LM_EVAL_EXT_RENDEZVOUS_TIMEOUT_S='soon' must be a positive number"):
         rendezvous_timeout_s({"LM_EVAL_EXT_RENDEZVOUS_TIMEOUT_S": "soon"})
@@ -44,7 +44,7 @@ def test_a_bad_timeout_value_is_one_line():
 
 _RANK = """
 import sys, torch, torch.distributed as dist
-from lm_eval_ext.hf.rendezvous import join_process_group
+from lm_eval_ext.rendezvous import join_process_group
 from lm_eval_ext.plan.hardware import LaunchEnv
 rank, port = int(sys.argv[1]), sys.argv[2]
 assert join_process_group(LaunchEnv(rank=rank, local_rank=rank, world_size=2, master_addr="127.0.0.1",

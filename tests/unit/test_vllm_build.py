@@ -99,3 +99,19 @@ def test_replica_pinning_gives_each_replica_its_own_devices():
     assert replica_pinning(0, 1, 0, [0, 1], 2) == {"VLLM_CPU_OMP_THREADS_BIND": "0"}
     assert replica_pinning(1, 2, 4, [], 2) == {"CUDA_VISIBLE_DEVICES": "2,3"}
     assert replica_pinning(1, 1, 2, [], 2, visible_gpus=["5", "7"]) == {"CUDA_VISIBLE_DEVICES": "7"}
+
+
+def cpu_args(**args) -> dict:
+    built = describe_vllm_build(facts("qwen2.5-0.5b"), describe_hardware(""), config(**args), cpu_cores=[0, 1])
+    return built.replicas[0].engine_args
+
+
+def test_kv_block_is_32_on_cpu_while_scoring_through_the_prefix_cache_else_vllms_own():
+    from lm_eval_ext.vllm.build import CPU_SCORING_BLOCK_TOKENS
+
+    assert cpu_args()["block_size"] == CPU_SCORING_BLOCK_TOKENS == 32
+    assert "block_size" not in cpu_args(score_with_prefix_cache="false")
+    assert "block_size" not in cpu_args(enable_prefix_caching="false")
+    assert cpu_args(block_size="64")["block_size"] == 64
+    assert "block_size" not in build("llama-3-8b", "8x80GiB").replicas[0].engine_args  # GPUs: vLLM's 16
+    assert build("llama-3-8b", "8x80GiB", block_size=32).replicas[0].engine_args["block_size"] == 32

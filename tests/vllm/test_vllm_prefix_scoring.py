@@ -34,12 +34,14 @@ def _stock_and_ext(model_path, run, **ext_args):
 
 
 def test_context_on_a_block_boundary_falls_back_to_stock(tiny_vllm_model_path, caplog):
+    from lm_eval_ext.vllm.build import CPU_SCORING_BLOCK_TOKENS
+
     """A context of exactly two KV blocks is cached whole, so the first continuation token's logprob
     is never computed: those requests must be scored again without the cache (and equal stock)."""
     block_sizes = []
 
     def run(lm):
-        block = 128  # vLLM's CPU block size (read back below)
+        block = CPU_SCORING_BLOCK_TOKENS  # vllm_ext's KV block on CPU (read back below)
         if hasattr(lm, "ext_config"):
             block_sizes.append(lm.engine._llm.llm_engine.vllm_config.cache_config.block_size)
         contexts = [list(range(5, 5 + 2 * block)), list(range(7, 7 + block + 9))]
@@ -48,7 +50,7 @@ def test_context_on_a_block_boundary_falls_back_to_stock(tiny_vllm_model_path, c
 
     with caplog.at_level(logging.INFO, logger="lm_eval_ext.vllm"):
         expected, got, ext = _stock_and_ext(tiny_vllm_model_path, run)
-    assert block_sizes == [128]
+    assert block_sizes == [CPU_SCORING_BLOCK_TOKENS]
     assert "3 request(s) had continuation positions served from the prefix cache" in caplog.text
     for (want, want_greedy), (have, have_greedy) in zip(expected, got, strict=True):
         assert abs(want - have) <= LOGLIKELIHOOD_TOLERANCE and want_greedy == have_greedy

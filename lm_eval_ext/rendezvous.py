@@ -19,7 +19,7 @@ from collections.abc import Mapping
 from lm_eval_ext.errors import UserError
 from lm_eval_ext.plan.hardware import LaunchEnv
 
-logger = logging.getLogger("lm_eval_ext.hf")
+logger = logging.getLogger("lm_eval_ext.rendezvous")
 
 TIMEOUT_ENV = "LM_EVAL_EXT_RENDEZVOUS_TIMEOUT_S"
 DEFAULT_TIMEOUT_S = 300.0
@@ -44,11 +44,17 @@ def needs_own_rendezvous(launch: LaunchEnv) -> bool:
     return (launch.world_size or 1) > 1 and launch.launcher in ("python", "slurm")
 
 
-def join_process_group(launch: LaunchEnv, environ: Mapping[str, str] = os.environ) -> bool:
-    """Initialise the default process group with a bounded rendezvous; returns whether it did."""
+def join_process_group(launch: LaunchEnv, environ: Mapping[str, str] = os.environ, *,
+                       any_launcher: bool = False, backend: str | None = None) -> bool:
+    """Initialise the default process group with a bounded rendezvous; returns whether it did.
+
+    ``any_launcher``: also under torchrun/accelerate (which export the variables but leave the
+    group to the program: ``vllm_ext`` has no Accelerator to do it). ``backend``: forced (gloo
+    for ``vllm_ext``, whose collectives are a few CPU tensors and objects), else nccl on GPUs."""
     import torch.distributed as dist
 
-    if not needs_own_rendezvous(launch) or not dist.is_available() or dist.is_initialized():
+    wanted = (launch.world_size or 1) > 1 if any_launcher else needs_own_rendezvous(launch)
+    if not wanted or not dist.is_available() or dist.is_initialized():
         return False
     timeout_s = rendezvous_timeout_s(environ)
     rank, world_size = launch.rank or 0, launch.world_size or 1
@@ -65,7 +71,7 @@ def join_process_group(launch: LaunchEnv, environ: Mapping[str, str] = os.enviro
             f"in vain ({str(exc).splitlines()[0][:160]}); start every rank with the same MASTER_ADDR/MASTER_PORT "
             f"(or use `accelerate launch`/`torchrun`), or raise {TIMEOUT_ENV}"
         ) from None
-    backend = "nccl" if _use_nccl(environ) else "gloo"
+    backend = backend or ("nccl" if _use_nccl(environ) else "gloo")
     dist.init_process_group(backend, store=store, rank=rank, world_size=world_size, timeout=COLLECTIVE_TIMEOUT)
     logger.info("rank %d: all %d ranks joined at %s (%s)", rank, world_size, address, backend)
     return True
