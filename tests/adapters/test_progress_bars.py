@@ -6,6 +6,7 @@ from __future__ import annotations
 import re
 
 import pytest
+
 from tests.adapters.conftest import evaluate
 
 pytestmark = pytest.mark.slow
