@@ -71,6 +71,8 @@ UPSTREAM: tuple[UpstreamName, ...] = (
     UpstreamName(f"{_VLLM}._loglikelihood_tokens", "scoring through vllm_ext's engines", _OPEN_HOOK),
     UpstreamName(f"{_VLLM}._model_generate", "generation through vllm_ext's engines", _OPEN_HOOK),
     UpstreamName(f"{_VLLM}._parse_logprobs", "stock's reading of prompt logprobs, for equal results", _OPEN_HOOK),
+    UpstreamName(f"{_VLLM}._rank", "one lm_eval process per node: lm-eval shards documents by it", _OPEN_HOOK),
+    UpstreamName(f"{_VLLM}._world_size", "one lm_eval process per node: every node's process", _OPEN_HOOK),
     UpstreamName(f"{_VLLM}._config", "stock attributes set without stock's engine", _OPEN_HOOK),
     UpstreamName(f"{_VLLM}._max_length", "stock attributes set without stock's engine", _OPEN_HOOK),
     UpstreamName(f"{_VLLM}._max_gen_toks", "stock attributes set without stock's engine", _OPEN_HOOK),
