@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Hashable, Iterator, Sequence
+from collections.abc import Hashable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -110,27 +110,16 @@ def iter_finished(llm: Any, prompts: Sequence[list[int]], params: Sequence[Any])
             engine.abort_request([rid for _, rid in pending.values()], internal=True)
 
 
-def lead_positions(group_keys: Sequence[Hashable]) -> list[int]:
-    """The first request of each group (in order): scored first, it fills the prefix cache with
-    the group's context for the others. Example: keys a a b a c -> [0, 2, 4]."""
-    seen: set = set()
-    return [i for i, key in enumerate(group_keys) if not (key in seen or seen.add(key))]
+def warm_prefix_cache(llm: Any, prompts: Sequence[list[int]]) -> None:
+    """Compute ``prompts`` once (one generated token, no logprobs) so that their KV blocks sit in
+    vLLM's prefix cache for the requests that follow."""
+    if not prompts:
+        return
+    from vllm import SamplingParams
 
-
-def iter_leads_first(llm: Any, prompts: Sequence[list[int]], params: Sequence[Any],
-                     leads: Sequence[int] | None) -> Iterator[list[tuple[int, EngineOutput]]]:
-    """``iter_finished`` in two waves when ``leads`` is given: those requests, then the others (their
-    contexts' KV blocks are then cached). One request per item is both warm-up and answer, so no
-    separate warm-up request is computed."""
-    waves = [list(range(len(prompts)))]
-    if leads:
-        lead_set = set(leads)
-        waves = [sorted(lead_set), [i for i in range(len(prompts)) if i not in lead_set]]
-    for wave in waves:
-        if not wave:
-            continue
-        for batch in iter_finished(llm, [prompts[i] for i in wave], [params[i] for i in wave]):
-            yield [(wave[position], output) for position, output in batch]
+    warm = SamplingParams(temperature=0, max_tokens=1, detokenize=False)
+    for _ in iter_finished(llm, prompts, [warm] * len(prompts)):
+        pass
 
 
 def collect(batches: Iterator[list[tuple[int, EngineOutput]]], num_prompts: int) -> list[EngineOutput]:
@@ -146,7 +135,7 @@ class InProcessEngine:
     """One ``vllm.LLM`` in this process (tensor parallel inside it when TP > 1)."""
 
     kind = "in_process"
-    #: ``iter_batches(..., leads_first=True)`` scores each group's first request before the rest
+    #: ``iter_batches(..., warm=...)`` runs the warm prompts on the engine that scores their groups
     supports_prefix_warmup = True
 
     def __init__(self, engine_args: dict) -> None:
@@ -157,14 +146,14 @@ class InProcessEngine:
 
     def iter_batches(
         self, prompts: Sequence[list[int]], params: Sequence[Any], group_keys: Sequence[Hashable] | None = None,
-        leads_first: bool = False,
+        warm: Mapping[Hashable, list[int]] | None = None,
     ) -> Iterator[list[tuple[int, EngineOutput]]]:
-        """``leads_first``: each group's first request before the rest (:func:`iter_leads_first`)."""
-        leads = lead_positions(group_keys) if leads_first and group_keys is not None else None
-        yield from iter_leads_first(self._llm, prompts, params, leads)
+        """``warm``: a prompt per group key, computed first (see :func:`warm_prefix_cache`)."""
+        warm_prefix_cache(self._llm, list((warm or {}).values()))
+        yield from iter_finished(self._llm, prompts, params)
 
-    def run(self, prompts, params, group_keys=None, leads_first=False) -> list[EngineOutput]:
-        return collect(self.iter_batches(prompts, params, group_keys, leads_first), len(prompts))
+    def run(self, prompts, params, group_keys=None, warm=None) -> list[EngineOutput]:
+        return collect(self.iter_batches(prompts, params, group_keys, warm), len(prompts))
 
     def close(self) -> None:
         if self._llm is not None:

@@ -24,12 +24,12 @@ import tempfile
 import threading
 import time
 import traceback
-from collections.abc import Hashable, Iterator, Sequence
+from collections.abc import Hashable, Iterator, Mapping, Sequence
 from multiprocessing.connection import wait as wait_for_connections
 from typing import Any
 
 from lm_eval_ext.vllm.build import replica_pinning  # noqa: F401 (re-exported: pinning is decided in build)
-from lm_eval_ext.vllm.engines import EngineOutput, collect, count_engine_start, lead_positions
+from lm_eval_ext.vllm.engines import EngineOutput, collect, count_engine_start
 
 logger = logging.getLogger("lm_eval_ext.vllm")
 
@@ -69,13 +69,13 @@ def _exit_when_orphaned(parent_pid: int) -> None:
 
 
 def _replica_main(conn: Any, index: int, env: dict[str, str], kwargs: dict, parent_pid: int) -> None:
-    """Worker process: build one engine, then answer ("run", prompts, params, lead_positions) until ("close",):
+    """Worker process: build one engine, then answer ("run", prompts, params, warm_prompts) until ("close",):
     one ("part", [(index, output), ...]) per engine step that finished requests, then ("done", None)."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     os.setpgid(0, 0)
     os.environ.update(env)
     threading.Thread(target=_exit_when_orphaned, args=(parent_pid,), daemon=True).start()
-    from lm_eval_ext.vllm.engines import iter_leads_first, shutdown_llm
+    from lm_eval_ext.vllm.engines import iter_finished, shutdown_llm, warm_prefix_cache
 
     try:
         from vllm import LLM
@@ -92,7 +92,8 @@ def _replica_main(conn: Any, index: int, env: dict[str, str], kwargs: dict, pare
             if message[0] == "close":
                 break
             try:
-                for batch in iter_leads_first(llm, message[1], message[2], message[3]):
+                warm_prefix_cache(llm, message[3])
+                for batch in iter_finished(llm, message[1], message[2]):
                     conn.send(("part", batch))
                 conn.send(("done", None))
             except Exception:
@@ -160,12 +161,11 @@ class ReplicaPool:
 
     def iter_batches(
         self, prompts: Sequence[list[int]], params: Sequence[Any], group_keys: Sequence[Hashable] | None = None,
-        leads_first: bool = False,
+        warm: Mapping[Hashable, list[int]] | None = None,
     ) -> Iterator[list[tuple[int, EngineOutput]]]:
         """Yield ``[(index, output), ...]`` as replicas finish requests; the pool is closed if the
         caller fails or is interrupted meanwhile (replicas would otherwise answer a dead request).
-        ``leads_first``: on each replica, each group's first request before the rest (a group
-        stays on one replica)."""
+        ``warm``: a prompt per group key, computed first on the replica that gets the group."""
         if not self._processes:
             raise RuntimeError("vllm_ext replica pool is closed (a request failed or the run was interrupted)")
         costs_tokens = [len(p) + (getattr(sp, "max_tokens", 1) or 1) for p, sp in zip(prompts, params)]
@@ -174,9 +174,9 @@ class ReplicaPool:
         try:
             for conn, shard in zip(self._connections, shards):
                 if shard:
-                    leads = (lead_positions([group_keys[i] for i in shard])
-                             if leads_first and group_keys is not None else None)
-                    conn.send(("run", [prompts[i] for i in shard], [params[i] for i in shard], leads))
+                    keys = dict.fromkeys(group_keys[i] for i in shard) if warm and group_keys is not None else {}
+                    conn.send(("run", [prompts[i] for i in shard], [params[i] for i in shard],
+                               [warm[k] for k in keys if k in warm]))
                     pending[conn] = shard
             while pending:
                 for conn in wait_for_connections(list(pending)):
@@ -192,8 +192,8 @@ class ReplicaPool:
             self.close(graceful=False)  # busy replicas would finish the abandoned work first
             raise
 
-    def run(self, prompts, params, group_keys=None, leads_first=False) -> list[EngineOutput]:
-        return collect(self.iter_batches(prompts, params, group_keys, leads_first), len(prompts))
+    def run(self, prompts, params, group_keys=None, warm=None) -> list[EngineOutput]:
+        return collect(self.iter_batches(prompts, params, group_keys, warm), len(prompts))
 
     def close(self, graceful: bool = True) -> None:
         """Ask every replica to exit (``graceful``: wait up to :data:`REPLICA_EXIT_GRACE_S`), then

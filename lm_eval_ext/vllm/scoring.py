@@ -65,10 +65,9 @@ def score_requests(
     """``requests``: ``(cache_key, context_tokens, continuation_tokens)`` as lm-eval builds them;
     ``on_scored(index, answer)`` is called as each answer arrives.
 
-    With ``score_with_prefix_cache`` the choices ask for prompt logprobs with
-    ``skip_reading_prefix_cache=False``, each item's first choice before the others: it computes
-    the context once (its KV blocks then sit in vLLM's prefix cache) and the others compute only
-    what follows the last cached block; a request whose
+    With ``score_with_prefix_cache`` each distinct context is computed once first (it then sits in
+    vLLM's prefix cache) and the choices ask for prompt logprobs with
+    ``skip_reading_prefix_cache=False``, so only their continuations are computed; a request whose
     continuation positions came from the cache (:func:`all_continuation_computed`) is scored again
     the stock way (prefix cache skipped)."""
     from lm_eval.models.vllm_causallms import VLLM, SamplingParams
@@ -89,13 +88,11 @@ def score_requests(
     results: list[Any] = [None] * len(requests)
     recompute: list[int] = []
 
-    def run(chunk: list[int], chunk_params: Any, leads_first: bool = False) -> None:
+    def run(chunk: list[int], chunk_params: Any, warm: dict | None) -> None:
         if not chunk:
             return
         prompts = [prepared[i][0] for i in chunk]
-        group_keys = [keys[i] for i in chunk]
-        extra = {"leads_first": True} if leads_first else {}
-        for batch in lm.engine.iter_batches(prompts, [chunk_params] * len(chunk), group_keys, **extra):
+        for batch in lm.engine.iter_batches(prompts, [chunk_params] * len(chunk), [keys[i] for i in chunk], warm):
             for position, output in batch:
                 index = chunk[position]
                 tokens, context_len = prepared[index]
@@ -111,17 +108,17 @@ def score_requests(
 
     for chunk in chunked(order, lm.batch_size):
         if not shared:
-            run(chunk, stock)
+            run(chunk, stock, None)
             continue
         reusing = worth_warming([keys[i] for i in chunk], [prepared[i][1] for i in chunk], lm.engine.block_size)
-        run([i for i in chunk if not reusing[keys[i]]], stock)
-        # each item's first choice computes its context (and fills the cache), then the others read it
-        run([i for i in chunk if reusing[keys[i]]], params, leads_first=True)
+        run([i for i in chunk if not reusing[keys[i]]], stock, None)
+        chunk = [i for i in chunk if reusing[keys[i]]]
+        run(chunk, params, {keys[i]: prepared[i][0][:prepared[i][1]] for i in chunk})
     if recompute:
         logger.info("vllm_ext: %d request(s) had continuation positions served from the prefix cache "
                     "(context ending on a KV block boundary); scored again without it", len(recompute))
         for chunk in chunked(sorted(recompute, key=order.index), lm.batch_size):
-            run(chunk, stock)
+            run(chunk, stock, None)
     return results
 
 

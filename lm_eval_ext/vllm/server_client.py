@@ -209,12 +209,12 @@ class ServerEngine:
 
     def iter_batches(
         self, prompts: Sequence[list[int]], params: Sequence[Any], group_keys: Sequence[Hashable] | None = None,
-        leads_first: bool = False,
+        warm: Any = None,
     ) -> Iterator[list[tuple[int, EngineOutput]]]:
         """Yield one ``[(index, output), ...]`` per HTTP response, in completion order, with at most
-        ``num_concurrent`` calls in flight. ``leads_first`` must be False: the endpoint cannot read
-        vLLM's prefix cache for prompt logprobs (``supports_prefix_warmup`` is False)."""
-        assert not leads_first, "server mode cannot read vLLM's prefix cache for prompt logprobs"
+        ``num_concurrent`` calls in flight. ``warm`` must be None: no prefix warm-up over HTTP
+        (``supports_prefix_warmup`` is False)."""
+        assert not warm, "server mode cannot read vLLM's prefix cache for prompt logprobs"
         fields = [request_fields(p) for p in params]
         keys = [json.dumps(f, sort_keys=True) for f in fields]
         batches = pack_by_tokens(prompts, keys, self.tokens_per_request)
