@@ -55,12 +55,14 @@ def configurations(task: str, generation_sizes) -> dict[str, dict]:
 
 def compare(model: str, data_dir: Path, *, limits: dict[str, int | None], repetitions: int,
             num_mmlu_subjects: int, generation_sizes, timeout_s: float, device: str = "cpu",
-            dtype: str = "float32") -> dict:
+            dtype: str = "float32", only: set[str] | None = None) -> dict:
     result = {"model": model, "machine_before": compare_hf._machine(), "limits": limits,
               "repetitions": repetitions, "tasks": {}}
     with tempfile.TemporaryDirectory() as folder:
         include = [str(real_tasks.write_tasks(data_dir, Path(folder)))]
         for task in tasks(num_mmlu_subjects):
+            if only and not any(task.startswith(prefix) for prefix in only):
+                continue
             limit = limits.get("mmlu" if task.startswith(real_tasks.MMLU_PREFIX) else task)
             entry = compare_hf.run_task(model, task, include_paths=include,
                                         configs=configurations(task, generation_sizes), timeout_s=timeout_s,
@@ -114,6 +116,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--generation-sizes", default="1,8")
     parser.add_argument("--stock-sizes", default="1,8,16,32", help="stock batch sizes on scoring tasks")
     parser.add_argument("--rolling-sizes", default="1,8", help="stock batch sizes on WikiText-2")
+    parser.add_argument("--tasks", default="", help="comma-separated task-name prefixes to run (default: all), "
+                        "e.g. arc_easy_local,lambada")
     parser.add_argument("--out", default="real_tasks.json")
     args = parser.parse_args(argv)
     limits = {name: args.limit for name in (real_tasks.ARC, "mmlu", real_tasks.LAMBADA)}
@@ -125,7 +129,8 @@ def main(argv: list[str] | None = None) -> int:
     ROLLING_SIZES = tuple(int(n) for n in args.rolling_sizes.split(","))
     result = compare(args.model, args.data_dir, limits=limits, repetitions=args.repetitions,
                      num_mmlu_subjects=args.mmlu_subjects, timeout_s=1800,
-                     generation_sizes=tuple(int(n) for n in args.generation_sizes.split(",")))
+                     generation_sizes=tuple(int(n) for n in args.generation_sizes.split(",")),
+                     only={t for t in args.tasks.split(",") if t} or None)
     Path(args.out).write_text(json.dumps(result, indent=1, default=float))
     print(compare_hf.format_table(result))
     print("\n".join(one_row_notes(result)))
