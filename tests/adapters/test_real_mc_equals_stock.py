@@ -17,16 +17,16 @@ from benchmarks.lib import gsm8k, real_tasks
 
 ROOT = Path(__file__).resolve().parents[2]
 LIMIT = 12
+FOUND = gsm8k.find_data_dir(ROOT)
+DATA_DIR = FOUND.parent if FOUND is not None and real_tasks.available(FOUND.parent) else None
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.skipif(
+    DATA_DIR is None, reason="real benchmark data not found (../shared/data or $BENCH_DATA_DIR)")]
 
 
 @pytest.fixture(scope="module")
 def include(tmp_path_factory) -> str:
-    found = gsm8k.find_data_dir(ROOT)
-    if found is None or not real_tasks.available(found.parent):
-        pytest.skip("real benchmark data not found (../shared/data or $BENCH_DATA_DIR)")
-    return str(real_tasks.write_tasks(found.parent, tmp_path_factory.mktemp("real_tasks")))
+    return str(real_tasks.write_tasks(DATA_DIR, tmp_path_factory.mktemp("real_tasks")))
 
 
 def samples(lm, task: str, include: str) -> dict:

@@ -45,14 +45,16 @@ def _env(base: dict) -> dict:
     return env
 
 
-def _run_nodes(commands: list[list[str]], env: dict, cwd: Path) -> str:
-    """Start every node in the background, wait for all; their logs joined."""
-    nodes = [subprocess.Popen(cmd, env=env, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-             for cmd in commands]
+def _run_nodes(commands: list[list[str]], env: dict | list[dict], cwd: Path, timeout_s: float = 600) -> str:
+    """Start every node in the background (``env``: one for all, or one per node), wait for all;
+    their logs joined."""
+    envs = env if isinstance(env, list) else [env] * len(commands)
+    nodes = [subprocess.Popen(cmd, env=node_env, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+             for cmd, node_env in zip(commands, envs, strict=True)]
     logs = []
     try:
         for node in nodes:
-            logs.append(node.communicate(timeout=600)[0])
+            logs.append(node.communicate(timeout=timeout_s)[0])
     finally:
         for node in nodes:
             if node.poll() is None:

@@ -8,16 +8,16 @@ in one process (run in this session, ``stock_samples``) within 1e-4, generations
 
 from __future__ import annotations
 
-import ast
 import json
 import os
 import re
-import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
+from tests.dist.test_cpu_data_parallel import _parse
+from tests.dist.test_two_nodes import _run_nodes
 from tests.helpers import free_port
 from tests.vllm.evaluation import SUITE_LIMIT, SUITE_TASKS, differences
 from tests.vllm.support import ROOT, requires_vllm
@@ -45,38 +45,14 @@ def _logged_samples(out: Path) -> dict[str, dict[int, object]]:
     return found
 
 
-def _parse(logged):
-    if isinstance(logged, list):
-        return [_parse(item) for item in logged]
-    try:
-        return ast.literal_eval(logged)
-    except (ValueError, SyntaxError):
-        return logged
-
-
 def test_two_nodes_shard_documents_and_equal_stock(tiny_vllm_model_path, stock_samples, tmp_path):
     port = free_port()
     env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LM_EVAL_EXT_DRY_RUN")}
     env |= {"PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1", "LM_EVAL_EXT_RENDEZVOUS_TIMEOUT_S": "300"}
     cores = sorted(os.sched_getaffinity(0))
-    nodes = []
-    for node_rank in (0, 1):
-        node_env = {**env, "VLLM_CPU_OMP_THREADS_BIND": str(cores[node_rank % len(cores)])}
-        out = tmp_path / f"node{node_rank}"
-        nodes.append(subprocess.Popen(_node_command(tiny_vllm_model_path, out, node_rank, port), env=node_env,
-                                      cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True))
-    logs = []
-    try:
-        for node in nodes:
-            logs.append(node.communicate(timeout=900)[0])
-    finally:
-        for node in nodes:
-            if node.poll() is None:
-                node.kill()
-                node.wait()
-    for node, log in zip(nodes, logs, strict=True):
-        assert node.returncode == 0, log[-4000:]
-    joined = "\n".join(logs)
+    commands = [_node_command(tiny_vllm_model_path, tmp_path / f"node{rank}", rank, port) for rank in (0, 1)]
+    envs = [{**env, "VLLM_CPU_OMP_THREADS_BIND": str(cores[rank % len(cores)])} for rank in (0, 1)]
+    joined = _run_nodes(commands, envs, tmp_path, timeout_s=900)
     # lm-eval builds each task's requests for its rank only (half of the documents per node)
     built = set(re.findall(r"Building contexts for (\w+) on rank (\d)", joined))
     assert built == {(task, rank) for task in SUITE_TASKS for rank in ("0", "1")}, joined[-3000:]
