@@ -14,7 +14,7 @@ runs with its request cache off, so every repetition computes everything.
 
 ``--suite mc`` runs real multiple choice instead: ARC-Easy 0-shot and MMLU 5-shot (a few subjects)
 from ``../shared/data`` through lm-eval's own task definitions pointed at local files
-(:mod:`benchmarks.lib.mc_tasks`), in process (``--data-parallel-size 1``): what vLLM's prefix-cache
+(:mod:`benchmarks.lib.real_tasks`), in process (``--data-parallel-size 1``): what vLLM's prefix-cache
 skip costs stock, and what ``score_with_prefix_cache`` saves.
 
     python benchmarks/compare_vllm.py --suite mc --data-parallel-size 1 --limit 20
@@ -58,13 +58,15 @@ def suite_tasks(suite: str, scratch: Path) -> tuple[list[str], list[str]]:
     """(tasks, include path) of a suite: ``shipped`` (tasks/) or ``mc`` (ARC-Easy + MMLU, local files)."""
     if suite == "shipped":
         return SUITE_TASKS, [str(ROOT / "tasks")]
-    from benchmarks.lib import mc_tasks
+    from benchmarks.lib import real_tasks
 
-    data_root = mc_tasks.find_data_root(ROOT)
+    data_root = real_tasks.find_multiple_choice_data(ROOT)
     if data_root is None:
         raise SystemExit("--suite mc needs ../shared/data (arc_easy/, mmlu/) or BENCH_DATA_DIR")
-    tasks = {"arc": [mc_tasks.ARC_TASK], "mmlu": mc_tasks.mmlu_tasks()}.get(suite, [mc_tasks.ARC_TASK, *mc_tasks.mmlu_tasks()])
-    return tasks, [str(mc_tasks.write_local_tasks(data_root, scratch / "tasks"))]
+    subjects = real_tasks.VLLM_MMLU_SUBJECTS
+    mmlu = [real_tasks.mmlu_task(s) for s in subjects]
+    tasks = {"arc": [real_tasks.ARC], "mmlu": mmlu}.get(suite, [real_tasks.ARC, *mmlu])
+    return tasks, [str(real_tasks.write_tasks(data_root, scratch / "tasks", subjects))]
 
 
 def _evaluate(lm, limit: int | None, suite: str = "shipped") -> dict:

@@ -23,12 +23,15 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default=str(ROOT / ".models" / "smollm2-135m"))
     parser.add_argument("--seconds", type=float, default=3.0, help="time per shape")
+    parser.add_argument("--shapes", default=",".join(f"{r}x{t}" for r, t in SHAPES),
+                        help="comma-separated ROWSxTOKENS, e.g. 32x48,64x48")
     args = parser.parse_args()
+    shapes = [tuple(int(n) for n in shape.split("x")) for shape in args.shapes.split(",") if shape]
     model = AutoModelForCausalLM.from_pretrained(args.model, dtype=torch.float32).eval()
     decoder = model.get_decoder()
     print(f"torch threads {torch.get_num_threads()}")
     generator = torch.Generator().manual_seed(0)
-    for rows, tokens in SHAPES:
+    for rows, tokens in shapes:
         ids = torch.randint(100, 1000, (rows, tokens), generator=generator)
         with torch.no_grad():
             decoder(input_ids=ids[:1, :16])

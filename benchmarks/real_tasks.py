@@ -80,7 +80,23 @@ def one_row_notes(result: dict) -> list[str]:
         if "wall_s" in runs.get(EXT, {}) and "wall_s" in runs.get(ONE_ROW, {}):
             notes.append(f"{task}: hf_ext defaults {runs[EXT]['wall_s']:.1f} s vs one row per batch "
                          f"{runs[ONE_ROW]['wall_s']:.1f} s ({runs[ONE_ROW]['wall_s'] / runs[EXT]['wall_s']:.2f}x)")
+    for task, entry in result["tasks"].items():
+        line = computed_rate(entry.get("runs", {}).get(EXT, {}).get("cost_report") or {})
+        if line:
+            notes.append(f"{task}: hf_ext defaults {line}")
     return notes
+
+
+def computed_rate(cost_report: dict) -> str:
+    """What the engine computed and how fast, from its cost report (compare with
+    ``benchmarks/forward_ceiling.py`` at the same rows x tokens)."""
+    entries = list(cost_report.values())
+    batch_s = sum(e["wall_s"] for e in entries)
+    if not entries or batch_s <= 0:
+        return ""
+    computed, padded = sum(e["tokens_computed"] for e in entries), sum(e["padded_tokens"] for e in entries)
+    return (f"computed {computed} tokens ({padded} with padding) in {batch_s:.1f} s of batches: "
+            f"{computed / batch_s:.0f} tokens/s ({padded / batch_s:.0f} with padding)")
 
 
 def bench_scenario(ctx) -> dict:

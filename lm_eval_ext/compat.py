@@ -92,15 +92,15 @@ UPSTREAM: tuple[UpstreamName, ...] = (
                  "lm-eval > 0.4.13 (the lm_eval.models entry-point group)"),
     UpstreamName("lm_eval.tasks:TaskManager", "lm-eval-ext run adds tasks/ to the include path", "public API"),
     UpstreamName("lm_eval.__main__:cli_evaluate", "lm-eval-ext run hands over to lm-eval's CLI", "open (no public CLI entry)"),
-    # transformers: the in-place KV cache and the grouped-query decode attention
+    # transformers: the in-place KV cache and the grouped-query attention
     UpstreamName("transformers.cache_utils:DynamicLayer", "GrowingLayer appends in place instead of torch.cat",
                  "open (no public per-layer cache API)"),
     UpstreamName("transformers.integrations.sdpa_attention:sdpa_attention_forward",
-                 "everything but a CPU decode step goes to transformers' own attention", "open"),
+                 "everything but a masked CPU grouped-query call goes to transformers' own attention", "open"),
     UpstreamName("transformers.masking_utils:AttentionMaskInterface", "the mask function of the registered attention", "open"),
     UpstreamName("transformers.masking_utils:sdpa_mask", "the mask function of the registered attention", "open"),
     UpstreamName("transformers:PretrainedConfig._attn_implementation",
-                 "switches a model to the grouped-query decode attention inside a with block",
+                 "switches a model to the grouped-query attention inside a with block",
                  "open (set_attn_implementation is not per call)"),
     # vLLM
     UpstreamName("vllm.engine.arg_utils:EngineArgs", "the context length vLLM itself would choose", "open"),

@@ -8,6 +8,7 @@ lm-eval's own) and replaces only the data source with ``dataset_path: json`` ove
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import yaml
@@ -16,6 +17,8 @@ from benchmarks.lib import gsm8k
 
 #: MMLU subjects of the benchmark: short and long questions, STEM and humanities
 MMLU_SUBJECTS = ("anatomy", "high_school_geography", "college_computer_science", "marketing")
+#: MMLU subjects of the vLLM comparison and its tests (a few, so a stock run fits the 2-core machine)
+VLLM_MMLU_SUBJECTS = ("abstract_algebra", "anatomy", "astronomy", "high_school_geography")
 ARC = "arc_easy_local"
 LAMBADA = "lambada_openai_local"
 WIKITEXT = "wikitext_local"
@@ -38,7 +41,7 @@ def _json_source(files: dict[str, Path]) -> dict:
             "dataset_kwargs": {"data_files": {split: str(p.resolve()) for split, p in files.items()}}}
 
 
-def definitions(data_dir: Path) -> dict[str, dict]:
+def definitions(data_dir: Path, subjects: tuple[str, ...] = MMLU_SUBJECTS) -> dict[str, dict]:
     """Task name -> YAML body (PURE apart from locating lm-eval's task folder)."""
     stock = _stock_dir()
     arc, mmlu = data_dir / "arc_easy", data_dir / "mmlu"
@@ -51,7 +54,7 @@ def definitions(data_dir: Path) -> dict[str, dict]:
                    "training_split": None, "validation_split": None,
                    **_json_source({"test": data_dir / "wikitext2" / "test.jsonl"})},
     }
-    for subject in MMLU_SUBJECTS:
+    for subject in subjects:
         name = subject.replace("_", " ")
         out[mmlu_task(subject)] = {
             "include": str(stock / "mmlu" / "default" / "_default_template_yaml"), "task": mmlu_task(subject),
@@ -62,14 +65,23 @@ def definitions(data_dir: Path) -> dict[str, dict]:
     return out
 
 
-def write_tasks(data_dir: Path, out_dir: Path) -> Path:
+def write_tasks(data_dir: Path, out_dir: Path, subjects: tuple[str, ...] = MMLU_SUBJECTS) -> Path:
     """Write every task YAML (GSM8K's too) into ``out_dir``; returns it, for the include path."""
     out_dir.mkdir(parents=True, exist_ok=True)
-    for name, body in definitions(data_dir).items():
+    for name, body in definitions(data_dir, subjects).items():
         (out_dir / f"{name}.yaml").write_text(yaml.safe_dump(body, sort_keys=False))
     if (data_dir / "gsm8k" / "test.jsonl").exists():
         gsm8k.write_local_task(data_dir / "gsm8k", out_dir)
     return out_dir
+
+
+def find_multiple_choice_data(checkout: Path) -> Path | None:
+    """``$BENCH_DATA_DIR``, else ``../shared/data`` next to the checkout (or its parent), if it holds
+    ARC-Easy and MMLU: what the vLLM comparison and its tests need."""
+    roots = [os.environ.get("BENCH_DATA_DIR"), checkout.parent / "shared" / "data",
+             checkout.parent.parent / "shared" / "data"]
+    found = (Path(r) for r in roots if r)
+    return next((d for d in found if (d / "arc_easy" / "test.jsonl").exists() and (d / "mmlu" / "dev").is_dir()), None)
 
 
 def available(data_dir: Path | None) -> bool:

@@ -25,7 +25,7 @@ from dataclasses import dataclass
 import torch
 
 from lm_eval_ext.hf.batching import common_prefix_tokens
-from lm_eval_ext.hf.decode_attention import grouped_query_decode
+from lm_eval_ext.hf.grouped_attention import grouped_query_attention
 from lm_eval_ext.hf.kv_cache import SPARE_COLUMNS, RowStack, clone_cache, growing_cache, plain_cache
 from lm_eval_ext.hf.prompt_lookup import PromptLookup, StopStrings, accepted_tokens, clip_emitted, draft_room
 from lm_eval_ext.hf.scoring import ModelParts, execution_device
@@ -213,7 +213,7 @@ def greedy_generate(
     """Greedy continuations (without the prompt), each ending at EOS, at the first stop string
     or at ``max_new_tokens``. ``draft_tokens > 0`` checks up to that many prompt-lookup guesses
     per row and step (``prompt_lookup``); the tokens are the same, the forwards fewer."""
-    with grouped_query_decode(parts.model):  # decode steps read grouped K/V heads in place
+    with grouped_query_attention(parts.model):  # prefill and decode read grouped K/V heads in place
         cost = GenerationCost(useful_tokens=sum(len(p) for p in prompts))
         cache, mask, positions, first, cost.computed_tokens = _prefill(
             parts, prompts, device, room=max_new_tokens + draft_tokens)

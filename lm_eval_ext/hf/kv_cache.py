@@ -4,7 +4,7 @@ transformers' ``DynamicLayer`` appends each decode step with ``torch.cat``, whic
 layer's whole cache every step. With 8 rows of ~1,000 cached tokens on the project's 2-core
 CPU those copies cost as much as reading the weights: a SmolLM2-135M decode step took
 235-270 ms, and 121-136 ms with this cache plus grouped-query decode attention
-(``decode_attention``), same logits bit for bit.
+(``grouped_attention``), same logits bit for bit.
 
 ``GrowingLayer`` keeps ``keys``/``values`` as views of the first columns of larger buffers and
 writes new columns into the spare ones; everything else ``DynamicLayer`` does (crop, length,

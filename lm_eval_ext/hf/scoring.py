@@ -15,6 +15,7 @@ import torch
 import torch.nn.functional as F
 
 from lm_eval_ext.hf.batching import Batch, Row
+from lm_eval_ext.hf.grouped_attention import grouped_query_attention
 from lm_eval_ext.hf.prefix_kv import PrefixStore
 
 #: Config attributes of models whose logits are more than ``lm_head(hidden)``; for those we keep
@@ -183,7 +184,8 @@ def score_batch(
             if prefixes is None:
                 raise ValueError("a batch after a shared prefix needs the engine's PrefixStore")
             prefix_cache = prefixes.cache_for(parts, batch.prefix, device)
-        picked, is_hidden = target_hidden(parts, inputs, batch, prefix_cache)
+        with grouped_query_attention(parts.model):  # masked rows read grouped K/V heads in place
+            picked, is_hidden = target_hidden(parts, inputs, batch, prefix_cache)
     logprobs, greedy = target_logprobs(parts, picked, is_hidden, wanted, softmax_dtype, autocast)
     results: dict[int, tuple[float, bool]] = {}
     start = 0

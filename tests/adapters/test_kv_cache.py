@@ -1,4 +1,4 @@
-"""The growing KV cache and grouped-query decode attention change where states live and how
+"""The growing KV cache and grouped-query attention change where states live and how
 heads are read, never a value: each is compared with transformers' own cache and attention."""
 
 from __future__ import annotations
@@ -7,7 +7,7 @@ import pytest
 import torch
 from transformers.cache_utils import DynamicLayer
 
-from lm_eval_ext.hf import decode_attention
+from lm_eval_ext.hf import grouped_attention
 from lm_eval_ext.hf.kv_cache import SPARE_COLUMNS, GrowingLayer, RowStack, clone_cache, growing_cache, plain_cache
 
 
@@ -84,7 +84,7 @@ def test_growing_cache_only_for_plain_layers(tiny):
     assert growing_cache(sliding) is None
 
 
-def test_grouped_query_decode_reads_heads_in_place_with_identical_logits(tiny, monkeypatch):
+def test_grouped_query_attention_reads_heads_in_place_with_identical_logits(tiny, monkeypatch):
     """A padded batch decoding over a cache: the same logits as transformers' sdpa, and the
     in-place path (enable_gqa, no repeated heads) is the one that ran."""
     ids = torch.tensor([[5, 6, 7, 8, 9], [0, 0, 11, 12, 13]])
@@ -105,9 +105,48 @@ def test_grouped_query_decode_reads_heads_in_place_with_identical_logits(tiny, m
         want = decode_logits()
         assert calls and not any(calls)
         del calls[:]
-        with decode_attention.grouped_query_decode(tiny):
+        with grouped_attention.grouped_query_attention(tiny):
             got = decode_logits()
     assert tiny.config._attn_implementation == "sdpa"  # restored
     # every layer, prefill (5 masked queries) and decode step alike, read its grouped heads in place
     assert calls == [True] * 2 * tiny.config.num_hidden_layers
+    torch.testing.assert_close(got, want, rtol=0, atol=1e-6)
+
+
+def test_grouped_query_attention_scores_tree_rows_after_a_prefix_in_place(tiny, monkeypatch):
+    """What the scoring engine runs: rows of 24 nodes (longer than any decode step) after a cached
+    8-token prefix, under the engine's additive tree mask: the same hidden states as transformers'
+    sdpa with repeated heads, and every layer read its grouped heads in place."""
+    from lm_eval_ext.hf.batching import Batch, Row, ScoreRequest
+    from lm_eval_ext.hf.prefix_kv import PrefixStore
+    from lm_eval_ext.hf.scoring import batch_inputs, split_model
+
+    parts = split_model(tiny)
+    prefix = tuple(range(30, 38))
+    context = tuple(range(40, 60))
+    tree, chain = Row(), Row()  # two choices under one context; one plain request
+    tree.insert(ScoreRequest(0, context + (61,), (61, 62), offset=len(prefix)), share=True)
+    tree.insert(ScoreRequest(1, context + (64,), (64, 65), offset=len(prefix)), share=True)
+    chain.insert(ScoreRequest(2, tuple(range(70, 87)), (86, 87), offset=len(prefix)), share=True)
+    batch = Batch(rows=[tree, chain], prefix=prefix)
+    assert len(tree) > 16 and len(tree.segments) == 2
+
+    def hidden():
+        cache = PrefixStore().cache_for(parts, prefix, "cpu")
+        inputs = batch_inputs(batch, parts, "cpu", torch.float32)
+        return parts.decoder(**inputs, past_key_values=cache, use_cache=True).last_hidden_state
+
+    calls = []
+    sdpa = torch.nn.functional.scaled_dot_product_attention
+    monkeypatch.setattr(torch.nn.functional, "scaled_dot_product_attention",
+                        lambda *a, **k: calls.append(k.get("enable_gqa", False)) or sdpa(*a, **k))
+    layers = tiny.config.num_hidden_layers
+    with torch.no_grad():
+        want = hidden()
+        # transformers: the unmasked prefix reads heads in place (is_causal), the masked rows repeat them
+        assert calls == [True] * layers + [False] * layers
+        del calls[:]
+        with grouped_attention.grouped_query_attention(tiny):
+            got = hidden()
+    assert calls == [True] * 2 * layers
     torch.testing.assert_close(got, want, rtol=0, atol=1e-6)

@@ -60,16 +60,17 @@ def _real_tasks(tmp_path):
     import sys
 
     sys.path.insert(0, str(ROOT))
-    from benchmarks.lib import mc_tasks
+    from benchmarks.lib import real_tasks
 
-    data_root = mc_tasks.find_data_root(ROOT)
+    data_root = real_tasks.find_multiple_choice_data(ROOT)
     if data_root is None:
         pytest.skip("../shared/data (ARC-Easy, MMLU) is absent")
     from lm_eval.tasks import TaskManager
 
-    manager = TaskManager(include_path=[str(mc_tasks.write_local_tasks(data_root, tmp_path / "tasks"))],
+    subjects = real_tasks.VLLM_MMLU_SUBJECTS[:2]
+    manager = TaskManager(include_path=[str(real_tasks.write_tasks(data_root, tmp_path / "tasks", subjects))],
                           include_defaults=False)
-    return manager, [mc_tasks.ARC_TASK, *mc_tasks.mmlu_tasks()[:2]]
+    return manager, [real_tasks.ARC, *(real_tasks.mmlu_task(s) for s in subjects)]
 
 
 def test_arc_easy_and_mmlu_5shot_equal_stock(tiny_vllm_model_path, tmp_path):
