@@ -54,9 +54,11 @@ SUITES: dict[str, Suite] = {
         repetitions=3, warmup_limit=2,
         # sized to finish in under 90 minutes on the 2-core CPU (4989 s measured): the shipped
         # tasks whole in hf-suite, real-length GSM8K generations, stock vLLM's engine starts
+        # (measured before real-tasks was added; that bound does not cover it. The issue-12 figures at
+        # 200 ARC/LAMBADA and 100 MMLU documents come from benchmarks/real_tasks.py standalone)
         limits={"hf-suite": None, "data-parallel": 30, "cache": 20, "gsm8k": 8, "vllm": 20, "planner": 30,
                 "compare-hf": 12, "compare-hf-gsm8k": 8, "compare-vllm": 10,
-                "real-tasks-arc": 200, "real-tasks-mmlu": 100, "real-tasks-lambada": 200, "real-tasks-wikitext": 8,
+                "real-tasks-arc": 100, "real-tasks-mmlu": 30, "real-tasks-lambada": 100, "real-tasks-wikitext": 8,
                 "real-tasks-gsm8k": 8},
         stock_data_parallel=True, worker_timeout_s=1800,
     ),

@@ -55,6 +55,15 @@ def worth_warming(keys: Sequence[Any], context_lens: Sequence[int], block_size: 
     return {key: counts[key] > 1 and (lengths[key] - 1) // max(block_size, 1) >= 1 for key in counts}
 
 
+def warm_prompt(context: Sequence[int], block_size: int) -> list[int]:
+    """What a context's warm-up computes: the whole KV blocks its choices may reuse, no more.
+    vLLM caches whole blocks only, so warming the context's tail would be computed for nothing;
+    and a warm-up that cached a context ending on a block boundary whole would cache the position
+    that predicts the first continuation token, which must be computed (every choice would be
+    scored again). Example: block 32, a 70-token context -> its first 64 tokens; 64 tokens -> 32."""
+    return list(context[: block_size * ((len(context) - 1) // max(block_size, 1))])
+
+
 def uses_prefix_cache(lm: Any) -> bool:
     return lm.ext_config.scores_with_prefix_cache and getattr(lm.engine, "supports_prefix_warmup", False)
 
@@ -65,11 +74,12 @@ def score_requests(
     """``requests``: ``(cache_key, context_tokens, continuation_tokens)`` as lm-eval builds them;
     ``on_scored(index, answer)`` is called as each answer arrives.
 
-    With ``score_with_prefix_cache`` each distinct context is computed once first (it then sits in
-    vLLM's prefix cache) and the choices ask for prompt logprobs with
+    With ``score_with_prefix_cache`` the whole KV blocks of each distinct context are computed once
+    first (:func:`warm_prompt`; they then sit in vLLM's prefix cache) and the choices ask for prompt logprobs with
     ``skip_reading_prefix_cache=False``, so only their continuations are computed; a request whose
-    continuation positions came from the cache (:func:`all_continuation_computed`) is scored again
-    the stock way (prefix cache skipped)."""
+    continuation positions came from the cache (:func:`all_continuation_computed`: blocks another
+    request cached past this context's end, e.g. a choice sharing its first token with another
+    choice) is scored again the stock way (prefix cache skipped)."""
     from lm_eval.models.vllm_causallms import VLLM, SamplingParams
 
     if not requests:  # nothing to compute: never start an engine (uses_prefix_cache would)
@@ -113,7 +123,8 @@ def score_requests(
         reusing = worth_warming([keys[i] for i in chunk], [prepared[i][1] for i in chunk], lm.engine.block_size)
         run([i for i in chunk if not reusing[keys[i]]], stock, None)
         chunk = [i for i in chunk if reusing[keys[i]]]
-        run(chunk, params, {keys[i]: prepared[i][0][:prepared[i][1]] for i in chunk})
+        block = lm.engine.block_size
+        run(chunk, params, {keys[i]: warm_prompt(prepared[i][0][:prepared[i][1]], block) for i in chunk})
     if recompute:
         logger.info("vllm_ext: %d request(s) had continuation positions served from the prefix cache "
                     "(context ending on a KV block boundary); scored again without it", len(recompute))

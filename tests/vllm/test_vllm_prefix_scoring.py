@@ -34,19 +34,22 @@ def _stock_and_ext(model_path, run, **ext_args):
 
 
 def test_context_on_a_block_boundary_falls_back_to_stock(tiny_vllm_model_path, caplog):
+    """A context of exactly two KV blocks that an earlier call left in the prefix cache (the
+    warm-up of a longer context that begins with it) is served whole, so the first continuation
+    token's logprob is never computed: those requests must be scored again without the cache
+    (and equal stock). Its own warm-up computes one block only (``warm_prompt``)."""
     from lm_eval_ext.vllm.build import CPU_SCORING_BLOCK_TOKENS
 
-    """A context of exactly two KV blocks is cached whole, so the first continuation token's logprob
-    is never computed: those requests must be scored again without the cache (and equal stock)."""
     block_sizes = []
 
     def run(lm):
         block = CPU_SCORING_BLOCK_TOKENS  # vllm_ext's KV block on CPU (read back below)
         if hasattr(lm, "ext_config"):
             block_sizes.append(lm.engine._llm.llm_engine.vllm_config.cache_config.block_size)
-        contexts = [list(range(5, 5 + 2 * block)), list(range(7, 7 + block + 9))]
-        requests = [((None, None), ctx, [40 + i, 41 + i]) for ctx in contexts for i in range(3)]
-        return lm._loglikelihood_tokens(requests)
+        longer = list(range(5, 5 + 2 * block + 9))
+        first = [((None, None), longer, [40 + i, 41 + i]) for i in range(3)]
+        on_boundary = [((None, None), longer[: 2 * block], [50 + i, 51 + i]) for i in range(3)]
+        return lm._loglikelihood_tokens(first) + lm._loglikelihood_tokens(on_boundary)
 
     with caplog.at_level(logging.INFO, logger="lm_eval_ext.vllm"):
         expected, got, ext = _stock_and_ext(tiny_vllm_model_path, run)

@@ -100,3 +100,12 @@ def test_only_contexts_with_a_reusable_block_and_several_choices_are_warmed():
     keys = ["long", "long", "short", "short", "alone"]
     assert worth_warming(keys, [600, 600, 79, 79, 600], 128) == {"long": True, "short": False, "alone": False}
     assert worth_warming(["edge", "edge"], [128, 128], 128) == {"edge": False}  # position 127 must be computed
+
+
+def test_a_warm_up_computes_only_the_whole_blocks_a_choice_may_reuse():
+    from lm_eval_ext.vllm.scoring import warm_prompt
+
+    assert warm_prompt(list(range(70)), 32) == list(range(64))
+    assert warm_prompt(list(range(64)), 32) == list(range(32))  # position 63 predicts a continuation
+    assert warm_prompt(list(range(33)), 32) == list(range(32))
+    assert warm_prompt(list(range(32)), 32) == []
