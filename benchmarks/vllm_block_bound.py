@@ -78,7 +78,11 @@ class BlockCache:
 
 def computed_tokens(requests, block_size: int) -> tuple[int, int, int]:
     """(stock tokens, vllm_ext tokens, requests re-scored the stock way) at one block size."""
-    from lm_eval_ext.vllm.scoring import warm_prompt, worth_warming
+    from lm_eval_ext.vllm.scoring import (
+        all_continuation_computed,
+        warm_prompt,
+        worth_warming,
+    )
 
     keys = [context for context, _ in requests]
     warm = worth_warming(keys, [len(c) for c in keys], block_size)
@@ -94,7 +98,7 @@ def computed_tokens(requests, block_size: int) -> tuple[int, int, int]:
             continue
         hit = cache.hit_tokens(prompt)
         ext += len(prompt) - hit
-        if hit > len(context) - 1:  # a scored position came from the cache: scored again, cache skipped
+        if not all_continuation_computed(SimpleNamespace(num_cached_tokens=hit), len(context)):  # scored again
             ext += len(prompt)
             rescored += 1
         cache.add(prompt)

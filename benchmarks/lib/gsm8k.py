@@ -14,13 +14,17 @@ import yaml
 TASK_NAME = "gsm8k_local"
 
 
-def find_data_dir(checkout: Path) -> Path | None:
-    """The folder holding GSM8K's ``train.jsonl``/``test.jsonl``: ``$BENCH_DATA_DIR/gsm8k``, else
-    ``../shared/data/gsm8k`` next to the checkout (or next to its parent, for a worktree)."""
+def data_roots(checkout: Path) -> list[Path]:
+    """Where the benchmark data may be: ``$BENCH_DATA_DIR``, else ``../shared/data`` next to the
+    checkout (or next to its parent, for a worktree)."""
     roots = [os.environ.get("BENCH_DATA_DIR"), checkout.parent / "shared" / "data",
              checkout.parent.parent / "shared" / "data"]
-    found = (Path(r) / "gsm8k" for r in roots if r)
-    return next((d for d in found if (d / "test.jsonl").exists()), None)
+    return [Path(r) for r in roots if r]
+
+
+def find_data_dir(checkout: Path) -> Path | None:
+    """The folder holding GSM8K's ``train.jsonl``/``test.jsonl`` under one of :func:`data_roots`."""
+    return next((d for d in (r / "gsm8k" for r in data_roots(checkout)) if (d / "test.jsonl").exists()), None)
 
 
 def stock_definition() -> dict:

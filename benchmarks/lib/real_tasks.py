@@ -8,7 +8,6 @@ lm-eval's own) and replaces only the data source with ``dataset_path: json`` ove
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import yaml
@@ -76,12 +75,10 @@ def write_tasks(data_dir: Path, out_dir: Path, subjects: tuple[str, ...] = MMLU_
 
 
 def find_multiple_choice_data(checkout: Path) -> Path | None:
-    """``$BENCH_DATA_DIR``, else ``../shared/data`` next to the checkout (or its parent), if it holds
-    ARC-Easy and MMLU: what the vLLM comparison and its tests need."""
-    roots = [os.environ.get("BENCH_DATA_DIR"), checkout.parent / "shared" / "data",
-             checkout.parent.parent / "shared" / "data"]
-    found = (Path(r) for r in roots if r)
-    return next((d for d in found if (d / "arc_easy" / "test.jsonl").exists() and (d / "mmlu" / "dev").is_dir()), None)
+    """The first of :func:`gsm8k.data_roots` that holds ARC-Easy and MMLU: what the vLLM comparison
+    and its tests need."""
+    return next((d for d in gsm8k.data_roots(checkout)
+                 if (d / "arc_easy" / "test.jsonl").exists() and (d / "mmlu" / "dev").is_dir()), None)
 
 
 def available(data_dir: Path | None) -> bool:

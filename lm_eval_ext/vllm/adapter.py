@@ -23,6 +23,7 @@ from lm_eval_ext.compat import require
 from lm_eval_ext.vllm.request_cache import VllmRequestCacheMixin
 from lm_eval_ext.errors import ConfigError, UserError, install_excepthook
 from lm_eval_ext.lm_args import EvaluatorArgsChecked
+from lm_eval_ext.plan.detect import detect_hardware, read_launch_env
 from lm_eval_ext.vllm.build import VllmBuild, describe_vllm_build, engine_args
 from lm_eval_ext.vllm.config import AUTO, VllmExtConfig
 from lm_eval_ext.vllm.engines import InProcessEngine
@@ -65,17 +66,9 @@ def load_facts(config: VllmExtConfig):
     return load_model_facts(path, config.dtype, trust_remote_code=config.trust_remote_code)
 
 
-def read_launch_env():
-    from lm_eval_ext.plan.detect import read_launch_env as read
-
-    return read()
-
-
 def plan_build(config: VllmExtConfig) -> VllmBuild:
     """Facts, the machine (described under a dry run, else detected), then the build description."""
     from lm_eval_ext.dry_run import described_hardware
-
-    from lm_eval_ext.plan.detect import detect_hardware
 
     hardware = described_hardware(read_launch_env()) or detect_hardware()
     cores = None if hardware.described else sorted(os.sched_getaffinity(0))

@@ -42,6 +42,12 @@ def all_continuation_computed(output: Any, context_len: int) -> bool:
     return output.num_cached_tokens <= context_len - 1
 
 
+def reusable_blocks(context_len: int, block_size: int) -> int:
+    """Whole KV blocks of a context a choice can read from the cache: position ``context_len - 1``
+    predicts the first continuation token, so it must be computed. Example: block 32, 64 -> 1."""
+    return (context_len - 1) // max(block_size, 1)
+
+
 def worth_warming(keys: Sequence[Any], context_lens: Sequence[int], block_size: int) -> dict[Any, bool]:
     """Per context: whether computing it once first saves work. Only whole KV blocks are cached, and
     position ``context_len - 1`` must be computed, so a context reuses ``(context_len - 1) // block``
@@ -52,7 +58,7 @@ def worth_warming(keys: Sequence[Any], context_lens: Sequence[int], block_size: 
     for key, length in zip(keys, context_lens):
         counts[key] = counts.get(key, 0) + 1
         lengths[key] = length
-    return {key: counts[key] > 1 and (lengths[key] - 1) // max(block_size, 1) >= 1 for key in counts}
+    return {key: counts[key] > 1 and reusable_blocks(lengths[key], block_size) >= 1 for key in counts}
 
 
 def warm_prompt(context: Sequence[int], block_size: int) -> list[int]:
@@ -61,7 +67,7 @@ def warm_prompt(context: Sequence[int], block_size: int) -> list[int]:
     and a warm-up that cached a context ending on a block boundary whole would cache the position
     that predicts the first continuation token, which must be computed (every choice would be
     scored again). Example: block 32, a 70-token context -> its first 64 tokens; 64 tokens -> 32."""
-    return list(context[: block_size * ((len(context) - 1) // max(block_size, 1))])
+    return list(context[: block_size * reusable_blocks(len(context), block_size)])
 
 
 def uses_prefix_cache(lm: Any) -> bool:
@@ -116,18 +122,18 @@ def score_requests(
                     on_scored(index, answer)
             lm.store_arrived_results()
 
+    block = lm.engine.block_size if shared else 0
     for chunk in chunked(order, lm.batch_size):
         if not shared:
             run(chunk, stock, None)
             continue
-        reusing = worth_warming([keys[i] for i in chunk], [prepared[i][1] for i in chunk], lm.engine.block_size)
+        reusing = worth_warming([keys[i] for i in chunk], [prepared[i][1] for i in chunk], block)
         run([i for i in chunk if not reusing[keys[i]]], stock, None)
         chunk = [i for i in chunk if reusing[keys[i]]]
-        block = lm.engine.block_size
         run(chunk, params, {keys[i]: warm_prompt(prepared[i][0][:prepared[i][1]], block) for i in chunk})
     if recompute:
         logger.info("vllm_ext: %d request(s) had continuation positions served from the prefix cache "
-                    "(context ending on a KV block boundary); scored again without it", len(recompute))
+                    "(blocks cached past the context's end); scored again without it", len(recompute))
         for chunk in chunked(sorted(recompute, key=order.index), lm.batch_size):
             run(chunk, stock, None)
     return results
