@@ -178,8 +178,21 @@ class RequestStore:
             check_database_header(path)
         store = cls(path, None, readonly=readonly)
         store._db = store._guarded(_connect, path, readonly)
-        store._guarded(store._prepare)
+        store._prepare_when_free()
         return store
+
+    def _prepare_when_free(self) -> None:
+        """:meth:`_prepare`, retried with backoff while processes racing to create or open the same
+        file hold it (SQLite answers some of those races "database is locked" at once, whatever the
+        busy timeout: the switch to WAL needs the file to itself). Every step of it is idempotent."""
+        for attempt in range(WRITE_RETRIES):
+            try:
+                return self._guarded(self._prepare)
+            except sqlite3.OperationalError as exc:
+                if "locked" not in str(exc) or attempt == WRITE_RETRIES - 1:
+                    raise
+                logger.warning("cache %s busy while opening, retrying (%s)", self.path, exc)
+                time.sleep(0.05 * 2**attempt)
 
     def _prepare(self) -> None:
         self._db.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
@@ -199,7 +212,8 @@ class RequestStore:
         if self.readonly:
             return
         # WAL is persistent in the file; NORMAL sync is crash-safe for process kills under WAL.
-        self._db.execute("PRAGMA journal_mode = WAL")
+        if self._db.execute("PRAGMA journal_mode").fetchone()[0].lower() != "wal":  # only the first opener switches
+            self._db.execute("PRAGMA journal_mode = WAL")
         self._db.execute("PRAGMA synchronous = NORMAL")
 
     def _initialise(self) -> None:
