@@ -62,12 +62,17 @@ from dataclasses import dataclass, field
 DEFAULT_ROW_TOKENS = 1024
 
 #: What one more forward costs beyond its tokens, in tokens. SmolLM2-135M's decoder on the
-#: 2-core CPU, rows of 90 tokens: 8 rows 695 tokens/s, 16 rows 776, 32 rows 821 (8 x 128: 678),
-#: i.e. ~0.2-0.4 s per forward that tokens do not explain (Python, kernel launches, weights
-#: streamed once per forward, small-matrix GEMM efficiency). 48 (the earlier estimate) cut
-#: LAMBADA into 11 batches of 300-2,500 tokens; 192 is 6 % faster there (22.1 -> 20.7 s, 200
-#: documents, in-process A/B, 2 repetitions each) and within noise on MMLU 5-shot.
-BATCH_OVERHEAD_TOKENS = 192
+#: 2-core CPU, rows of 40 tokens, median of 5 interleaved timings: 16 rows 657 ms, 32 rows
+#: 1,295 ms, i.e. ~1.0 ms a token and ~20 ms (20 tokens) per forward. (192, the earlier value,
+#: was fitted on a noisier A/B and made the cut accept 12 % padding on ARC-Easy: 7 batches of
+#: 24-165-token rows. At 32: 16 batches, 3.5 % padding, and the engine's share of the decoder's
+#: ceiling went from 79-83 % to 85-86 % there and from 94 % to 97 % on LAMBADA, measured by
+#: ``benchmarks/engine_ceiling.py``.)
+BATCH_OVERHEAD_TOKENS = 32
+#: A forward costs at least this many tokens' time, however few it holds: below it the decoder
+#: is bound by streaming its weights, not by its tokens (SmolLM2-135M here: 1 row of 40 tokens
+#: 103 ms, 2 rows 110 ms, 4 rows 180 ms, 16 rows 657 ms, i.e. ~1 ms a token past ~150 tokens).
+BATCH_FLOOR_TOKENS = 128
 #: Most rows one batch holds (bounds the batch-cut search to rows x this many steps).
 MAX_BATCH_ROWS = 512
 
@@ -265,10 +270,11 @@ def pack_batches(
     (rows x longest) and (if given) ``max_batch_requests`` requests; a row over budget travels
     alone.
 
-    Padding costs as much as a real token and every forward a fixed overhead
-    (:data:`BATCH_OVERHEAD_TOKENS`), so the cut points minimise ``padded tokens + overhead x
-    batches`` (dynamic programming over the sorted rows) instead of filling each batch
-    greedily: a batch of rows of 90 and 25 tokens would pad the short ones to 90. Every batch
+    Padding costs as much as a real token, every forward a fixed overhead
+    (:data:`BATCH_OVERHEAD_TOKENS`) and at least :data:`BATCH_FLOOR_TOKENS`, so the cut points
+    minimise the sum over batches of ``max(padded tokens, floor) + overhead`` (dynamic
+    programming over the sorted rows) instead of filling each batch greedily: a batch of rows
+    of 90 and 25 tokens would pad the short ones to 90. Every batch
     continues ``prefix`` (the rows' shared few-shot prefix, if any).
     """
     ordered = sorted(rows, key=len, reverse=True)
@@ -284,7 +290,7 @@ def pack_batches(
             over_count = max_batch_requests is not None and num_requests > max_batch_requests
             if j > i and (over_tokens or over_count):
                 break
-            total = (j - i + 1) * longest + overhead + suffix[j + 1]
+            total = max((j - i + 1) * longest, BATCH_FLOOR_TOKENS) + overhead + suffix[j + 1]
             if total <= suffix[i]:  # ties: the larger batch first, as greedy filling would
                 suffix[i], cut[i] = total, j + 1
     batches, i = [], 0

@@ -9,9 +9,9 @@ the whole row. A family computes the head once, keeps its KV cache (``prefix_kv.
 each item as a short row of its own that reads that cache: computed tokens fall from
 ``rows x P + n x q`` to ``P + n x q`` and each node attends over ``P`` + its own item only.
 
-In :data:`MIN_PREFIX_TOKENS` units of saving: a family pays one extra forward for its prefix (the
-~48-token fixed cost of ``batching.BATCH_OVERHEAD_TOKENS``) and saves ``P`` tokens per item after
-the first, so two items sharing 64 tokens already gain. 0-shot items (ARC's ``Question:``, a
+In :data:`MIN_PREFIX_TOKENS` units of saving: a family pays one extra forward for its prefix (at
+least ``batching.BATCH_FLOOR_TOKENS``, 128 tokens' time, for a short one) and saves ``P`` tokens per item after
+the first, so three items sharing 64 tokens already gain. 0-shot items (ARC's ``Question:``, a
 couple of tokens) and rolling windows never form a family and keep the row packing.
 
 Items are taken in sorted order (neighbours share the longest prefixes). An item joins the open

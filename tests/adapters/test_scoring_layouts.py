@@ -94,3 +94,22 @@ def test_tree_mask_is_the_ancestor_relation(model):
                 node = row.parents[node]
             want[i, i] = True
         assert torch.equal(got[r], want)
+
+
+@pytest.mark.parametrize("head_chunk", [1, 2, 1024])
+def test_greedy_is_stocks_argmax_with_ties_and_shared_positions(monkeypatch, head_chunk):
+    """Greedy is decided without an argmax at every position; it must still be stock's
+    ``argmax == token``, where argmax takes the first of equal maxima, and a position read by
+    several tokens (the choices of one item) gives each its own answer."""
+    monkeypatch.setattr(scoring, "HEAD_CHUNK_TOKENS", head_chunk)
+    logits = torch.tensor([[1.0, 3.0, 3.0, 0.0],    # tie: token 1 is greedy, token 2 is not
+                           [0.5, 0.5, 0.5, 0.5],    # all equal: only token 0
+                           [2.0, -1.0, 4.0, 4.0]])  # tie between 2 and 3
+    slots = [0, 0, 1, 1, 2, 2, 0, 2]
+    wanted = [1, 2, 0, 3, 3, 2, 0, 0]
+    parts = scoring.ModelParts(model=None, decoder=None, head=None, supports_tree_mask=True)
+    logprob, greedy = scoring.target_logprobs(parts, logits, False, wanted, slots, torch.float32)
+    reference = torch.log_softmax(logits, dim=-1)
+    assert logprob.tolist() == [reference[s, w].item() for s, w in zip(slots, wanted, strict=True)]
+    assert greedy.tolist() == [reference[s].argmax().item() == w for s, w in zip(slots, wanted, strict=True)]
+    assert greedy.tolist() == [True, False, True, False, False, True, False, False]

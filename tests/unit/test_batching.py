@@ -127,6 +127,18 @@ def test_batch_cuts_trade_padding_against_forwards():
     many = pack_batches(same, max_batch_tokens=4096, overhead_tokens=BATCH_OVERHEAD_TOKENS)
     assert len(many) == 1
 
+
+def test_tiny_batches_cost_the_floor_so_short_rows_are_not_cut_apart():
+    """Below BATCH_FLOOR_TOKENS a forward streams the weights whatever it holds: rows of 12 and 4
+    tokens go together (48 padded, under the floor) even with no per-forward overhead, while
+    without the floor padding alone would cut them apart."""
+    rows = pack_rows([req(i, list(range(1, 1 + n)), [1]) for i, n in enumerate([12, 4, 4, 4])],
+                     row_tokens=64, share=False)
+    assert [len(b.rows) for b in pack_batches(rows, max_batch_tokens=4096, overhead_tokens=0)] == [4]
+    wide = pack_rows([req(i, list(range(1, 1 + n)), [1]) for i, n in enumerate([200, 20, 20])],
+                     row_tokens=512, share=False)
+    assert [len(b.rows) for b in pack_batches(wide, max_batch_tokens=4096, overhead_tokens=0)] == [1, 2]
+
 def test_cost_model_prices_masked_rows_higher():
     cost = CostModel()
     assert cost.row_cost(1000, masked=True) > cost.row_cost(1000, masked=False) > 1000
