@@ -95,10 +95,15 @@ def head_forward(engine, batch):
     """The LM head and log-softmax at ``batch``'s number of distinct scored positions."""
     import torch
 
-    from lm_eval_ext.hf.scoring import target_positions
+    from lm_eval_ext.hf.scoring import HEAD_CHUNK_TOKENS, target_positions
 
     hidden = torch.randn(len(target_positions(batch)[0]), engine.parts.head.weight.shape[1])
-    return lambda: torch.log_softmax(engine.parts.head(hidden), dim=-1)
+
+    def forward():  # in the engine's chunks: a rolling window's [8192, vocab] would be 1.6 GB at once
+        for start in range(0, hidden.shape[0], HEAD_CHUNK_TOKENS):
+            torch.log_softmax(engine.parts.head(hidden[start : start + HEAD_CHUNK_TOKENS]), dim=-1)
+
+    return forward
 
 
 def time_rounds(engine, batches, rounds: int) -> list[tuple[float, float, float]]:
