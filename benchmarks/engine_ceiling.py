@@ -57,8 +57,10 @@ def record_batches(model: str, tasks: list[str], limit: int, task_dir: Path):
         return original(batch)
 
     engine.score_batch = recording
-    lm_eval.simple_evaluate(model=lm, tasks=tasks, limit=limit, task_manager=TaskManager(include_path=str(task_dir)))
-    engine.score_batch = original
+    try:
+        lm_eval.simple_evaluate(model=lm, tasks=tasks, limit=limit, task_manager=TaskManager(include_path=str(task_dir)))
+    finally:
+        engine.score_batch = original
     return lm, scored
 
 
@@ -77,7 +79,6 @@ def ceiling_forward(engine, batch, computes_prefix: bool):
     prefix = len(batch.prefix)
     positions = torch.arange(prefix, prefix + width).expand(rows, -1)
     mask = torch.ones(width, prefix + width, dtype=torch.bool).tril_(prefix).expand(rows, 1, -1, -1)
-
     prefix_ids = torch.tensor([list(batch.prefix)])
 
     def forward():
@@ -135,14 +136,15 @@ def time_rounds(engine, batches, rounds: int) -> list[tuple[float, float, float]
     return out
 
 
-def summarise(task: str, batches, rounds: list[tuple[float, float]]) -> str:
+def summarise(task: str, batches, rounds: list[tuple[float, float, float]]) -> str:
     from lm_eval_ext.hf.scoring import target_positions
 
     prefixes = {b.prefix for b in batches if b.prefix}
     computed = sum(b.computed_tokens for b in batches) + sum(len(p) for p in prefixes)
     padded = sum(b.padded_tokens for b in batches) + sum(len(p) for p in prefixes)
-    scored = sum(len(target_positions(b)[2]) for b in batches)
-    positions = sum(len(target_positions(b)[0]) for b in batches)
+    found = [target_positions(b) for b in batches]
+    scored = sum(len(slots) for _, _, slots in found)
+    positions = sum(len(rows_idx) for rows_idx, _, _ in found)
     engine_s, ceiling_s, head_s = (min(r[side] for r in rounds) for side in range(3))
     decoder_share = statistics.median(c / e for e, c, _ in rounds)
     head_share = statistics.median((c + h) / e for e, c, h in rounds)

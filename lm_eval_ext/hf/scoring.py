@@ -132,11 +132,11 @@ def execution_device(module: torch.nn.Module) -> torch.device:
     return torch.device(device) if device is not None else module.weight.device
 
 
-def target_hidden(parts: ModelParts, inputs: dict, batch: Batch, prefix_cache=None) -> tuple[torch.Tensor, bool]:
+def target_hidden(parts: ModelParts, inputs: dict, rows_idx: list[int], nodes_idx: list[int],
+                  prefix_cache=None) -> tuple[torch.Tensor, bool]:
     """Hidden states (split model) or logits (whole model) at the distinct continuation-predicting
     positions (:func:`target_positions`), ``[num_positions, hidden or vocab]``; the flag says which.
     ``prefix_cache``: the family's prefix (``prefix_kv.PrefixStore.cache_for``), read, never grown."""
-    rows_idx, nodes_idx, _ = target_positions(batch)
     if prefix_cache is not None:
         hidden = parts.decoder(**inputs, past_key_values=prefix_cache, use_cache=True).last_hidden_state
         return hidden[rows_idx, nodes_idx], True
@@ -201,7 +201,7 @@ def score_batch(
     inputs = batch_inputs(batch, parts, device, autocast_dtype or dtype)
     device_type = torch.device(device).type
     wanted = [t for row in batch.rows for r, _ in row.targets for t in r.continuation_tokens]
-    slots = target_positions(batch)[2]
+    rows_idx, nodes_idx, slots = target_positions(batch)
     autocast = torch.autocast(device_type=device_type, dtype=autocast_dtype, enabled=autocast_dtype is not None)
     with autocast:
         prefix_cache = None
@@ -210,7 +210,7 @@ def score_batch(
                 raise ValueError("a batch after a shared prefix needs the engine's PrefixStore")
             prefix_cache = prefixes.cache_for(parts, batch.prefix, device)
         with grouped_query_attention(parts.model):  # masked rows read grouped K/V heads in place
-            picked, is_hidden = target_hidden(parts, inputs, batch, prefix_cache)
+            picked, is_hidden = target_hidden(parts, inputs, rows_idx, nodes_idx, prefix_cache)
     logprobs, greedy = target_logprobs(parts, picked, is_hidden, wanted, slots, softmax_dtype, autocast)
     results: dict[int, tuple[float, bool]] = {}
     start = 0

@@ -28,3 +28,10 @@ def test_engine_row_counts_prefix_once_and_shared_positions_once():
     assert fields[1:7] == ["3", "22", "22", "1", "9", "6"]
     assert fields[7:10] == ["11", "22", "17"]  # 22 tokens over the fastest round of each side: 2.0, 1.0, 1.0 + 0.3 s
     assert fields[10:] == ["50.0%", "75.0%"]  # medians of 1/2, 2/4, 1.2/3 and of 1.5/2, 3/4, 1.5/3
+
+
+def test_missing_data_is_one_line_and_exit_2(tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr("sys.argv", ["engine_ceiling.py", "--data", str(tmp_path / "nowhere")])
+    assert engine_ceiling.main() == 2
+    err = capsys.readouterr().err.strip()
+    assert err == "engine_ceiling: no ../shared/data with ARC-Easy and MMLU found; pass --data DIR"
