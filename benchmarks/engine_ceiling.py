@@ -69,7 +69,7 @@ def ceiling_forward(engine, batch, computes_prefix: bool):
     ``computes_prefix``: the family's first batch, which also runs the prefix as one causal row)."""
     import torch
 
-    from lm_eval_ext.hf.grouped_attention import grouped_query_attention
+    from lm_eval_ext.hf.compute.grouped_attention import grouped_query_attention
 
     parts, rows = engine.parts, len(batch.rows)
     width = max(1, round(batch.computed_tokens / rows))
@@ -96,7 +96,7 @@ def head_forward(engine, batch):
     """The LM head and log-softmax at ``batch``'s number of distinct scored positions."""
     import torch
 
-    from lm_eval_ext.hf.scoring import HEAD_CHUNK_TOKENS, target_positions
+    from lm_eval_ext.hf.compute.scoring import HEAD_CHUNK_TOKENS, target_positions
 
     hidden = torch.randn(len(target_positions(batch)[0]), engine.parts.head.weight.shape[1])
 
@@ -137,7 +137,7 @@ def time_rounds(engine, batches, rounds: int) -> list[tuple[float, float, float]
 
 
 def summarise(task: str, batches, rounds: list[tuple[float, float, float]]) -> str:
-    from lm_eval_ext.hf.scoring import target_positions
+    from lm_eval_ext.hf.compute.scoring import target_positions
 
     prefixes = {b.prefix for b in batches if b.prefix}
     computed = sum(b.computed_tokens for b in batches) + sum(len(p) for p in prefixes)

@@ -6,7 +6,7 @@ A shape ``ROWSxTOKENS+PREFIX`` times rows that continue a ``PREFIX``-token prefi
 (transformers' own cache, the prefix's keys and values shared by every row, causal attention):
 the ceiling of few-shot rows such as MMLU's; only the rows' own tokens count. Those rows are timed
 twice: with transformers' ``sdpa`` (which copies each grouped K/V head per query head) and with
-``lm_eval_ext.hf.grouped_attention`` (the same attention reading the grouped heads in place).
+``lm_eval_ext.hf.compute.grouped_attention`` (the same attention reading the grouped heads in place).
 
     python benchmarks/forward_ceiling.py --model .models/smollm2-135m
     python benchmarks/forward_ceiling.py --shapes 64x65+330,64x65
@@ -27,7 +27,7 @@ def main() -> int:
     import torch
     from transformers import AutoModelForCausalLM
 
-    from lm_eval_ext.hf.grouped_attention import grouped_query_attention
+    from lm_eval_ext.hf.compute.grouped_attention import grouped_query_attention
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default=str(ROOT / ".models" / "smollm2-135m"))

@@ -44,7 +44,7 @@ def cache_line(cache: dict) -> str:
 
 
 def cost_table(cost: dict) -> str:
-    from lm_eval_ext.hf.cost_report import CostEntry, CostReport
+    from lm_eval_ext.hf.policy.cost_report import CostEntry, CostReport
 
     report = CostReport()
     for row in cost.values():

@@ -35,7 +35,7 @@ from lm_eval.models.utils import resolve_max_length  # noqa: E402
 
 from lm_eval_ext.hf import request_cache as hf_cache  # noqa: E402  (imports torch)
 from lm_eval_ext.rendezvous import join_process_group  # noqa: E402
-from lm_eval_ext.hf.engine import WHOLE_CALL, EngineSettings, ScoringEngine  # noqa: E402
+from lm_eval_ext.hf.compute.engine import WHOLE_CALL, EngineSettings, ScoringEngine  # noqa: E402
 
 logger = logging.getLogger("lm_eval_ext.hf")
 install_excepthook()

@@ -7,7 +7,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from lm_eval_ext.hf.prompt_lookup import DEFAULT_DRAFT_TOKENS
+from lm_eval_ext.hf.policy.prompt_lookup import DEFAULT_DRAFT_TOKENS
 from lm_eval_ext.model_args import model_path, as_str, as_bool, as_int, optional, positive_int, one_of, cache_mode, batch_size, batch_tokens, arg, parse_fields
 
 
@@ -62,7 +62,7 @@ class HfExtConfig:
         optional(as_str), None,
         "request cache directory (default $LM_EVAL_EXT_CACHE_DIR, else ~/.cache/lm_eval_ext)", hflm=False,
     )
-    # scoring engine (lm_eval_ext.hf.engine)
+    # scoring engine (lm_eval_ext.hf.compute.engine)
     max_batch_tokens: int | str | None = arg(
         optional(batch_tokens_or_off), "auto",
         "padded tokens per batch of every request type: auto (sized from free memory on CPU, probed "

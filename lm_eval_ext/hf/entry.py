@@ -24,7 +24,7 @@ from lm_eval_ext.hf.config import HfExtConfig
 from lm_eval_ext.errors import install_excepthook
 from lm_eval_ext.lm_args import EvaluatorArgsChecked
 from lm_eval_ext.cache.fast_path import memo_key, read_memo
-from lm_eval_ext.hf.cost_report import CostReport
+from lm_eval_ext.hf.policy.cost_report import CostReport
 from lm_eval_ext.cache.keys import CachedValueError, decode_value, request_key
 
 logger = logging.getLogger("lm_eval_ext.cache.store")

@@ -7,8 +7,8 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from lm_eval_ext.hf import probe  # noqa: E402
-from lm_eval_ext.hf.batching import ScoreRequest, pack_rows  # noqa: E402
+from lm_eval_ext.hf.compute import probe  # noqa: E402
+from lm_eval_ext.hf.policy.batching import ScoreRequest, pack_rows  # noqa: E402
 
 
 def rows_of(width, count=6):
@@ -60,7 +60,7 @@ def test_cpu_budget_comes_from_available_ram(ext_lm, monkeypatch):
 
 def test_the_probe_key_names_the_strategy_that_was_built(ext_lm):
     """It read an attribute nothing set, so every layout shared one budget; now the layout's."""
-    from lm_eval_ext.hf.engine import EngineSettings, ScoringEngine
+    from lm_eval_ext.hf.compute.engine import EngineSettings, ScoringEngine
 
     assert ext_lm.engine.budgets.probe_key("loglikelihood").strategy == ext_lm._layout.strategy_name == "single"
     split = ScoringEngine(ext_lm, EngineSettings(strategy="model_split"))

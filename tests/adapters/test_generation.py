@@ -11,10 +11,10 @@ from __future__ import annotations
 import pytest
 import torch
 
-from lm_eval_ext.hf import generation
-from lm_eval_ext.hf.generation import SOLO_PREFILL_TOKENS, greedy_generate
-from lm_eval_ext.hf.kv_cache import GrowingLayer
-from lm_eval_ext.hf.scoring import split_model
+from lm_eval_ext.hf.compute import generation
+from lm_eval_ext.hf.compute.generation import SOLO_PREFILL_TOKENS, greedy_generate
+from lm_eval_ext.hf.compute.kv_cache import GrowingLayer
+from lm_eval_ext.hf.compute.scoring import split_model
 
 MAX_NEW = 24
 

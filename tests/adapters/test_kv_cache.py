@@ -7,8 +7,8 @@ import pytest
 import torch
 from transformers.cache_utils import DynamicLayer
 
-from lm_eval_ext.hf import grouped_attention
-from lm_eval_ext.hf.kv_cache import SPARE_COLUMNS, GrowingLayer, RowStack, clone_cache, growing_cache, plain_cache
+from lm_eval_ext.hf.compute import grouped_attention
+from lm_eval_ext.hf.compute.kv_cache import SPARE_COLUMNS, GrowingLayer, RowStack, clone_cache, growing_cache, plain_cache
 
 
 def states(rows: int, length: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -117,9 +117,9 @@ def test_grouped_query_attention_scores_tree_rows_after_a_prefix_in_place(tiny, 
     """What the scoring engine runs: rows of 24 nodes (longer than any decode step) after a cached
     8-token prefix, under the engine's additive tree mask: the same hidden states as transformers'
     sdpa with repeated heads, and every layer read its grouped heads in place."""
-    from lm_eval_ext.hf.batching import Batch, Row, ScoreRequest
-    from lm_eval_ext.hf.prefix_kv import PrefixStore
-    from lm_eval_ext.hf.scoring import batch_inputs, split_model
+    from lm_eval_ext.hf.policy.batching import Batch, Row, ScoreRequest
+    from lm_eval_ext.hf.compute.prefix_kv import PrefixStore
+    from lm_eval_ext.hf.compute.scoring import batch_inputs, split_model
 
     parts = split_model(tiny)
     prefix = tuple(range(30, 38))

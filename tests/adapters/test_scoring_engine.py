@@ -36,7 +36,7 @@ def assert_same_samples(expected: dict, got: dict) -> None:
 
 
 def configure(lm, *, batch_size="auto", max_batch_tokens=None, share=True, row_tokens=512):
-    from lm_eval_ext.hf.engine import EngineSettings, ScoringEngine
+    from lm_eval_ext.hf.compute.engine import EngineSettings, ScoringEngine
 
     lm.batch_size_per_gpu = batch_size
     settings = EngineSettings(max_batch_tokens=max_batch_tokens, share_contexts=share, row_tokens=row_tokens,

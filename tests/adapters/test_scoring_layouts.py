@@ -8,9 +8,9 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from lm_eval_ext.hf import scoring  # noqa: E402
-from lm_eval_ext.hf.batching import CostModel, ScoreRequest, pack_batches, pack_rows  # noqa: E402
-from lm_eval_ext.hf.scoring import score_batch, split_model, tree_attention_mask  # noqa: E402
+from lm_eval_ext.hf.compute import scoring  # noqa: E402
+from lm_eval_ext.hf.policy.batching import CostModel, ScoreRequest, pack_batches, pack_rows  # noqa: E402
+from lm_eval_ext.hf.compute.scoring import score_batch, split_model, tree_attention_mask  # noqa: E402
 
 #: a cost model under which every item joins the row: packed trees of unrelated items
 ALWAYS_SHARE = CostModel(0.0, 0.0, 0.0)

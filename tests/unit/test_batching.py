@@ -6,7 +6,7 @@ import random
 
 import pytest
 
-from lm_eval_ext.hf.batching import (
+from lm_eval_ext.hf.policy.batching import (
     BATCH_OVERHEAD_TOKENS, Batch, CostModel, GenerationRequest, ScoreRequest, common_prefix_tokens, group_items, lowered_budget,
     pack_batches, pack_generation, pack_rows, split_batch,
 )

@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 
 from benchmarks import engine_ceiling, forward_ceiling
-from lm_eval_ext.hf.batching import Batch, ScoreRequest, pack_rows
+from lm_eval_ext.hf.policy.batching import Batch, ScoreRequest, pack_rows
 
 
 @pytest.mark.parametrize("text, shape", [("32x45", (32, 45, 0)), ("64x65+330", (64, 65, 330))])

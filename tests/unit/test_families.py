@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from lm_eval_ext.hf.batching import ScoreRequest
-from lm_eval_ext.hf.families import MIN_PREFIX_TOKENS, split_families
+from lm_eval_ext.hf.policy.batching import ScoreRequest
+from lm_eval_ext.hf.policy.families import MIN_PREFIX_TOKENS, split_families
 
 
 def mc_item(first_index: int, head: tuple[int, ...], question: tuple[int, ...], choices=((7,), (8,), (9,))):

@@ -59,7 +59,7 @@ PURE = sorted(n for n in MODULES if is_pure(n))
 def test_the_pure_core_is_marked():
     # the planner, the batch policy, the cache keys and the vLLM sizes are decisions: keep them pure
     for expected in ("lm_eval_ext.plan.planner", "lm_eval_ext.plan.vllm_policy", "lm_eval_ext.plan.types",
-                     "lm_eval_ext.plan.facts", "lm_eval_ext.plan.hardware", "lm_eval_ext.hf.batching",
+                     "lm_eval_ext.plan.facts", "lm_eval_ext.plan.hardware", "lm_eval_ext.hf.policy.batching",
                      "lm_eval_ext.cache.keys", "lm_eval_ext.vllm.sizes"):
         assert expected in PURE
 
@@ -93,6 +93,66 @@ def test_no_import_cycle():
     for name in sorted(graph):
         if name not in state:
             visit(name)
+
+
+def package_of(name: str) -> str:
+    """The package a module belongs to; a module directly under ``lm_eval_ext`` is a room of its own."""
+    if MODULES[name].name == "__init__.py":
+        return name
+    parent = name.rsplit(".", 1)[0]
+    return name if parent == "lm_eval_ext" else parent
+
+
+def package_graph() -> dict[str, set[str]]:
+    graph: dict[str, set[str]] = {}
+    for name in MODULES:
+        edges = graph.setdefault(package_of(name), set())
+        edges.update(package_of(m) for m in package_imports(name) if package_of(m) != package_of(name))
+    return graph
+
+
+def find_cycle(graph: dict[str, set[str]]) -> list[str] | None:
+    state: dict[str, int] = {}  # 1 = on the current path, 2 = done
+    path: list[str] = []
+
+    def visit(node: str) -> list[str] | None:
+        state[node] = 1
+        path.append(node)
+        for nxt in sorted(graph.get(node, ())):
+            if state.get(nxt) == 1:
+                return path[path.index(nxt):] + [nxt]
+            if nxt not in state and (cycle := visit(nxt)):
+                return cycle
+        path.pop()
+        state[node] = 2
+        return None
+
+    for name in sorted(graph):
+        if name not in state and (cycle := visit(name)):
+            return cycle
+    return None
+
+
+def test_no_package_level_cycle():
+    """Rooms import one way: a module of package A importing package B while some module of B
+    imports A is a cycle between rooms even when no module-level cycle exists."""
+    cycle = find_cycle(package_graph())
+    assert cycle is None, "import cycle between packages: " + " -> ".join(cycle)
+
+
+def test_the_package_cycle_check_can_fail():
+    assert find_cycle({"a": {"b"}, "b": {"c"}, "c": {"a"}}) == ["a", "b", "c", "a"]
+    assert find_cycle({"a": {"b"}, "b": set()}) is None
+
+
+def test_hf_layers():
+    """hf/policy decides (PURE), hf/compute computes (torch, never lm-eval), hf/ glues to lm-eval."""
+    for name in MODULES:
+        if name.startswith("lm_eval_ext.hf.policy"):
+            assert is_pure(name), f"{name} is in hf/policy but not PURE"
+        if name.startswith("lm_eval_ext.hf.compute"):
+            lm_eval = sorted(m for m in imported(name) if m.split(".")[0] == "lm_eval")
+            assert not lm_eval, f"{name} is in hf/compute but imports lm-eval: {lm_eval}"
 
 
 def test_the_rules_catch_a_violation(tmp_path):

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from lm_eval_ext.hf import probe
+from lm_eval_ext.hf.compute import probe
 
 
 @pytest.mark.parametrize("limit", [16, 100, 1000, 5000, 70000])

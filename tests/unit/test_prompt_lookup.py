@@ -6,7 +6,7 @@ import random
 
 import pytest
 
-from lm_eval_ext.hf.prompt_lookup import PromptLookup, StopStrings, accepted_tokens, clip_emitted, draft_room
+from lm_eval_ext.hf.policy.prompt_lookup import PromptLookup, StopStrings, accepted_tokens, clip_emitted, draft_room
 
 
 def test_draft_follows_the_latest_occurrence_of_the_longest_matching_suffix():

@@ -1,4 +1,4 @@
-"""Cost report: what each task and request type cost, attached to lm-eval's results.
+"""PURE: the cost report: what each task and request type cost, attached to lm-eval's results.
 
 Batches mix tasks, so wall time and computed tokens of a batch are apportioned to its requests
 by their useful tokens; request and useful-token counts per task are exact.
@@ -14,7 +14,7 @@ from dataclasses import asdict, dataclass, field
 
 #: a child of lm-eval's logger: lm-eval's CLI configures only "lm_eval", so the table shows up
 #: next to lm-eval's own output at lm-eval's verbosity
-logger = logging.getLogger("lm_eval.lm_eval_ext.hf.cost_report")
+logger = logging.getLogger("lm_eval.lm_eval_ext.hf.policy.cost_report")
 
 
 @dataclass

@@ -6,7 +6,7 @@
   ``loglikelihood`` and, through stock ``loglikelihood_rolling``, by rolling windows.
 - ``_model_generate`` -> :meth:`ScoringEngine.generate`: greedy decoding with the shared prompt
   prefix prefilled once (``generation.py``); anything else stays stock ``generate``.
-Budgets live in :class:`~lm_eval_ext.hf.budget.Budgets`, OOM recovery in :func:`~lm_eval_ext.hf.oom.drain`.
+Budgets live in :class:`~lm_eval_ext.hf.compute.budget.Budgets`, OOM recovery in :func:`~lm_eval_ext.hf.compute.oom.drain`.
 
 The host (the ``HfExtLM``) provides HFLM's ``model``, ``device``, ``tokenizer``, ``max_length``,
 ``rank``, ``softmax_dtype``, ``mixed_precision_dtype``, ``cache_hook`` and ``tok_decode``.
@@ -22,22 +22,22 @@ from typing import Any
 
 import torch
 
-from lm_eval_ext.hf.batching import (
+from lm_eval_ext.hf.policy.batching import (
     DEFAULT_ROW_TOKENS, Batch, GenerationRequest, ScoreRequest, lowered_budget, pack_batches,
     pack_generation, pack_rows, split_batch,
 )
-from lm_eval_ext.hf.budget import Budgets
-from lm_eval_ext.hf.cost_report import CostReport
-from lm_eval_ext.hf.families import Family, split_families
-from lm_eval_ext.hf.generation import eos_token_ids, greedy_generate, is_plain_greedy
-from lm_eval_ext.hf.oom import device_peaks_bytes, drain, reset_peaks
-from lm_eval_ext.hf.prefix_kv import PrefixStore, supports_prefix
-from lm_eval_ext.hf.probe import ProbeCache
+from lm_eval_ext.hf.compute.budget import Budgets
+from lm_eval_ext.hf.policy.cost_report import CostReport
+from lm_eval_ext.hf.policy.families import Family, split_families
+from lm_eval_ext.hf.compute.generation import eos_token_ids, greedy_generate, is_plain_greedy
+from lm_eval_ext.hf.compute.oom import device_peaks_bytes, drain, reset_peaks
+from lm_eval_ext.hf.compute.prefix_kv import PrefixStore, supports_prefix
+from lm_eval_ext.hf.compute.probe import ProbeCache
 from lm_eval_ext.hf.progress import CallProgress
-from lm_eval_ext.hf.prompt_lookup import DEFAULT_DRAFT_TOKENS
-from lm_eval_ext.hf.scoring import ModelParts, score_batch, split_model
+from lm_eval_ext.hf.policy.prompt_lookup import DEFAULT_DRAFT_TOKENS
+from lm_eval_ext.hf.compute.scoring import ModelParts, score_batch, split_model
 
-logger = logging.getLogger("lm_eval_ext.hf.engine")
+logger = logging.getLogger("lm_eval_ext.hf.compute.engine")
 
 #: What HfExtLM's ``_detect_batch_size`` returns: "give me every request in one call".
 WHOLE_CALL = 1 << 30

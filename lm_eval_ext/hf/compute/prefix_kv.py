@@ -18,7 +18,7 @@ from typing import Any
 import torch
 from transformers.cache_utils import DynamicLayer
 
-from lm_eval_ext.hf.kv_cache import growing_cache, plain_cache
+from lm_eval_ext.hf.compute.kv_cache import growing_cache, plain_cache
 
 
 class PrefixLayer(DynamicLayer):

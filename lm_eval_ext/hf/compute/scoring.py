@@ -14,9 +14,9 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from lm_eval_ext.hf.batching import Batch, Row
-from lm_eval_ext.hf.grouped_attention import grouped_query_attention
-from lm_eval_ext.hf.prefix_kv import PrefixStore
+from lm_eval_ext.hf.policy.batching import Batch, Row
+from lm_eval_ext.hf.compute.grouped_attention import grouped_query_attention
+from lm_eval_ext.hf.compute.prefix_kv import PrefixStore
 
 #: Config attributes of models whose logits are more than ``lm_head(hidden)``; for those we keep
 #: the model's own forward (correct, just not cheaper) instead of guessing their post-processing.

@@ -2,7 +2,7 @@
 
 A budget is explicit (``max_batch_tokens=N``), probed once per request kind (``auto``: GPU grow-
 then-bisect on the real rows, CPU derived from available RAM; remembered in the probe cache by
-what decides memory, see :class:`~lm_eval_ext.hf.probe.ProbeKey`), or absent (stock request-count
+what decides memory, see :class:`~lm_eval_ext.hf.compute.probe.ProbeKey`), or absent (stock request-count
 batching by ``batch_size``). After an out-of-memory error the budget of that kind is lowered for the
 rest of the run. Under data parallel every rank takes the minimum over ranks, so the first ``auto``
 call of a kind is collective.
@@ -20,12 +20,12 @@ from typing import Any
 import torch
 
 from lm_eval_ext.compat import hflm_accelerator
-from lm_eval_ext.hf import probe
-from lm_eval_ext.hf.batching import Batch
-from lm_eval_ext.hf.oom import free_memory, is_out_of_memory
+from lm_eval_ext.hf.compute import probe
+from lm_eval_ext.hf.policy.batching import Batch
+from lm_eval_ext.hf.compute.oom import free_memory, is_out_of_memory
 from lm_eval_ext.model_args import is_auto_batch_size
 
-logger = logging.getLogger("lm_eval_ext.hf.engine")
+logger = logging.getLogger("lm_eval_ext.hf.compute.engine")
 
 #: what a rank with no requests offers when ranks agree on a budget (the minimum wins)
 _NO_LIMIT_TOKENS = 2**62

@@ -22,7 +22,7 @@ from pathlib import Path
 
 from lm_eval_ext.files import cache_root, write_json_atomic
 
-logger = logging.getLogger("lm_eval_ext.hf.probe")
+logger = logging.getLogger("lm_eval_ext.hf.compute.probe")
 
 #: On CPU the matmul throughput of a forward pass stops growing long before this many tokens
 #: per batch (see benchmarks/README.md, "peak forward"), while peak RSS keeps growing with it.

@@ -27,7 +27,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from lm_eval_ext.hf.batching import ScoreRequest, common_prefix_tokens, group_items
+from lm_eval_ext.hf.policy.batching import ScoreRequest, common_prefix_tokens, group_items
 
 #: shortest prefix worth its own forward and KV cache (see the module docstring)
 MIN_PREFIX_TOKENS = 64

@@ -24,11 +24,11 @@ from dataclasses import dataclass
 
 import torch
 
-from lm_eval_ext.hf.batching import common_prefix_tokens
-from lm_eval_ext.hf.grouped_attention import grouped_query_attention
-from lm_eval_ext.hf.kv_cache import SPARE_COLUMNS, RowStack, clone_cache, growing_cache, plain_cache
-from lm_eval_ext.hf.prompt_lookup import PromptLookup, StopStrings, accepted_tokens, clip_emitted, draft_room
-from lm_eval_ext.hf.scoring import ModelParts, execution_device
+from lm_eval_ext.hf.policy.batching import common_prefix_tokens
+from lm_eval_ext.hf.compute.grouped_attention import grouped_query_attention
+from lm_eval_ext.hf.compute.kv_cache import SPARE_COLUMNS, RowStack, clone_cache, growing_cache, plain_cache
+from lm_eval_ext.hf.policy.prompt_lookup import PromptLookup, StopStrings, accepted_tokens, clip_emitted, draft_room
+from lm_eval_ext.hf.compute.scoring import ModelParts, execution_device
 
 #: generation_config fields that add logits processors; any non-default value -> stock generate
 _PROCESSOR_FIELDS = {
