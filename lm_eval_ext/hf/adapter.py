@@ -1,29 +1,28 @@
 """``hf_ext``: lm-eval's HFLM with typed model_args, a planned layout, a scoring engine and a
 request cache, composed (not mixed in).
 
-Construction reads as config -> layout (plan) -> HFLM build -> engine. Each lm-eval request method
-is defined once here: look the requests up in the cache, compute what is missing through HFLM's
-stock method (whose narrow hooks ``_loglikelihood_tokens`` / ``_model_generate`` go to the engine),
-store as results arrive.
+Construction reads as config -> layout (plan, build) -> HFLM build -> engine and request front.
+Each lm-eval request method is ``self.front.answer(...)``: the request cache answers what it holds,
+and the rest is computed as one :class:`~lm_eval_ext.backend.call.Call` by ``hf/requests.py`` (stock
+tokenisation, windows and post-processing) on the engine (``hf/compute/engine.py``), each result
+stored as its batch finishes.
 """
 
 from __future__ import annotations
 
-import contextlib
-
 import enum
 import functools
 import logging
-from collections import Counter
 from typing import Any
 
-from lm_eval_ext.cache.cached_lm import RequestCache
+from lm_eval_ext.backend.call import RequestType
+from lm_eval_ext.backend.front import RequestFront
+from lm_eval_ext.cache.request_cache import RequestCache
 from lm_eval_ext.compat import hflm_accelerator, require
 from lm_eval_ext.errors import install_excepthook
 from lm_eval_ext.hf.config import HfExtConfig
 from lm_eval_ext.hf.dist import prefer_cpu_collectives, release_process_group_at_exit
 from lm_eval_ext.logs import share_lm_eval_handlers
-from lm_eval_ext.model_args import is_auto_batch_size
 from lm_eval_ext.plan.layout import build_layout
 
 torch = require("torch", "hf")
@@ -33,14 +32,20 @@ require("accelerate", "hf")
 from lm_eval.models.huggingface import HFLM  # noqa: E402
 from lm_eval.models.utils import resolve_max_length  # noqa: E402
 
+from lm_eval_ext.hf import requests as hf_requests  # noqa: E402
 from lm_eval_ext.hf import request_cache as hf_cache  # noqa: E402  (imports torch)
+from lm_eval_ext.hf.compute.engine import EngineSettings, ScoringEngine  # noqa: E402
+from lm_eval_ext.hf.progress import CallProgress  # noqa: E402
 from lm_eval_ext.rendezvous import join_process_group  # noqa: E402
-from lm_eval_ext.hf.compute.engine import WHOLE_CALL, EngineSettings, ScoringEngine  # noqa: E402
 
-logger = logging.getLogger("lm_eval_ext.hf")
-install_excepthook()
+logger = logging.getLogger(__name__)
 
-_REQUEST_TYPES = ("loglikelihood", "loglikelihood_rolling", "generate_until")
+#: what each request type's computation is (hf/requests.py)
+_COMPUTE = {
+    RequestType.LOGLIKELIHOOD: hf_requests.loglikelihood,
+    RequestType.ROLLING: hf_requests.loglikelihood_rolling,
+    RequestType.GENERATE: hf_requests.generate_until,
+}
 
 
 class ModelState(enum.Enum):
@@ -55,16 +60,18 @@ class HfExtLM(HFLM):
     """Transformers backend for lm-eval-ext; a drop-in for ``hf`` (same model_args spellings)."""
 
     def __init__(self, **model_args: Any) -> None:
+        install_excepthook()  # a bad model_arg is one line, not a traceback
         self._init_model_args = dict(model_args)  # as given: the fast path's memo key is made of them
         share_lm_eval_handlers()
         config = HfExtConfig.from_model_args(model_args)
         self.ext_config = config
         prefer_cpu_collectives(torch.cuda.is_available())
-        self.request_cache = RequestCache(config.cache, config.cache_dir, identity=self._model_identity,
-                                          label=lambda: str(self.pretrained))
+        cache = RequestCache(config.cache, config.cache_dir, identity=self._model_identity,
+                             label=lambda: str(self.pretrained))
         self._model_state = ModelState.BUILDING
         self._create_kwargs: dict = {}
         self._deferred_load: tuple[tuple, dict] | None = None
+        self._cache_mode = cache.mode
         self._layout = build_layout(config)  # the build description (plan.build); a dry run stops here
         if self._layout.launch is not None:  # hand-started ranks: a bounded, announced rendezvous
             join_process_group(self._layout.launch)
@@ -75,7 +82,14 @@ class HfExtLM(HFLM):
             max_batch_tokens=config.max_batch_tokens, share_contexts=config.share_contexts,
             prompt_lookup_num_tokens=config.prompt_lookup_num_tokens, strategy=self._layout.strategy_name,
         ))
+        self.front = RequestFront(cache, self._computations(), prepare=self.load_weights,
+                                  is_collective=self._is_collective, any_rank=self._any_rank,
+                                  progress=self._progress_bar, rank=lambda: (self.rank, self.world_size))
         self._log_batching_once(config)
+
+    @property
+    def request_cache(self) -> RequestCache:
+        return self.front.cache
 
     def _log_batching_once(self, config: HfExtConfig) -> None:
         """Rank 0 says which budget batches requests and that ``batch_size`` does not (lm-eval
@@ -106,7 +120,7 @@ class HfExtLM(HFLM):
 
     def _create_model(self, *args: Any, **kwargs: Any) -> None:
         self._create_kwargs = kwargs
-        if self.request_cache.mode.value == "off" or not hf_cache.should_defer(kwargs):
+        if self._cache_mode.value == "off" or not hf_cache.should_defer(kwargs):
             HFLM._create_model(self, *args, **kwargs)
             return
         self._deferred_load = (args, kwargs)
@@ -149,105 +163,41 @@ class HfExtLM(HFLM):
             return self._layout.placement_kwargs()
         return super()._get_accelerate_args(*args, **kwargs)
 
-    # ------------------------------------------------------------------ HFLM's narrow hooks
-
-    def _detect_batch_size(self, requests=None, pos: int = 0):
-        """Stock probes at ``max_length``; here the stock rolling/generation loops hand over every
-        request at once, and the engine batches them by tokens."""
-        return WHOLE_CALL
-
-    def _loglikelihood_tokens(self, requests, disable_tqdm: bool = False, override_bs=None):
-        if not requests:  # under data parallel an empty-handed rank still joins the budget agreement
-            self.engine.budgets.join_agreement(self.engine.current_kind)
-        if self.backend != "causal" or not requests:
-            return super()._loglikelihood_tokens(requests, disable_tqdm=disable_tqdm, override_bs=override_bs)
-        return self.engine.loglikelihood_tokens(requests, disable_tqdm=disable_tqdm, override_bs=override_bs)
-
-    def _model_generate(self, context, max_length, stop, **generation_kwargs):
-        attention_mask = generation_kwargs.get("attention_mask")
-        options = {k: v for k, v in generation_kwargs.items() if k != "attention_mask"}
-        if not self.engine.handles_generation(attention_mask, options):
-            return super()._model_generate(context, max_length, stop, **generation_kwargs)
-        return self.engine.generate(context, max_length, stop, attention_mask)
-
     # ------------------------------------------------------------------ lm-eval's request methods
 
     def loglikelihood(self, requests, disable_tqdm: bool = False):
-        return self._answer("loglikelihood", requests, disable_tqdm)
+        return self.front.answer(RequestType.LOGLIKELIHOOD, requests, disable_tqdm=disable_tqdm,
+                                 lm_eval_hook=self.cache_hook)
 
     def loglikelihood_rolling(self, requests, disable_tqdm: bool = False):
-        return self._answer("loglikelihood_rolling", requests, disable_tqdm)
+        return self.front.answer(RequestType.ROLLING, requests, disable_tqdm=disable_tqdm, lm_eval_hook=self.cache_hook)
 
     def generate_until(self, requests, disable_tqdm: bool = False):
-        return self._answer("generate_until", requests, disable_tqdm)
+        return self.front.answer(RequestType.GENERATE, requests, disable_tqdm=disable_tqdm, lm_eval_hook=self.cache_hook)
 
-    def _answer(self, request_type: str, requests: list, disable_tqdm: bool) -> list:
-        """Look up, compute what is missing (HFLM's stock method over the engine), store."""
-        self._log_shard(request_type, requests)
-        self.engine.note_request_tasks(request_type, requests)
-        collective = self._compute_is_collective(request_type)
-        chunks = functools.partial(hf_cache.rolling_chunks, collective=collective)
-        # one bar per request type, the engine's (requests/s, tokens/s), across every backend call
-        # of this lm-eval call (rolling chunks); HFLM's own bars stay off (see _compute)
-        bars = (contextlib.nullcontext() if self.engine.budgets.max_batch_tokens is None
-                else self.engine.bars(disabled=disable_tqdm))
-        with bars:
-            return self._answer_through_cache(request_type, requests, disable_tqdm, collective, chunks)
+    def _computations(self) -> dict:
+        """How each request type's misses are computed: hf/requests.py over the engine; a
+        seq2seq model goes through stock HFLM whole (its own batching and bars)."""
+        if self.backend != "causal":
+            return {kind: functools.partial(self._stock_compute, getattr(HFLM, kind.value)) for kind in RequestType}
+        return {kind: functools.partial(compute, self) for kind, compute in _COMPUTE.items()}
 
-    def _answer_through_cache(self, request_type, requests, disable_tqdm, collective, chunks) -> list:
-        return self.request_cache.answer(
-            request_type, requests, functools.partial(self._compute, request_type, disable_tqdm=disable_tqdm),
-            hook_owner=self, prepare=self.load_weights,
-            flush_every=self.batch_size if isinstance(self.batch_size, int) else 1,
-            collective=collective, any_rank=self._any_rank,
-            chunks=chunks if request_type == "loglikelihood_rolling" else (lambda todo: [todo]),
-        )
+    def _stock_compute(self, method, call) -> list:
+        return method(self, list(call.requests), disable_tqdm=True)
 
-    def _compute(self, request_type: str, todo: list, *, disable_tqdm: bool) -> list:
-        if not todo and request_type == "generate_until":  # HFLM would return at once; join the agreement
-            self.engine.budgets.join_agreement("generate_until")
-            return []
-        if self.engine.budgets.max_batch_tokens is None:  # off: stock batching, stock bars
-            return getattr(HFLM, request_type)(self, todo, disable_tqdm=disable_tqdm)
-        # HFLM's own bars (tokenizing, documents, generate_until requests) are off: the engine's
-        # bar is the one (the user's disable_tqdm reached it in _answer)
-        with self._whole_calls():
-            return getattr(HFLM, request_type)(self, todo, disable_tqdm=True)
+    def _progress_bar(self, request_type: RequestType, num_requests: int, disabled: bool) -> CallProgress:
+        return CallProgress(request_type.value, num_requests, disable=disabled or self.rank != 0)
 
-    @contextlib.contextmanager
-    def _whole_calls(self):
-        """While a token budget is on, HFLM's rolling and generation loops see a batch size no
-        call reaches, so they hand the engine every window / every request of one ``gen_kwargs``
-        group at once (not ``batch_size`` chunks); the engine batches them by tokens. Everything
-        else (until, max_gen_toks, chat templates, truncation, output order) stays HFLM's."""
-        if self.engine.budgets.max_batch_tokens is None:  # off: stock chunks (auto sizes: HFLM asks us)
-            yield
-            return
-        saved = self.batch_size_per_gpu
-        self.batch_size_per_gpu = WHOLE_CALL
-        try:
-            yield
-        finally:
-            self.batch_size_per_gpu = saved
-
-    def _compute_is_collective(self, request_type: str) -> bool:
-        """Every rank must enter the computation when any does if it gathers across ranks: HFLM's
-        rolling windows, ``batch_size=auto``'s probe, or the engine's first auto budget of a kind."""
-        if self.world_size <= 1:
-            return False
-        return (request_type == "loglikelihood_rolling" or is_auto_batch_size(self.batch_size)
-                or self.engine.budgets.agreement_pending(request_type))
+    def _is_collective(self, request_type: RequestType) -> bool:
+        """Every rank must enter the computation when any does if it gathers across ranks: the
+        engine's first auto budget of a request type is agreed on by all ranks."""
+        return self.world_size > 1 and self.engine.budgets.agreement_pending(request_type.value)
 
     def _any_rank(self, flag: bool) -> bool:
         if self.world_size <= 1:
             return flag
         gathered = self.all_gather(torch.tensor([int(flag)], device=self.device))
         return bool(gathered.max().item())
-
-    def _log_shard(self, request_type: str, requests: list) -> None:
-        docs = Counter((r.task_name, r.doc_id) for r in requests)
-        logger.info("rank %d/%d: %s: %d requests over %d documents",
-                    self.rank, self.world_size, request_type, len(requests), len(docs))
 
     # ------------------------------------------------------------------ identity and results
 

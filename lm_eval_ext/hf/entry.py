@@ -18,19 +18,16 @@ from typing import Any
 
 from lm_eval.api.model import LM
 
-from lm_eval_ext.cache.store import RequestStore, default_cache_dir
-from lm_eval_ext.cache.report import CacheStats, build_report
-from lm_eval_ext.hf.config import HfExtConfig
-from lm_eval_ext.errors import install_excepthook
-from lm_eval_ext.lm_args import EvaluatorArgsChecked
+from lm_eval_ext.backend.call import RequestType
 from lm_eval_ext.cache.fast_path import memo_key, read_memo
+from lm_eval_ext.cache.request_cache import RequestCache
+from lm_eval_ext.cache.store import default_cache_dir
+from lm_eval_ext.errors import install_excepthook
+from lm_eval_ext.hf.config import HfExtConfig
 from lm_eval_ext.hf.policy.cost_report import CostReport
-from lm_eval_ext.cache.keys import CachedValueError, decode_value, request_key
+from lm_eval_ext.lm_args import EvaluatorArgsChecked
 
-logger = logging.getLogger("lm_eval_ext.cache.store")
-install_excepthook()  # a bad model_arg is one line, not a traceback (it fails in HfExtEntry.__new__)
-
-_REQUEST_TYPES = ("loglikelihood", "loglikelihood_rolling", "generate_until")
+logger = logging.getLogger(__name__)
 
 
 def _real_backend(model_args: dict[str, Any]):
@@ -45,6 +42,7 @@ class HfExtEntry(EvaluatorArgsChecked, LM):
     MULTIMODAL = False  # as HFLM; lm-eval reads it for every run
 
     def __new__(cls, **model_args: Any):
+        install_excepthook()  # a bad model_arg is one line, not a traceback
         config = HfExtConfig.from_model_args(model_args)  # bad input fails here, as in the backend
         cache_dir = Path(config.cache_dir).expanduser() if config.cache_dir else default_cache_dir()
         key = memo_key(model_args)
@@ -58,9 +56,8 @@ class HfExtEntry(EvaluatorArgsChecked, LM):
     def __init__(self, **model_args: Any) -> None:
         super().__init__()
         self._model_args = dict(model_args)
-        self._stats = CacheStats()
+        self._cache = RequestCache(self._cache_mode, self._cache_dir, known_fingerprint=self._memo["fingerprint"])
         self._backend = None
-        self._store: RequestStore | None = None
         self.batch_sizes: dict = {}
         logger.info("request cache: %s remembers model %s; answering from the cache before loading "
                     "the backend", self._cache_dir, self._memo["fingerprint"][:16])
@@ -89,48 +86,29 @@ class HfExtEntry(EvaluatorArgsChecked, LM):
     # ------------------------------------------------------------------ requests
 
     def loglikelihood(self, requests, disable_tqdm: bool = False):
-        return self._answer("loglikelihood", requests, disable_tqdm)
+        return self._answer(RequestType.LOGLIKELIHOOD, requests, disable_tqdm)
 
     def loglikelihood_rolling(self, requests, disable_tqdm: bool = False):
-        return self._answer("loglikelihood_rolling", requests, disable_tqdm)
+        return self._answer(RequestType.ROLLING, requests, disable_tqdm)
 
     def generate_until(self, requests, disable_tqdm: bool = False):
-        return self._answer("generate_until", requests, disable_tqdm)
+        return self._answer(RequestType.GENERATE, requests, disable_tqdm)
 
-    def _answer(self, request_type: str, requests: list, disable_tqdm: bool) -> list:
+    def _answer(self, request_type: RequestType, requests: list, disable_tqdm: bool) -> list:
         if self._backend is None:
-            values = self._from_cache(request_type, requests)
+            values = self._cache.lookup(request_type.value, requests, all_or_nothing=True)
             if values is not None:
+                logger.info("request cache: %s: %d hits, 0 computed (backend not loaded)", request_type.value,
+                            len(requests))
                 return values
-            logger.info("request cache: %s: not every request is cached; loading the hf_ext backend", request_type)
-        return getattr(self._load_backend(), request_type)(requests, disable_tqdm=disable_tqdm)
-
-    def _from_cache(self, request_type: str, requests: list) -> list | None:
-        """Every request's cached value, or ``None`` if any is missing or unreadable."""
-        fingerprint = self._memo["fingerprint"]
-        keys = [request_key(fingerprint, request_type, tuple(r.args)) for r in requests]
-        if None in keys:
-            return None
-        if self._store is None:
-            self._store = RequestStore.open(self._cache_dir, readonly=self._cache_mode != "readwrite")
-        found = self._store.get_many(keys)
-        if len(found) < len(set(keys)):
-            return None
-        try:
-            values = [decode_value(request_type, found[key][0]) for key in keys]
-        except CachedValueError:
-            return None  # the backend's own lookup reports a damaged entry with the fix
-        for request, key in zip(requests, keys):
-            self._stats.add_hit(request, request_type, found[key][1])
-        if self._cache_mode == "readwrite":
-            self._store.count_hits(keys)
-        logger.info("request cache: %s: %d hits, 0 computed (backend not loaded)", request_type, len(requests))
-        return values
+            logger.info("request cache: %s: not every request is cached; loading the hf_ext backend",
+                        request_type.value)
+        return getattr(self._load_backend(), request_type.value)(requests, disable_tqdm=disable_tqdm)
 
     def _load_backend(self):
         if self._backend is None:
             backend = _real_backend(self._model_args)
-            backend.request_cache.stats = self._stats  # one report for the whole run
+            backend.request_cache.stats = self._cache.stats  # one report for the whole run
             backend.set_cache_hook(self.cache_hook)
             self._backend = backend
         return self._backend
@@ -141,10 +119,7 @@ class HfExtEntry(EvaluatorArgsChecked, LM):
         if self._backend is not None:
             return self._backend.get_model_info()
         info = dict(self._memo["model_info"])
-        info["request_cache"] = build_report(
-            self._stats, mode=self._cache_mode, path=str(self._cache_dir),
-            fingerprint=self._memo["fingerprint"], rank=0, world_size=1,
-        )
+        info["request_cache"] = self._cache.report(rank=0, world_size=1)
         info["request_cache"].update(model_loaded=False, fast_path=True)
         info["cost_report"] = CostReport().as_dict()
         return info

@@ -23,16 +23,12 @@ class CallProgress:
         self._start_s = time.perf_counter()
         self._tokens = 0
 
-    def extend(self, num_requests: int) -> None:
-        """More requests of the same type (a later engine call inside one lm-eval call)."""
-        self._bar.total = (self._bar.total or 0) + num_requests
-        self._bar.refresh()
-
     def update(self, num_requests: int, computed_tokens: int) -> None:
         self._tokens += computed_tokens
         elapsed_s = max(1e-9, time.perf_counter() - self._start_s)
-        self._bar.set_postfix_str(f"{self._tokens / elapsed_s:,.0f} tok/s", refresh=False)
-        self._bar.update(num_requests)
+        self._bar.set_postfix_str(f"{self._tokens / elapsed_s:,.0f} tok/s", refresh=num_requests == 0)
+        if num_requests:
+            self._bar.update(num_requests)
 
     def close(self) -> None:
         self._bar.close()

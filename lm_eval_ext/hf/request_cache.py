@@ -23,11 +23,7 @@ from lm_eval_ext.cache.fingerprint import (
     ModelIdentity, checkpoint_identity, digest_text, hash_checkpoint, hash_tokenizer, sorted_settings,
 )
 
-logger = logging.getLogger("lm_eval_ext.cache")
-
-#: rolling documents per backend call when the cache writes (a kill loses at most one chunk)
-ROLLING_CHUNK_REQUESTS = 16
-
+logger = logging.getLogger(__name__)
 
 class DeferredModel:
     """Stands where the model will be: knows the config, remembers ``.to(device)``; anything else
@@ -68,16 +64,6 @@ def load_deferred_weights(lm: HFLM, placeholder: DeferredModel, args: tuple, kwa
             model.to(placeholder.moved_to)
         except ValueError:  # quantized or device_map models refuse .to(), as in HFLM
             logger.debug("model could not be moved to %s", placeholder.moved_to)
-
-
-def rolling_chunks(todo: list, *, collective: bool) -> list[list]:
-    """HFLM reports rolling loglikelihoods only when its whole rolling call returns, so a kill
-    would lose every rolling document of the run: hand them over in chunks, each stored when it
-    returns. Not under data parallel, where rolling is collective and ranks would disagree on the
-    number of calls."""
-    if collective:
-        return [todo]
-    return [todo[i : i + ROLLING_CHUNK_REQUESTS] for i in range(0, len(todo), ROLLING_CHUNK_REQUESTS)]
 
 
 def write_fast_path_memo(lm: Any, model_args: dict, model_info: dict) -> None:

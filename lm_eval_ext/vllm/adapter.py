@@ -19,9 +19,13 @@ import os
 import weakref
 from typing import Any
 
+from lm_eval_ext.backend.call import Call, RequestType
+from lm_eval_ext.backend.front import RequestFront
+from lm_eval_ext.backend.lm_requests import encode_pairs
+from lm_eval_ext.cache.request_cache import RequestCache
 from lm_eval_ext.compat import require
-from lm_eval_ext.vllm.request_cache import VllmRequestCacheMixin
 from lm_eval_ext.errors import ConfigError, UserError, install_excepthook
+from lm_eval_ext.vllm.request_cache import vllm_identity, vllm_label
 from lm_eval_ext.lm_args import EvaluatorArgsChecked
 from lm_eval_ext.plan.detect import detect_hardware, read_launch_env
 from lm_eval_ext.vllm.build import VllmBuild, describe_vllm_build, engine_args
@@ -36,8 +40,7 @@ from lm_eval.api.model import TemplateLM  # noqa: E402
 from lm_eval.models.utils import configure_pad_token  # noqa: E402
 from lm_eval.models.vllm_causallms import VLLM, SamplingParams, get_tokenizer  # noqa: E402
 
-logger = logging.getLogger("lm_eval_ext.vllm")
-install_excepthook()
+logger = logging.getLogger(__name__)
 
 
 def read_hf_config(config: VllmExtConfig) -> Any:
@@ -126,11 +129,18 @@ def planned_model_config(config: VllmExtConfig, sizes: VllmSizes) -> Any:
     return EngineArgs(**{**engine_args(config, sizes), "max_model_len": None}).create_model_config()
 
 
-class VllmEngineLM(VLLM):
-    """Stock ``VLLM`` with lm-eval-ext's engines; the engine starts when first needed (at once
-    unless ``defer_engine``). Use :class:`VllmExtLM`, which adds the request cache."""
+class VllmExtLM(EvaluatorArgsChecked, VLLM):
+    """vLLM backend for lm-eval-ext; a drop-in for ``vllm`` (same model_args spellings).
 
-    def __init__(self, config: VllmExtConfig, *, defer_engine: bool) -> None:
+    Stock ``VLLM`` with lm-eval-ext's engines and a request front: requests go through the request
+    cache first; with a cache to read, the engine starts on the first miss, so a fully cached run
+    starts none."""
+
+    def __init__(self, **model_args: Any) -> None:
+        install_excepthook()  # a bad model_arg is one line, not a traceback
+        config = VllmExtConfig.from_model_args(model_args)
+        cache = RequestCache(config.cache, config.cache_dir, identity=lambda: vllm_identity(self),
+                             label=lambda: vllm_label(self))
         TemplateLM.__init__(self)  # stock VLLM.__init__ would build its own engine
         self.ext_config = config
         if config.device not in (None, "cpu", "cuda", "auto"):
@@ -158,8 +168,11 @@ class VllmEngineLM(VLLM):
         else:
             self._planned_model_config = planned_model_config(config, self.sizes)
             self._max_length = self._checked_max_length(self._planned_model_config.max_model_len)
-            if not defer_engine:
-                self.engine  # noqa: B018
+        self.front = RequestFront(cache, {RequestType.LOGLIKELIHOOD: self._score, RequestType.ROLLING: self._score_rolling,
+                                          RequestType.GENERATE: self._generate},
+                                  prepare=lambda: self.engine, rank=lambda: (self.rank, self.world_size))
+        if not cache.mode.reads:
+            self.engine  # noqa: B018  (nothing to read first: start it now)
 
     @property
     def engine(self) -> Any:
@@ -241,24 +254,49 @@ class VllmEngineLM(VLLM):
         return self.engine.run(requests, sampling_params)
 
     def _loglikelihood_tokens(self, requests, disable_tqdm: bool = False) -> list[tuple[float, bool]]:
-        """Stock truncation and parsing; the choices of one item (same context) go to the engine
-        together, and results are handed to the cache hook as they arrive."""
+        """Stock truncation and parsing; the choices of one item (same context) go to the engine together."""
         from lm_eval_ext.vllm.scoring import score_requests
 
         return score_requests(self, requests)
 
-    def loglikelihood_rolling(self, requests, disable_tqdm: bool = False) -> list[float]:
+    # ------------------------------------------------------------------ lm-eval's request methods
+
+    def loglikelihood(self, requests, disable_tqdm: bool = False):
+        return self.front.answer(RequestType.LOGLIKELIHOOD, requests, lm_eval_hook=self.cache_hook)
+
+    def loglikelihood_rolling(self, requests, disable_tqdm: bool = False):
+        return self.front.answer(RequestType.ROLLING, requests, lm_eval_hook=self.cache_hook)
+
+    def generate_until(self, requests, disable_tqdm: bool = False):
+        return self.front.answer(RequestType.GENERATE, requests, lm_eval_hook=self.cache_hook)
+
+    # each computes the requests the cache could not answer, as one call: results are reported as
+    # the engine returns them (``call.result``) and each engine batch is stored (``call.batch_done``)
+    def _score(self, call: Call) -> None:
+        from lm_eval_ext.vllm.scoring import score_requests
+
+        pairs = encode_pairs(self, call.requests)
+        score_requests(self, [(r.args, ctx, cont) for r, (ctx, cont) in zip(call.requests, pairs)],
+                       call.result, call.batch_done)
+
+    def _score_rolling(self, call: Call) -> None:
         from lm_eval_ext.vllm.scoring import rolling_loglikelihoods
 
-        return rolling_loglikelihoods(self, requests)
+        rolling_loglikelihoods(self, call)
 
-    def generate_until(self, requests, disable_tqdm: bool = False) -> list[str]:
+    def _generate(self, call: Call) -> None:
         from lm_eval_ext.vllm.generation import generate_texts
 
-        return generate_texts(self, requests)
+        generate_texts(self, call)
 
-    def store_arrived_results(self) -> None:
-        """Called when a unit of work lands; the request cache (``VllmExtLM``) stores it."""
+    @property
+    def request_cache(self) -> RequestCache:
+        return self.front.cache
+
+    def request_cache_report(self) -> dict:
+        report = self.request_cache.report(rank=self.rank, world_size=self.world_size)
+        report["engine_started"] = self.engine_started
+        return report
 
     def get_model_info(self) -> dict:
         info = {
@@ -269,22 +307,11 @@ class VllmEngineLM(VLLM):
             "max_model_len": self._max_length,
             "engine_starts": self.num_engine_starts,
             "model_name": self.ext_config.pretrained,
+            "request_cache": self.request_cache_report(),
         }
         if self.ext_config.base_url:
             info["base_url"] = self.ext_config.base_url
         return info
-
-
-class VllmExtLM(EvaluatorArgsChecked, VllmRequestCacheMixin, VllmEngineLM):
-    """vLLM backend for lm-eval-ext; a drop-in for ``vllm`` (same model_args spellings).
-
-    Requests go through the request cache first; with a cache to read, the engine starts on the
-    first miss, so a fully cached run starts none."""
-
-    def __init__(self, **model_args: Any) -> None:
-        config = VllmExtConfig.from_model_args(model_args)
-        self._init_request_cache(mode=config.cache, cache_dir=config.cache_dir)
-        super().__init__(config, defer_engine=self._cache_mode.reads)
 
 
 def engine_kind(config: VllmExtConfig, sizes: VllmSizes) -> str:

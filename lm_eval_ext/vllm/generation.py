@@ -2,9 +2,9 @@
 
 Same stop sequences, generation budget, context truncation, sampling parameters and
 post-processing as stock (its own helpers do each step), and the same engine-call order (longest
-context first, ``batch_size`` per call). What differs: each generation reaches the cache hook as
-soon as the engine returns it, under the request's own arguments (stock hands the hook its
-rewritten generation kwargs, under which no later lookup can find it).
+context first, ``batch_size`` per call). What differs: each generation is reported as soon as the
+engine returns it, under the request's own arguments (stock hands lm-eval's hook its rewritten
+generation kwargs, under which no later lookup can find it).
 """
 
 from __future__ import annotations
@@ -41,22 +41,20 @@ def prepare_generation(lm: Any, encoding: list[int], gen_kwargs: dict, eos: str)
     return tokens, SamplingParams(max_tokens=max_gen_toks, stop=stop, **kwargs), until
 
 
-def generate_texts(lm: Any, requests: Sequence[Any]) -> list[str]:
+def generate_texts(lm: Any, call: Any) -> None:
     from lm_eval.models.utils import postprocess_generated_text
 
+    requests = call.requests
     contexts = [request.args[0] for request in requests]
-    encodings = lm.tok_encode(contexts)
+    encodings = lm.tok_encode(contexts) if contexts else []
     eos = end_of_text(lm)
     prepared = [prepare_generation(lm, enc, request.args[1], eos) for enc, request in zip(encodings, requests)]
     order = sorted(range(len(requests)), key=lambda i: (-len(encodings[i]), contexts[i]))  # stock's Collator
-    results: list[Any] = [None] * len(requests)
     for chunk in chunked(order, lm.batch_size):
         prompts, params = [prepared[i][0] for i in chunk], [prepared[i][1] for i in chunk]
         for batch in lm.engine.iter_batches(prompts, params):
             for position, output in batch:
                 index = chunk[position]
-                results[index] = postprocess_generated_text(output.outputs[0].text, prepared[index][2],
-                                                            lm.think_end_token)
-                lm.cache_hook.add_partial("generate_until", requests[index].args, results[index])
-            lm.store_arrived_results()
-    return results
+                call.result(index, postprocess_generated_text(output.outputs[0].text, prepared[index][2],
+                                                              lm.think_end_token))
+            call.batch_done()

@@ -22,15 +22,12 @@ import os
 from typing import Any
 from urllib.parse import urlsplit
 
-from lm_eval_ext.cache.cached_lm import RequestCacheMixin
 from lm_eval_ext.cache.fingerprint import (
     ModelIdentity, checkpoint_identity, digest_text, hash_checkpoint, hash_tokenizer, sorted_settings,
 )
 
-logger = logging.getLogger("lm_eval_ext.cache.store")
+logger = logging.getLogger(__name__)
 LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1", "[::1]")
-#: Results per write transaction at most; engines also flush whenever a step or response lands.
-FLUSH_EVERY = 256
 
 
 def served_weights(card: dict, base_url: str, memo_dir: Any, *, save_memo: bool = True) -> tuple[str, dict[str, Any]]:
@@ -57,56 +54,44 @@ def served_weights(card: dict, base_url: str, memo_dir: Any, *, save_memo: bool 
     return f"served:{root}", settings
 
 
-class VllmRequestCacheMixin(RequestCacheMixin):
-    """Mixed into VllmExtLM before the engine-owning base (see ``adapters/vllm.py``)."""
+def vllm_label(lm: Any) -> str:
+    """How the store names the model (``lm-eval-ext cache stats``)."""
+    if lm.ext_config.is_server_mode:
+        return f"{lm.engine.model} @ {lm.ext_config.base_url}"
+    return lm.ext_config.pretrained
 
-    def _cache_prepare_compute(self) -> None:
-        self.engine  # noqa: B018  (starts a deferred engine)
 
-    def _cache_flush_every(self) -> int:
-        return FLUSH_EVERY
+def vllm_identity(lm: Any) -> ModelIdentity:
+    """What decides a ``vllm_ext`` model's outputs (see the module docstring)."""
+    config, cache = lm.ext_config, lm.request_cache
+    settings = output_settings(config)
+    if config.is_server_mode:
+        weights, served = served_weights(lm.engine.model_card, config.base_url, cache.dir, save_memo=cache.mode.writes)
+        revision, dtype = None, f"declared:{config.dtype}"
+        settings.update(served, mode="server")
+    else:
+        weights, revision = checkpoint_identity(config.pretrained, config.revision, "", cache.dir,
+                                                save_memo=cache.mode.writes)
+        dtype = str(lm._planned_model_config.dtype).replace("torch.", "")
+        settings.update(quantization=config.quantization, seed=config.seed, mode="engine")
+    template = getattr(lm.tokenizer, "chat_template", None)
+    if isinstance(template, dict):
+        template = json.dumps(template, sort_keys=True)
+    return ModelIdentity(
+        backend="vllm", model_type="causal", weights=weights, revision=revision, dtype=dtype,
+        tokenizer=hash_tokenizer(lm.tokenizer), chat_template=digest_text(template),
+        max_length=int(lm.max_length), settings=sorted_settings(settings),
+    )
 
-    def _cache_model_label(self) -> str:
-        if self.ext_config.is_server_mode:
-            return f"{self.engine.model} @ {self.ext_config.base_url}"
-        return self.ext_config.pretrained
 
-    def _cache_model_identity(self) -> ModelIdentity:
-        config = self.ext_config
-        settings = self._cache_output_settings()
-        if config.is_server_mode:
-            weights, served = served_weights(self.engine.model_card, config.base_url, self._cache_dir,
-                                           save_memo=self._cache_mode.writes)
-            revision, dtype = None, f"declared:{config.dtype}"
-            settings.update(served, mode="server")
-        else:
-            weights, revision = checkpoint_identity(config.pretrained, config.revision, "", self._cache_dir,
-                                                    save_memo=self._cache_mode.writes)
-            dtype = str(self._planned_model_config.dtype).replace("torch.", "")
-            settings.update(quantization=config.quantization, seed=config.seed, mode="engine")
-        template = getattr(self.tokenizer, "chat_template", None)
-        if isinstance(template, dict):
-            template = json.dumps(template, sort_keys=True)
-        return ModelIdentity(
-            backend="vllm", model_type="causal", weights=weights, revision=revision, dtype=dtype,
-            tokenizer=hash_tokenizer(self.tokenizer), chat_template=digest_text(template),
-            max_length=int(self.max_length), settings=sorted_settings(settings),
-        )
-
-    def _cache_output_settings(self) -> dict[str, Any]:
-        """Options that change outputs, beyond weights, dtype, tokenizer and max length."""
-        config = self.ext_config
-        return {
-            "add_bos_token": config.add_bos_token,
-            "prefix_token_id": config.prefix_token_id,
-            "max_gen_toks": config.max_gen_toks,
-            "truncation_side": config.truncation_side,
-            "think_end_token": config.think_end_token,
-            "enable_thinking": config.enable_thinking,
-            "tokenizer_mode": config.tokenizer_mode,
-        }
-
-    def request_cache_report(self) -> dict:
-        report = super().request_cache_report()
-        report["engine_started"] = self.engine_started
-        return report
+def output_settings(config: Any) -> dict[str, Any]:
+    """Options that change outputs, beyond weights, dtype, tokenizer and max length."""
+    return {
+        "add_bos_token": config.add_bos_token,
+        "prefix_token_id": config.prefix_token_id,
+        "max_gen_toks": config.max_gen_toks,
+        "truncation_side": config.truncation_side,
+        "think_end_token": config.think_end_token,
+        "enable_thinking": config.enable_thinking,
+        "tokenizer_mode": config.tokenizer_mode,
+    }

@@ -3,8 +3,8 @@
 Equal to stock ``VLLM._loglikelihood_tokens`` and ``VLLM.loglikelihood_rolling`` request by request
 (same kept tokens, same context length, same windows, same ``_parse_logprobs``, same summation
 order); what differs is the order: the choices of one multiple-choice item (same context tokens)
-are sent together and kept on one replica, and each result reaches the cache hook as soon as the
-engine returns it (a rolling document: as soon as its last window does), and is stored then.
+are sent together and kept on one replica, and each result is reported as soon as the engine
+returns it (a rolling document: as soon as its last window does), so the request cache stores it then.
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ import logging
 from collections.abc import Callable, Sequence
 from typing import Any
 
-logger = logging.getLogger("lm_eval_ext.vllm")
+logger = logging.getLogger(__name__)
 
 
 def truncate_for_scoring(context: Sequence[int], continuation: Sequence[int], max_length: int) -> tuple[list[int], int]:
@@ -75,10 +75,12 @@ def uses_prefix_cache(lm: Any) -> bool:
 
 
 def score_requests(
-    lm: Any, requests: Sequence[tuple], on_scored: Callable[[int, tuple[float, bool]], None] | None = None
+    lm: Any, requests: Sequence[tuple], on_scored: Callable[[int, tuple[float, bool]], None] | None = None,
+    on_batch_done: Callable[[], None] = lambda: None,
 ) -> list[tuple[float, bool]]:
     """``requests``: ``(cache_key, context_tokens, continuation_tokens)`` as lm-eval builds them;
-    ``on_scored(index, answer)`` is called as each answer arrives.
+    ``on_scored(index, answer)`` is called as each answer arrives, ``on_batch_done()`` after each
+    batch the engine returns.
 
     With ``score_with_prefix_cache`` the whole KV blocks of each distinct context are computed once
     first (:func:`warm_prompt`; they then sit in vLLM's prefix cache) and the choices ask for prompt logprobs with
@@ -116,11 +118,9 @@ def score_requests(
                     recompute.append(index)
                     continue
                 results[index] = answer = VLLM._parse_logprobs(tokens=tokens, outputs=output, ctxlen=context_len)
-                if requests[index][0] is not None:  # rolling windows have none (see rolling_loglikelihoods)
-                    lm.cache_hook.add_partial("loglikelihood", requests[index][0], answer)
                 if on_scored is not None:
                     on_scored(index, answer)
-            lm.store_arrived_results()
+            on_batch_done()
 
     block = lm.engine.block_size if shared else 0
     for chunk in chunked(order, lm.batch_size):
@@ -145,39 +145,13 @@ def chunked(order: list[int], batch_size: int | str) -> list[list[int]]:
     return [order[start:start + size] for start in range(0, len(order), max(size, 1))]
 
 
-def rolling_loglikelihoods(lm: Any, requests: Sequence[Any]) -> list[float]:
-    """Stock ``VLLM.loglikelihood_rolling``: disjoint windows of ``max_length - 2`` tokens, each
-    document's window scores summed in window order; a document is handed to the cache hook as
-    soon as its last window is scored."""
-    from lm_eval.utils import get_rolling_token_windows, make_disjoint_window
+def rolling_loglikelihoods(lm: Any, call: Any) -> None:
+    """Stock ``VLLM.loglikelihood_rolling``: disjoint windows of ``max_length - 2`` tokens (1 for
+    context, 1 for generation), each document's window scores summed in window order; a document is
+    reported as soon as its last window is scored."""
+    from lm_eval_ext.backend.lm_requests import RollingDocuments, rolling_windows
 
-    windows, owners = [], []
-    for doc, request in enumerate(requests):
-        (text,) = request.args
-        for window in map(make_disjoint_window, get_rolling_token_windows(
-            token_list=lm.tok_encode(text), prefix_token=lm.prefix_token_id,
-            max_seq_len=lm.max_length - 2, context_len=1,  # 1 for context, 1 for generation
-        )):
-            windows.append((None, *window))
-            owners.append(doc)
-    windows_of: list[list[int]] = [[] for _ in requests]
-    for window_index, doc in enumerate(owners):
-        windows_of[doc].append(window_index)
-    scores: list[Any] = [None] * len(windows)
-    totals: list[Any] = [None] * len(requests)
-    remaining = [len(w) for w in windows_of]
-
-    def finish(doc: int) -> None:
-        totals[doc] = sum(scores[w][0] for w in windows_of[doc])
-        lm.cache_hook.add_partial("loglikelihood_rolling", requests[doc].args, totals[doc])
-
-    def on_scored(window_index: int, answer: tuple[float, bool]) -> None:
-        scores[window_index] = answer
-        remaining[owners[window_index]] -= 1
-        if remaining[owners[window_index]] == 0:
-            finish(owners[window_index])
-
-    for doc in (d for d, count in enumerate(remaining) if count == 0):
-        finish(doc)
-    score_requests(lm, windows, on_scored)
-    return totals
+    documents = RollingDocuments([rolling_windows(lm, instance.args[0], lm.max_length - 2)
+                                  for instance in call.requests], on_total=call.result)
+    documents.report_empty()
+    score_requests(lm, [(None, *window) for window in documents.windows], documents.scored, call.batch_done)

@@ -66,37 +66,34 @@ def test_verify_recomputes_a_sample_and_reports_a_tampered_entry(tiny_model_path
     assert lines[-1] == "recompute: 7 of 7 entries checked, 1 mismatches"
 
 
-def test_rolling_documents_are_stored_chunk_by_chunk(tiny_model_path, tmp_path, monkeypatch):
-    """HFLM reports rolling results only when its call returns: a failure in the second chunk
-    keeps the first chunk's documents, and the rerun computes only the rest, with equal values."""
+def test_rolling_documents_are_stored_as_their_batches_finish(tiny_model_path, tmp_path, monkeypatch):
+    """A rolling document is stored when its last window's batch finishes (was: HFLM reported rolling
+    results only when its call returned, so documents went over in chunks): Ctrl-C in the fourth
+    batch keeps the three documents already scored, and the rerun computes only the rest, with
+    equal values."""
     from lm_eval.api.instance import Instance
-    from lm_eval.models.huggingface import HFLM
 
-    from lm_eval_ext.hf import request_cache as hf_cache
+    from lm_eval_ext.errors import RunInterrupted
 
-    monkeypatch.setattr(hf_cache, "ROLLING_CHUNK_REQUESTS", 3)
     texts = [f"Paragraph {n}: " + " ".join(f"word{n * k % 17}" for k in range(40)) for n in range(7)]
     requests = [Instance("loglikelihood_rolling", {}, (text,), n) for n, text in enumerate(texts)]
     undisturbed = build(tiny_model_path, tmp_path / "clean", batch_size=4).loglikelihood_rolling(requests)
 
-    real = HFLM.loglikelihood_rolling
-    calls = []
+    lm = build(tiny_model_path, tmp_path / "run", max_batch_tokens="off")  # batch_size=1: a window per batch
+    lm.load_weights()
+    real, batches = lm.engine.score_batch, []
 
-    def second_call_dies(self, chunk, disable_tqdm=False):
-        calls.append(len(chunk))
-        if len(calls) == 2:
-            raise KeyboardInterrupt("killed in the second chunk")
-        return real(self, chunk, disable_tqdm=disable_tqdm)
+    def fourth_batch_dies(batch):
+        batches.append(batch.num_requests)
+        if len(batches) == 4:
+            raise KeyboardInterrupt("killed in the fourth batch")
+        return real(batch)
 
-    monkeypatch.setattr(HFLM, "loglikelihood_rolling", second_call_dies)
-    lm = build(tiny_model_path, tmp_path / "run", batch_size=4)
-    from lm_eval_ext.errors import RunInterrupted
-
+    monkeypatch.setattr(lm.engine, "score_batch", fourth_batch_dies)
     with pytest.raises(RunInterrupted, match=r"^interrupted after 3 of 7 requests; 3 are in the request cache; "
                                              "rerun the same command to resume$"):
         lm.loglikelihood_rolling(requests)  # Ctrl-C becomes one line saying what is kept (issue 16)
-    assert calls == [3, 3]
-    monkeypatch.setattr(HFLM, "loglikelihood_rolling", real)
+    assert batches == [1, 1, 1, 1]  # one window per document: three finished documents
     resumed = build(tiny_model_path, tmp_path / "run", batch_size=4)
     values = resumed.loglikelihood_rolling(requests)
     counters = resumed.request_cache_report()["totals"]

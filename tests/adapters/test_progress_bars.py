@@ -19,13 +19,10 @@ def bars_started(text: str) -> dict[str, int]:
     return {kind: len(re.findall(rf"hf_ext {kind}:\s+0%", text)) for kind in KINDS}
 
 
-# the request cache (on by default) hands rolling documents over in chunks (4 here): still one bar
 @pytest.mark.parametrize(("disabled", "cache", "limit"), [(False, "off", 6), (True, "off", 6), (False, None, 12)])
 def test_one_bar_per_request_type(tiny_model_path, capfd, monkeypatch, disabled, cache, limit):
-    from lm_eval_ext.hf import request_cache
     from lm_eval_ext.hf.adapter import HfExtLM
 
-    monkeypatch.setattr(request_cache, "ROLLING_CHUNK_REQUESTS", 4)
     monkeypatch.setenv("TQDM_DISABLE", "1" if disabled else "")
     lm = HfExtLM(pretrained=tiny_model_path, device="cpu", **({"cache": cache} if cache else {}))
     capfd.readouterr()

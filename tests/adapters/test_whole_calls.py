@@ -1,6 +1,7 @@
-"""With the default token budget, HFLM's rolling and generation loops hand the engine every
-request of a call at once (not lm-eval's ``batch_size`` chunks), with stock's results and order;
-``max_batch_tokens=off`` keeps stock's chunks."""
+"""The engine gets every request of a call at once (not lm-eval's ``batch_size`` chunks), with
+stock's results and order; ``max_batch_tokens=off`` keeps stock's batch size: batches of
+``batch_size`` requests (was: HFLM's loops called the engine once per chunk; now hf/requests.py
+calls it once per call, and off caps the batches instead)."""
 
 from __future__ import annotations
 
@@ -21,19 +22,31 @@ def evaluate(lm, task: str, limit: int) -> dict:
 
 
 def count_calls(lm, monkeypatch) -> list:
+    """(kind, requests) per engine call, and (kind + "-batch", requests) per batch it ran."""
     calls = []
-    generate, score = lm.engine.generate, lm.engine.loglikelihood_tokens
+    generate, score = lm.engine.generate, lm.engine.score
+    generate_batch, score_batch = lm.engine.generate_batch, lm.engine.score_batch
 
-    def counted_generate(context, *args, **kwargs):
-        calls.append(("generate", context.shape[0]))
-        return generate(context, *args, **kwargs)
+    def counted_generate(call, requests, **kwargs):
+        calls.append(("generate", len(requests)))
+        return generate(call, requests, **kwargs)
 
-    def counted_score(requests, **kwargs):
+    def counted_score(call, requests, **kwargs):
         calls.append(("score", len(requests)))
-        return score(requests, **kwargs)
+        return score(call, requests, **kwargs)
+
+    def counted_generate_batch(batch):
+        calls.append(("generate-batch", len(batch)))
+        return generate_batch(batch)
+
+    def counted_score_batch(batch):
+        calls.append(("score-batch", batch.num_requests))
+        return score_batch(batch)
 
     monkeypatch.setattr(lm.engine, "generate", counted_generate)
-    monkeypatch.setattr(lm.engine, "loglikelihood_tokens", counted_score)
+    monkeypatch.setattr(lm.engine, "score", counted_score)
+    monkeypatch.setattr(lm.engine, "generate_batch", counted_generate_batch)
+    monkeypatch.setattr(lm.engine, "score_batch", counted_score_batch)
     return calls
 
 
@@ -46,7 +59,7 @@ def test_one_engine_call_per_request_type_by_default(tiny_model_path, monkeypatc
     ext = HfExtLM(pretrained=tiny_model_path, device="cpu", dtype="float32", cache="off")  # batch_size=1
     calls = count_calls(ext, monkeypatch)
     got = evaluate(ext, task, limit)
-    assert [c for c in calls if c[0] == kind] == [(kind, max(n for _, n in calls))] and calls[0][1] >= limit
+    assert [c for c in calls if c[0] == kind] == [(kind, max(n for k, n in calls if k == kind))] and calls[0][1] >= limit
     if kind == "generate":
         assert got == stock  # identical greedy generations, same order
     else:
@@ -57,4 +70,5 @@ def test_one_engine_call_per_request_type_by_default(tiny_model_path, monkeypatc
     off = HfExtLM(pretrained=tiny_model_path, device="cpu", dtype="float32", cache="off", max_batch_tokens="off")
     off_calls = count_calls(off, monkeypatch)
     evaluate(off, task, limit)
-    assert all(n == 1 for k, n in off_calls if k == kind) and len(off_calls) >= limit
+    batches = [n for k, n in off_calls if k == f"{kind}-batch"]
+    assert len([c for c in off_calls if c[0] == kind]) == 1 and all(n == 1 for n in batches) and len(batches) >= limit

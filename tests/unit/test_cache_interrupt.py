@@ -15,16 +15,10 @@ class InterruptedLM(FakeCachedLM):
         super().__init__(*args, **kwargs)
         self.interrupt_after = interrupt_after
 
-    def _run(self, request_type, found):
-        results = []
-        for request in found:
-            if len(self.computed) == self.interrupt_after:
-                raise KeyboardInterrupt
-            value = fake_value(request_type, request.args, self.salt)
-            self.computed.append(request.args)
-            self.cache_hook.add_partial(request_type, request.args, value)
-            results.append(value)
-        return results
+    def _value(self, request_type, request):
+        if len(self.computed) == self.interrupt_after:
+            raise KeyboardInterrupt
+        return super()._value(request_type, request)
 
 
 def test_ctrl_c_says_how_many_are_cached_and_the_rerun_resumes(tmp_path):

@@ -69,7 +69,7 @@ def test_fingerprint_ignores_the_layout_but_not_what_changes_outputs(tiny_vllm_m
 
     def fp(**args) -> str:
         lm = VllmExtLM(pretrained=tiny_vllm_model_path, cache_dir=str(tmp_path), **{**ENGINE_ARGS, **args})
-        return fingerprint(lm._cache_model_identity())
+        return fingerprint(lm.request_cache.identity())
 
     before = engine_starts_so_far()
     base = fp()

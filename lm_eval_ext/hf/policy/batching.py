@@ -121,6 +121,17 @@ class ScoreRequest:
         return self.input_tokens[: len(self.input_tokens) - len(self.continuation_tokens) + 1]
 
 
+def score_request(index: int, context_tokens, continuation_tokens, max_length: int) -> ScoreRequest:
+    """Stock ``HFLM._loglikelihood_tokens``'s model input: context + continuation, the last
+    ``max_length + 1`` tokens kept, the last token dropped. Example: max_length 4, context
+    ``[1, 2, 3]``, continuation ``[4, 5]`` -> input ``(2, 3, 4)``, scoring ``(4, 5)``."""
+    if not context_tokens or not continuation_tokens or len(continuation_tokens) > max_length:
+        raise ValueError(f"request {index}: empty context/continuation or continuation "
+                         f"longer than max_length={max_length}")
+    whole = (list(context_tokens) + list(continuation_tokens))[-(max_length + 1):][:-1]
+    return ScoreRequest(index, tuple(whole), tuple(continuation_tokens))
+
+
 @dataclass
 class Row:
     """A prefix tree flattened in insertion order (a parent always precedes its children).
@@ -326,6 +337,9 @@ def lowered_budget(budget_tokens: int, failed_batch_tokens: int) -> int:
 class GenerationRequest:
     index: int
     prompt_tokens: tuple[int, ...]
+    max_new_tokens: int = 0
+    stop: tuple[str, ...] = ()
+    """stop strings: a row stops once its text holds one (lm-eval cuts the text there)"""
 
 
 def pack_generation(

@@ -1,4 +1,4 @@
-"""RequestCacheMixin over a fake backend and a real SQLite store."""
+"""The request front (backend/front.py) over a fake backend and a real SQLite store."""
 
 import pytest
 from tests.unit.cache_fakes import FakeCachedLM, fake_value, requests
@@ -47,9 +47,8 @@ def test_finished_batches_survive_a_crash_and_are_not_recomputed(tmp_path):
     assert resumed.computed == [r.args for r in reqs[6:]]
 
 
-def test_a_backend_that_never_calls_the_hook_is_still_cached_when_the_call_returns(tmp_path):
-    lm = FakeCachedLM(tmp_path)
-    lm.cache_hook = None  # stands in for a backend without lm-eval's hook
+def test_a_backend_that_never_reports_results_is_still_cached_when_the_call_returns(tmp_path):
+    lm = FakeCachedLM(tmp_path, report_results=False)  # was: a backend without lm-eval's hook
     lm.loglikelihood_rolling(requests("loglikelihood_rolling", 4))
     again = FakeCachedLM(tmp_path)
     again.loglikelihood_rolling(requests("loglikelihood_rolling", 4))
