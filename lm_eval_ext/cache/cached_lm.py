@@ -30,7 +30,7 @@ from lm_eval_ext.cache.fingerprint import ModelIdentity, fingerprint
 from lm_eval_ext.errors import RunInterrupted
 from lm_eval_ext.cache.keys import CachedValueError, args_json, decode_value, encode_value, request_key
 
-logger = logging.getLogger("lm_eval_ext.cache.store")
+logger = logging.getLogger(__name__)
 _MISSING = object()
 
 

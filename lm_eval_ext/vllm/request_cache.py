@@ -27,7 +27,7 @@ from lm_eval_ext.cache.fingerprint import (
     ModelIdentity, checkpoint_identity, digest_text, hash_checkpoint, hash_tokenizer, sorted_settings,
 )
 
-logger = logging.getLogger("lm_eval_ext.cache.store")
+logger = logging.getLogger(__name__)
 LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1", "[::1]")
 #: Results per write transaction at most; engines also flush whenever a step or response lands.
 FLUSH_EVERY = 256

@@ -13,7 +13,7 @@ import logging
 from collections.abc import Callable, Sequence
 from typing import Any
 
-logger = logging.getLogger("lm_eval_ext.vllm")
+logger = logging.getLogger(__name__)
 
 
 def truncate_for_scoring(context: Sequence[int], continuation: Sequence[int], max_length: int) -> tuple[list[int], int]:
