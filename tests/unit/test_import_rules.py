@@ -266,7 +266,6 @@ def import_order() -> list[str]:
     return [name for name in graphlib.TopologicalSorter(graph).static_order() if name in MODULES]
 
 
-@pytest.mark.slow
 def test_importing_a_module_installs_no_excepthook_and_configures_no_logging():
     root = str(PACKAGE.parent)
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [root, os.environ.get("PYTHONPATH")]))}
