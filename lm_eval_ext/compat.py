@@ -1,10 +1,13 @@
 """Every upstream name beyond a package's top-level API that lm-eval-ext touches, and every version shim.
 
 :data:`UPSTREAM` is the inventory: each private hook, private attribute and submodule import of
-lm-eval, transformers and vLLM used anywhere in the package, why, and the upstream version that lets
-it go (``open``: no release offers a public way yet). ``tests/unit/test_compat_contract.py`` finds
-such uses in the source by itself and fails on any that is not listed here, and checks that each
-listed name still exists upstream. The version shims are the functions below.
+lm-eval, transformers, vLLM and accelerate used anywhere in the package, private names reached
+through ``getattr``/``hasattr`` strings, and the upstream internals read by attribute on upstream
+objects (vLLM's engine and outputs, accelerate's hooks), why, and the upstream version that lets it
+go (``open``: no release offers a public way yet). ``tests/unit/test_compat_contract.py`` finds such
+uses in the source by itself and fails on any that is not listed here, checks that each listed name
+still exists upstream, and that each listed attribute is still used. The version shims are the
+functions below.
 """
 
 from __future__ import annotations
@@ -52,6 +55,8 @@ class UpstreamName(NamedTuple):
 _HFLM = "lm_eval.models.huggingface:HFLM"
 _VLLM = "lm_eval.models.vllm_causallms:VLLM"
 _OPEN_HOOK = "open (lm-eval 0.4.13 has no public hook for it)"
+_OPEN_VLLM = "open (vLLM 0.32 documents no public way)"
+_LLM_ENGINE = "vllm.v1.engine.llm_engine:LLMEngine"
 
 UPSTREAM: tuple[UpstreamName, ...] = (
     # lm-eval: what the adapters subclass and the narrow hooks they override
@@ -103,8 +108,44 @@ UPSTREAM: tuple[UpstreamName, ...] = (
     UpstreamName("transformers:PretrainedConfig._attn_implementation",
                  "switches a model to the grouped-query attention inside a with block",
                  "open (set_attn_implementation is not per call)"),
-    # vLLM
+    # vLLM: what vllm_ext imports, and the internals it reads by attribute on vLLM's objects
     UpstreamName("vllm.engine.arg_utils:EngineArgs", "the context length vLLM itself would choose", "open"),
+    UpstreamName("vllm.engine.arg_utils:EngineArgs.create_model_config",
+                 "vLLM's ModelConfig of a run without loading weights (dtype, longest context)", _OPEN_VLLM),
+    UpstreamName("vllm:LLM.llm_engine", "stepped directly so results arrive per engine step; its configs read",
+                 "open (LLM has no step-wise public API)"),
+    UpstreamName("vllm:LLM.enqueue", "queues requests without waiting for them (generate waits for all)", _OPEN_VLLM),
+    UpstreamName(f"{_LLM_ENGINE}.has_unfinished_requests", "the step loop of iter_finished", _OPEN_VLLM),
+    UpstreamName(f"{_LLM_ENGINE}.step", "the step loop of iter_finished: finished requests per step", _OPEN_VLLM),
+    UpstreamName(f"{_LLM_ENGINE}.abort_request", "requests still queued when the caller stops", _OPEN_VLLM),
+    UpstreamName(f"{_LLM_ENGINE}.engine_core", "shut down now: several engines in one process", _OPEN_VLLM),
+    UpstreamName("vllm.v1.engine.core_client:EngineCoreClient.shutdown", "shut down now: several engines in one process",
+                 _OPEN_VLLM),
+    UpstreamName(f"{_LLM_ENGINE}.model_config", "the context length the engine allows", _OPEN_VLLM),
+    UpstreamName(f"{_LLM_ENGINE}.vllm_config", "the KV block size the engine chose", _OPEN_VLLM),
+    UpstreamName("vllm.config:VllmConfig.cache_config", "the KV block size the engine chose", _OPEN_VLLM),
+    UpstreamName("vllm.config:CacheConfig.block_size",
+                 "prefix-cache reuse is counted in whole blocks (warm_prompt, reusable_blocks)", _OPEN_VLLM),
+    UpstreamName("vllm.config:ModelConfig.max_model_len", "the context vLLM allows: cache keys and the length check",
+                 _OPEN_VLLM),
+    UpstreamName("vllm:SamplingParams.skip_reading_prefix_cache",
+                 "left None it is True whenever prompt logprobs are asked for; False lets choices read their "
+                 "context's cached blocks", "open (vLLM 0.32: no public switch for prompt-logprob requests)"),
+    UpstreamName("vllm:RequestOutput.num_cached_tokens", "whether vLLM reused the warmed blocks, else stock rescoring",
+                 _OPEN_VLLM),
+    UpstreamName("vllm:RequestOutput.prompt_logprobs", "prompt logprobs parsed as stock does", _OPEN_VLLM),
+    UpstreamName("vllm:RequestOutput.outputs", "generated text parsed as stock does", _OPEN_VLLM),
+    UpstreamName("vllm:RequestOutput.request_id", "results of a step matched to their prompts", _OPEN_VLLM),
+    UpstreamName("vllm:RequestOutput.finished", "results of a step that are complete", _OPEN_VLLM),
+    UpstreamName("vllm:CompletionOutput.text", "generated text parsed as stock does", _OPEN_VLLM),
+    UpstreamName("vllm.logprobs:Logprob.logprob", "prompt logprobs as floats (picklable, as stock reads them)",
+                 _OPEN_VLLM),
+    # accelerate: where an offloaded module computes
+    UpstreamName("accelerate.hooks:add_hook_to_module._hf_hook",
+                 "an offloaded module's hook, read by getattr where accelerate puts it (scoring.execution_device)",
+                 "open (accelerate has no public accessor)"),
+    UpstreamName("accelerate.hooks:AlignDevicesHook.execution_device", "where an offloaded module computes",
+                 "open (accelerate has no public accessor)"),
 )
 
 

@@ -30,7 +30,11 @@ def did_you_mean(name: str, choices: Iterable[str]) -> str:
 
 
 def install_excepthook() -> None:
-    """Print an uncaught :class:`UserError` as one line instead of a traceback. Idempotent."""
+    """Print an uncaught :class:`UserError` as one line instead of a traceback. Idempotent.
+
+    Installed where lm-eval builds one of our models (:class:`lm_eval_ext.lm_args.EvaluatorArgsChecked`,
+    before the constructor parses model_args), never by an import: importing a module must leave
+    the process as it was (tests/unit/test_import_rules.py)."""
     if getattr(sys.excepthook, "_lm_eval_ext", False):
         return
     previous = sys.excepthook

@@ -17,9 +17,9 @@ import os
 from collections.abc import Mapping
 
 from lm_eval_ext.errors import UserError
-from lm_eval_ext.plan.hardware import LaunchEnv
+from lm_eval_ext.plan.launch import Launch
 
-logger = logging.getLogger("lm_eval_ext.rendezvous")
+logger = logging.getLogger(__name__)
 
 TIMEOUT_ENV = "LM_EVAL_EXT_RENDEZVOUS_TIMEOUT_S"
 DEFAULT_TIMEOUT_S = 300.0
@@ -40,11 +40,11 @@ def rendezvous_timeout_s(environ: Mapping[str, str] = os.environ) -> float:
     return timeout_s
 
 
-def needs_own_rendezvous(launch: LaunchEnv) -> bool:
-    return (launch.world_size or 1) > 1 and launch.launcher in ("python", "slurm")
+def needs_own_rendezvous(launch: Launch) -> bool:
+    return launch.is_distributed and launch.launcher in ("python", "slurm")
 
 
-def join_process_group(launch: LaunchEnv, environ: Mapping[str, str] = os.environ, *,
+def join_process_group(launch: Launch, environ: Mapping[str, str] = os.environ, *,
                        any_launcher: bool = False, backend: str | None = None) -> bool:
     """Initialise the default process group with a bounded rendezvous; returns whether it did.
 
@@ -53,11 +53,11 @@ def join_process_group(launch: LaunchEnv, environ: Mapping[str, str] = os.enviro
     for ``vllm_ext``, whose collectives are a few CPU tensors and objects), else nccl on GPUs."""
     import torch.distributed as dist
 
-    wanted = (launch.world_size or 1) > 1 if any_launcher else needs_own_rendezvous(launch)
+    wanted = launch.is_distributed if any_launcher else needs_own_rendezvous(launch)
     if not wanted or not dist.is_available() or dist.is_initialized():
         return False
     timeout_s = rendezvous_timeout_s(environ)
-    rank, world_size = launch.rank or 0, launch.world_size or 1
+    rank, world_size = launch.rank, launch.world_size
     address = f"{launch.master_addr}:{launch.master_port}"
     waits_for = f"{world_size - 1} other rank(s)" if rank == 0 else "rank 0"
     logger.info("rank %d: waiting up to %.0f s at %s for %s of WORLD_SIZE=%d (%s sets the limit)",

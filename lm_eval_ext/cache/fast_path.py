@@ -27,8 +27,10 @@ from pathlib import Path
 from typing import Any
 
 from lm_eval_ext.files import write_json_atomic
+from lm_eval_ext.plan.dry_run import is_dry_run
+from lm_eval_ext.plan.launch_env import read_launch_env
 
-logger = logging.getLogger("lm_eval_ext.cache.store")
+logger = logging.getLogger(__name__)
 
 MEMO_DIR = "fast_path"
 _VERSIONED = ("lm_eval", "transformers", "tokenizers", "torch", "accelerate", "lm-eval-ext")
@@ -57,8 +59,8 @@ def _versions() -> dict[str, str | None]:
 
 def eligible(model_args: Mapping[str, Any], environ: Mapping[str, str] = os.environ) -> bool:
     """Single process, a cache mode that reads, a local checkpoint folder, no adapters, not a dry
-    run (which must reach the build description: :mod:`lm_eval_ext.dry_run`)."""
-    if environ.get("LM_EVAL_EXT_DRY_RUN") or int(environ.get("WORLD_SIZE", "1") or 1) > 1:
+    run (which must reach the build description: :mod:`lm_eval_ext.plan.dry_run`)."""
+    if is_dry_run(environ) or read_launch_env(environ).is_distributed:
         return False
     if str(model_args.get("cache", "readwrite")) not in {"read", "readwrite"}:
         return False

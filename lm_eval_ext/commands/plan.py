@@ -145,7 +145,8 @@ def hf_build_descriptions(plan: Plan, hardware, model_args: dict[str, str]) -> l
     import dataclasses
 
     from lm_eval_ext.hf.config import HfExtConfig
-    from lm_eval_ext.plan.build import hf_builds, resolve_device
+    from lm_eval_ext.plan.build import hf_builds
+    from lm_eval_ext.plan.hf_settings import resolve_device
 
     known = {f.name for f in dataclasses.fields(HfExtConfig)}
     config = HfExtConfig.from_model_args({k: v for k, v in model_args.items() if k in known})

@@ -19,7 +19,6 @@ from lm_eval_ext.backend.call import RequestType
 from lm_eval_ext.backend.front import RequestFront
 from lm_eval_ext.cache.request_cache import RequestCache
 from lm_eval_ext.compat import hflm_accelerator, require
-from lm_eval_ext.errors import install_excepthook
 from lm_eval_ext.hf.config import HfExtConfig
 from lm_eval_ext.hf.dist import prefer_cpu_collectives, release_process_group_at_exit
 from lm_eval_ext.logs import share_lm_eval_handlers
@@ -60,7 +59,6 @@ class HfExtLM(HFLM):
     """Transformers backend for lm-eval-ext; a drop-in for ``hf`` (same model_args spellings)."""
 
     def __init__(self, **model_args: Any) -> None:
-        install_excepthook()  # a bad model_arg is one line, not a traceback
         self._init_model_args = dict(model_args)  # as given: the fast path's memo key is made of them
         share_lm_eval_handlers()
         config = HfExtConfig.from_model_args(model_args)

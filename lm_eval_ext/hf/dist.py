@@ -1,8 +1,7 @@
-"""EDGE: the launcher's view of this process (ranks from the environment) and its CPU setup.
+"""EDGE: process-group setup of a launch for ``hf_ext``: collectives on CPU, and the group released at exit.
 
-``accelerate launch`` and ``torchrun`` both export RANK / WORLD_SIZE / LOCAL_RANK; the global rank
-decides which documents a process evaluates (using LOCAL_RANK, as stock lm-eval does, gives two
-nodes the same shard).
+Which rank this process is comes from :func:`lm_eval_ext.plan.launch_env.read_launch_env` (the one
+reader of the launcher's variables).
 """
 
 from __future__ import annotations
@@ -11,27 +10,8 @@ import atexit
 import functools
 import os
 import sys
-from collections.abc import Mapping
-from dataclasses import dataclass
 
-
-@dataclass(frozen=True)
-class LaunchInfo:
-    rank: int
-    world_size: int
-    local_rank: int
-
-    @property
-    def is_distributed(self) -> bool:
-        return self.world_size > 1
-
-
-def launch_info(environ: Mapping[str, str] = os.environ) -> LaunchInfo:
-    return LaunchInfo(
-        rank=int(environ.get("RANK", "0")),
-        world_size=int(environ.get("WORLD_SIZE", "1")),
-        local_rank=int(environ.get("LOCAL_RANK", "0")),
-    )
+from lm_eval_ext.plan.launch_env import read_launch_env
 
 
 def prefer_cpu_collectives(has_cuda: bool, environ=os.environ) -> bool:
@@ -40,7 +20,7 @@ def prefer_cpu_collectives(has_cuda: bool, environ=os.environ) -> bool:
     ``accelerate launch --multi_gpu`` and ``torchrun`` on a CPU-only machine otherwise fail
     to pick a backend. Returns whether the variable was set here.
     """
-    if has_cuda or not launch_info(environ).is_distributed or "ACCELERATE_USE_CPU" in environ:
+    if has_cuda or not read_launch_env(environ).is_distributed or "ACCELERATE_USE_CPU" in environ:
         return False
     environ["ACCELERATE_USE_CPU"] = "true"
     return True

@@ -22,7 +22,6 @@ from lm_eval_ext.backend.call import RequestType
 from lm_eval_ext.cache.fast_path import memo_key, read_memo
 from lm_eval_ext.cache.request_cache import RequestCache
 from lm_eval_ext.cache.store import default_cache_dir
-from lm_eval_ext.errors import install_excepthook
 from lm_eval_ext.hf.config import HfExtConfig
 from lm_eval_ext.hf.policy.cost_report import CostReport
 from lm_eval_ext.lm_args import EvaluatorArgsChecked
@@ -42,7 +41,6 @@ class HfExtEntry(EvaluatorArgsChecked, LM):
     MULTIMODAL = False  # as HFLM; lm-eval reads it for every run
 
     def __new__(cls, **model_args: Any):
-        install_excepthook()  # a bad model_arg is one line, not a traceback
         config = HfExtConfig.from_model_args(model_args)  # bad input fails here, as in the backend
         cache_dir = Path(config.cache_dir).expanduser() if config.cache_dir else default_cache_dir()
         key = memo_key(model_args)

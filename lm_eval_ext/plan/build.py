@@ -2,11 +2,11 @@
 torch.distributed, as plain data.
 
 :func:`hf_build` turns (plan, hardware, the process's place in the launch, HFLM's keyword arguments)
-into an :class:`HfBuild`. ``hf_ext`` builds from it (:mod:`lm_eval_ext.plan.layout` makes it, the
-adapter hands its ``hflm_kwargs`` to HFLM and its :meth:`HfBuild.placement_kwargs` to
-``from_pretrained``), a dry run writes it (:mod:`lm_eval_ext.dry_run`), and ``lm-eval-ext plan
---json`` prints one per process of the launch (:func:`hf_builds`): what is planned and what is
-built are one value.
+into an :class:`HfBuild`, and :func:`layout_from_plan` wraps it in the :class:`Layout` the adapter
+holds. ``hf_ext`` builds from it (:mod:`lm_eval_ext.plan.layout` makes it, the adapter hands its
+``hflm_kwargs`` to HFLM and its :meth:`HfBuild.placement_kwargs` to ``from_pretrained``), a dry run
+writes it (:mod:`lm_eval_ext.plan.dry_run`), and ``lm-eval-ext plan --json`` prints one per process
+of the launch (:func:`hf_builds`): what is planned and what is built are one value.
 
 Worked example: hybrid on 8 x 80 GiB with 2 processes. Process 1 (``RANK=LOCAL_RANK=1``) takes the
 slice ``4 x 1 .. 4 x 1 + 3`` = GPUs 4-7: ``device_map="auto"``, ``max_memory={4: u, 5: u, 6: u, 7: u}``
@@ -19,11 +19,11 @@ back to the listed ids.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
-from lm_eval_ext.errors import UserError
-from lm_eval_ext.plan.hardware import Hardware, LaunchEnv
+from lm_eval_ext.plan.hardware import Hardware
+from lm_eval_ext.plan.launch import Launch, launch_places
 from lm_eval_ext.plan.preflight import omp_num_threads_default
 from lm_eval_ext.plan.types import Plan, Strategy
 
@@ -32,79 +32,6 @@ SPLIT_STRATEGIES = (Strategy.MODEL_SPLIT, Strategy.HYBRID, Strategy.CPU_OFFLOAD)
 #: who creates the process group: HFLM.__init__ builds an ``accelerate.Accelerator`` for every
 #: model given by name; under a launch of several processes that initialises torch.distributed
 PROCESS_GROUP_CREATOR = "accelerate.Accelerator in HFLM.__init__ (env:// from the launcher's variables)"
-
-
-@dataclass(frozen=True)
-class Place:
-    """Where one process sits in the launch (torchrun / accelerate give contiguous ranks per node)."""
-
-    rank: int = 0
-    local_rank: int = 0
-    world_size: int = 1
-    local_world_size: int = 1
-
-    @property
-    def node_rank(self) -> int:
-        return self.rank // max(1, self.local_world_size)
-
-    @property
-    def num_nodes(self) -> int:
-        return max(1, self.world_size // max(1, self.local_world_size))
-
-
-def place_of(launch: LaunchEnv) -> Place:
-    """This process's place, from the launcher's variables (absent: one process)."""
-    local_rank = launch.local_rank or 0
-    rank = launch.rank if launch.rank is not None else local_rank
-    return Place(rank=rank, local_rank=local_rank, world_size=launch.num_processes,
-                 local_world_size=launch.num_local_processes)
-
-
-def launch_places(num_processes: int, num_nodes: int) -> tuple[Place, ...]:
-    """Every process of a launch of ``num_processes`` spread evenly over ``num_nodes``."""
-    per_node = max(1, num_processes // max(1, num_nodes))
-    return tuple(Place(rank, rank % per_node, num_processes, per_node) for rank in range(num_processes))
-
-
-#: what lm-eval's CLI passes as ``device`` when the user gives no ``--device`` (EvaluatorConfig)
-LM_EVAL_CLI_DEFAULT_DEVICE = "cuda:0"
-
-
-def unpinned_device(requested: str, launch: LaunchEnv) -> str:
-    """A ``cuda:N`` that cannot mean "only GPU N" becomes ``cuda`` (plan over every visible GPU):
-    lm-eval's CLI default ``cuda:0`` (else every CLI run on several GPUs would plan for one), and
-    any ``cuda:N`` under a launch of several processes, where each process takes its own GPUs
-    (stock ``hf`` overrides the device there too)."""
-    if requested.startswith("cuda:") and (requested == LM_EVAL_CLI_DEFAULT_DEVICE or launch.num_processes > 1):
-        return "cuda"
-    return requested
-
-
-def resolve_device(requested: str, hardware: Hardware) -> str:
-    """``auto`` -> cuda when a GPU is visible, else cpu. lm-eval's default ``cuda``/``cuda:0`` without
-    a visible GPU becomes cpu (the caller warns), as stock ``hf`` does: refusing it would break every
-    CPU run that did not spell ``--device cpu``. Any other CUDA device (``cuda:3``) was named by the
-    user: without a GPU it is an error, not a silent CPU run."""
-    if requested == "auto":
-        return "cuda" if hardware.gpus else "cpu"
-    if requested.startswith("cuda") and not hardware.gpus:
-        if requested not in ("cuda", "cuda:0"):  # not lm-eval's default: the user named this device
-            raise UserError(f"device={requested}: no CUDA device is visible (torch.cuda.is_available() is False); "
-                            "pass --device cpu, or drop --device to run on CPU")
-        return "cpu"
-    return requested
-
-
-def resolve_dtype(requested: str, device: str, hardware: Hardware) -> str:
-    """``auto``: float32 on CPU (bf16 matmuls there are slow and less exact), bfloat16 when every
-    visible GPU supports it, else the checkpoint's own dtype."""
-    if requested != "auto":
-        return requested
-    if device.startswith("cpu"):
-        return "float32"
-    if hardware.gpus and all(g.supports_bf16 for g in hardware.gpus):
-        return "bfloat16"
-    return "auto"
 
 
 @dataclass(frozen=True)
@@ -152,7 +79,8 @@ def visible_device_ids(hardware: Hardware) -> tuple[str, ...]:
 @dataclass(frozen=True)
 class HfBuild:
     plan: Plan
-    place: Place
+    launch: Launch
+    """The process this description is for (its ranks, its node)."""
     placement: Placement
     hflm_kwargs: Mapping[str, Any]
     """Every keyword argument handed to lm-eval's HFLM (device and parallelize from the placement)."""
@@ -165,7 +93,7 @@ class HfBuild:
     def process_group_backend(self) -> str | None:
         """What accelerate initialises: nccl on GPUs, gloo on CPU (hf_ext exports
         ``ACCELERATE_USE_CPU=true`` there); no group for a single process."""
-        if self.place.world_size <= 1:
+        if self.launch.world_size <= 1:
             return None
         return "nccl" if self.plan.device == "cuda" else "gloo"
 
@@ -189,47 +117,113 @@ class HfBuild:
                                 "subfolder": kw.get("subfolder"), "dtype": kw.get("dtype"),
                                 "trust_remote_code": kw.get("trust_remote_code"), **placed},
             "hflm": dict(kw),
-            "process": {"rank": self.place.rank, "local_rank": self.place.local_rank,
-                        "world_size": self.place.world_size, "local_world_size": self.place.local_world_size,
-                        "node_rank": self.place.node_rank, "num_nodes": self.place.num_nodes},
+            "process": {"rank": self.launch.rank, "local_rank": self.launch.local_rank,
+                        "world_size": self.launch.world_size, "local_world_size": self.launch.local_world_size,
+                        "node_rank": self.launch.node_rank, "num_nodes": self.launch.num_nodes},
             "gpus": {"cuda_visible_devices": self.cuda_visible_devices, "local_ordinals": list(ordinals),
                      "physical": [self.visible_devices[i] for i in ordinals if i < len(self.visible_devices)],
                      "input_device": self.placement.device},
-            "process_group": {"backend": self.process_group_backend, "rank": self.place.rank,
-                              "world_size": self.place.world_size,
+            "process_group": {"backend": self.process_group_backend, "rank": self.launch.rank,
+                              "world_size": self.launch.world_size,
                               "created_by": PROCESS_GROUP_CREATOR if self.process_group_backend else None},
-            "data_shard": {"rank": self.place.rank, "world_size": self.place.world_size},
+            "data_shard": {"rank": self.launch.rank, "world_size": self.launch.world_size},
             "environment": dict(self.environment),
             "plan": self.plan.to_json(),
             "warnings": list(self.plan.warnings),
         }
 
 
-def _environment(plan: Plan, hardware: Hardware, place: Place) -> dict[str, str]:
+def _environment(plan: Plan, hardware: Hardware, launch: Launch) -> dict[str, str]:
     env: dict[str, str] = {}
     if hardware.launch.omp_num_threads in (None, ""):
-        env["OMP_NUM_THREADS"] = str(omp_num_threads_default(hardware.num_cpu_cores, place.local_world_size))
-    if place.world_size > 1 and plan.device == "cpu":
+        env["OMP_NUM_THREADS"] = str(omp_num_threads_default(hardware.num_cpu_cores, launch.local_world_size))
+    if launch.world_size > 1 and plan.device == "cpu":
         env["ACCELERATE_USE_CPU"] = "true"
     return env
 
 
-def hf_build(plan: Plan, hardware: Hardware, place: Place, *, hflm_kwargs: Mapping[str, Any],
+def hf_build(plan: Plan, hardware: Hardware, launch: Launch, *, hflm_kwargs: Mapping[str, Any],
              offload_folder: str) -> HfBuild:
-    """The build description of the process at ``place``; ``hflm_kwargs`` as the config gives them
-    (device and dtype resolved), before the placement sets ``device`` and ``parallelize``."""
-    placed = placement(plan, device=str(hflm_kwargs.get("device", "cuda")), local_rank=place.local_rank,
+    """The build description of the process ``launch`` describes; ``hflm_kwargs`` as the config gives
+    them (device and dtype resolved), before the placement sets ``device`` and ``parallelize``."""
+    placed = placement(plan, device=str(hflm_kwargs.get("device", "cuda")), local_rank=launch.local_rank,
                        offload_folder=offload_folder)
     kwargs = {**hflm_kwargs, "device": placed.device, "parallelize": placed.parallelize}
-    return HfBuild(plan=plan, place=place, placement=placed, hflm_kwargs=kwargs,
+    return HfBuild(plan=plan, launch=launch, placement=placed, hflm_kwargs=kwargs,
                    visible_devices=visible_device_ids(hardware),
                    cuda_visible_devices=hardware.launch.cuda_visible_devices,
-                   environment=_environment(plan, hardware, place))
+                   environment=_environment(plan, hardware, launch))
 
 
 def hf_builds(plan: Plan, hardware: Hardware, *, hflm_kwargs: Mapping[str, Any],
               offload_folder: str) -> list[HfBuild]:
     """One build description per process of the planned launch (``lm-eval-ext plan --json``)."""
-    places = launch_places(plan.num_processes, hardware.num_nodes)
-    return [hf_build(plan, hardware, place, hflm_kwargs=hflm_kwargs, offload_folder=offload_folder)
-            for place in places]
+    return [hf_build(plan, hardware, launch, hflm_kwargs=hflm_kwargs, offload_folder=offload_folder)
+            for launch in launch_places(plan.num_processes, hardware.num_nodes)]
+
+
+@dataclass(frozen=True)
+class Layout:
+    """What ``hf_ext`` builds this process from: the plan, its build description, and its launch."""
+
+    plan: Plan | None
+    """None only when the model cannot be sized from a config (a bare GGUF file): stock placement."""
+    device: str
+    """The ``device`` handed to HFLM (inputs go there; accelerate hooks move them along a split)."""
+    accelerate_args: dict[str, Any] | None
+    """``device_map``/``max_memory``/``offload_folder`` of a split; None: one device per process."""
+    build: HfBuild | None = None
+    """The complete build description; None with ``plan``."""
+    hflm_kwargs: dict[str, Any] = field(default_factory=dict)
+    """What the adapter hands to HFLM (the build's, or the config's when there is no plan)."""
+    launch: Launch | None = None
+    """This process's launch on a real (not described) machine: the adapter joins its process group."""
+    preflight_warnings: tuple[str, ...] = ()
+    """What the launch checks warned about; logged with the plan."""
+
+    @property
+    def strategy_name(self) -> str:
+        """The strategy built (``single`` for stock placement); decides what fits, so budgets key on it."""
+        return self.plan.strategy.value if self.plan else Strategy.SINGLE.value
+
+    @property
+    def parallelize(self) -> bool:
+        return self.accelerate_args is not None
+
+    def hflm_overrides(self) -> dict[str, Any]:
+        return {"device": self.device, "parallelize": self.parallelize}
+
+    def placement_kwargs(self) -> dict[str, Any] | None:
+        """What ``from_pretrained`` gets for placement (HFLM's ``_get_accelerate_args``); None: stock."""
+        return self.build.placement_kwargs() if self.build is not None else None
+
+    def model_info(self) -> dict[str, Any]:
+        """What goes into the results' config: the plan, the memory map and the build description."""
+        info: dict[str, Any] = {"lm_eval_ext_plan": self.plan.to_json() if self.plan else None}
+        if self.accelerate_args:
+            info["lm_eval_ext_max_memory"] = {str(k): v for k, v in self.accelerate_args["max_memory"].items()}
+        if self.build is not None:
+            info["lm_eval_ext_build"] = self.build.to_json()
+        return info
+
+    def to_json(self) -> dict[str, Any]:
+        """What a dry run writes: the build description, or stock placement's HFLM arguments."""
+        if self.build is not None:
+            return self.build.to_json()
+        return {"backend": "hf", "plan": None, "hflm": dict(self.hflm_kwargs)}
+
+    def plan_warnings(self) -> list[str]:
+        return list(self.preflight_warnings)
+
+    def plan_details(self) -> list[str]:
+        return [f"device_map=auto with max_memory={self.accelerate_args['max_memory']}"] if self.accelerate_args else []
+
+
+def layout_from_plan(plan: Plan, *, device: str, hardware: Hardware, offload_folder: str,
+                     hflm_kwargs: Mapping[str, Any] | None = None, launch: Launch | None = None) -> Layout:
+    """Plan -> Layout around the build description of this process (``launch``: the hardware's)."""
+    build = hf_build(plan, hardware, launch or hardware.launch, offload_folder=offload_folder,
+                     hflm_kwargs={"device": device, **(hflm_kwargs or {})})
+    split = build.placement.parallelize
+    return Layout(plan, build.placement.device, build.placement_kwargs() if split else None, build,
+                  dict(build.hflm_kwargs))

@@ -1,6 +1,8 @@
-"""EDGE: detect the machine this process runs on (torch.cuda, /proc, the launcher's variables).
+"""EDGE: the machine this process runs on (torch.cuda, /proc, the launcher's variables).
 
-Returns the plain :class:`~lm_eval_ext.plan.hardware.Hardware` that the pure planner reads.
+Returns the plain :class:`~lm_eval_ext.plan.hardware.Hardware` that the pure planner reads;
+:func:`machine` is what both backends plan on: the machine described for a dry run
+(:mod:`lm_eval_ext.plan.dry_run`), else this one.
 """
 
 from __future__ import annotations
@@ -8,44 +10,9 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping
 
-from lm_eval_ext.errors import UserError
-from lm_eval_ext.plan.hardware import DEFAULT_DESCRIBED_CPU_RAM_BYTES, Gpu, Hardware, LaunchEnv
-
-
-def _env_int(environ: Mapping[str, str], name: str) -> int | None:
-    value = environ.get(name)
-    if value is None or value.strip() == "":
-        return None
-    try:
-        return int(value)
-    except ValueError:
-        raise UserError(f"environment variable {name}={value!r} must be an integer") from None
-
-
-def detect_launcher(environ: Mapping[str, str]) -> str:
-    # accelerate launch always exports its mixed-precision choice; checked first because its
-    # multi-GPU mode runs through torch elastic and so also looks like torchrun
-    if "ACCELERATE_MIXED_PRECISION" in environ:
-        return "accelerate"
-    if "TORCHELASTIC_RUN_ID" in environ:
-        return "torchrun"
-    if "SLURM_PROCID" in environ:
-        return "slurm"
-    return "python"
-
-
-def read_launch_env(environ: Mapping[str, str] = os.environ) -> LaunchEnv:
-    return LaunchEnv(
-        rank=_env_int(environ, "RANK"),
-        local_rank=_env_int(environ, "LOCAL_RANK"),
-        world_size=_env_int(environ, "WORLD_SIZE"),
-        local_world_size=_env_int(environ, "LOCAL_WORLD_SIZE"),
-        cuda_visible_devices=environ.get("CUDA_VISIBLE_DEVICES"),
-        omp_num_threads=environ.get("OMP_NUM_THREADS"),
-        master_addr=environ.get("MASTER_ADDR"),
-        master_port=environ.get("MASTER_PORT"),
-        launcher=detect_launcher(environ),
-    )
+from lm_eval_ext.plan.dry_run import described_hardware
+from lm_eval_ext.plan.hardware import DEFAULT_DESCRIBED_CPU_RAM_BYTES, Gpu, Hardware
+from lm_eval_ext.plan.launch_env import read_launch_env
 
 
 def _cpu_ram_bytes(meminfo: str = "/proc/meminfo") -> int:
@@ -61,12 +28,6 @@ def _cpu_ram_bytes(meminfo: str = "/proc/meminfo") -> int:
         return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
     except (ValueError, OSError, AttributeError):
         return DEFAULT_DESCRIBED_CPU_RAM_BYTES
-
-
-def _num_nodes(environ: Mapping[str, str], launch: LaunchEnv) -> int:
-    if launch.world_size and launch.local_world_size:
-        return max(1, launch.world_size // launch.local_world_size)
-    return _env_int(environ, "SLURM_NNODES") or 1
 
 
 def _free_and_total_bytes(torch, index: int) -> tuple[int, int]:
@@ -96,12 +57,17 @@ def detect_gpus() -> tuple[Gpu, ...]:
     return tuple(gpus)
 
 
+def num_cpu_cores() -> int:
+    """Cores this process may run on (its affinity), else the machine's."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
 def detect_hardware(environ: Mapping[str, str] = os.environ) -> Hardware:
     launch = read_launch_env(environ)
-    return Hardware(
-        gpus=detect_gpus(),
-        cpu_ram_bytes=_cpu_ram_bytes(),
-        num_cpu_cores=len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1,
-        num_nodes=_num_nodes(environ, launch),
-        launch=launch,
-    )
+    return Hardware(gpus=detect_gpus(), cpu_ram_bytes=_cpu_ram_bytes(), num_cpu_cores=num_cpu_cores(),
+                    num_nodes=launch.num_nodes, launch=launch)
+
+
+def machine(environ: Mapping[str, str] = os.environ) -> Hardware:
+    """The machine described for a dry run, else the detected one."""
+    return described_hardware(read_launch_env(environ), environ) or detect_hardware(environ)

@@ -13,6 +13,7 @@ import re
 from dataclasses import dataclass, field
 
 from lm_eval_ext.errors import UserError
+from lm_eval_ext.plan.launch import Launch
 from lm_eval_ext.units import GiB, format_bytes, parse_bytes
 
 #: RAM assumed for a described machine when the user does not say (a typical GPU server)
@@ -32,35 +33,13 @@ class Gpu:
 
 
 @dataclass(frozen=True)
-class LaunchEnv:
-    """The launcher's variables, parsed. ``None`` means the variable is absent."""
-
-    rank: int | None = None
-    local_rank: int | None = None
-    world_size: int | None = None
-    local_world_size: int | None = None
-    cuda_visible_devices: str | None = None
-    omp_num_threads: str | None = None
-    master_addr: str | None = None
-    master_port: str | None = None
-    launcher: str = "python"  # "accelerate", "torchrun", "slurm", "python"
-
-    @property
-    def num_processes(self) -> int:
-        return self.world_size or 1
-
-    @property
-    def num_local_processes(self) -> int:
-        return self.local_world_size or self.world_size or 1
-
-
-@dataclass(frozen=True)
 class Hardware:
     gpus: tuple[Gpu, ...] = ()
     cpu_ram_bytes: int = DEFAULT_DESCRIBED_CPU_RAM_BYTES
     num_cpu_cores: int = 1
     num_nodes: int = 1
-    launch: LaunchEnv = field(default_factory=LaunchEnv)
+    launch: Launch = field(default_factory=Launch)
+    """This process's launch: read from the launcher's variables, or a planned one (described)."""
     described: bool = False
 
     @property
@@ -112,11 +91,11 @@ def describe_hardware(spec: str = "", *, num_nodes: int = 1, cpu_ram_bytes: int 
         raise UserError(f"--nodes {num_nodes} must be at least 1")
     sizes = parse_gpu_spec(spec) if spec.strip() else ()
     gpus = tuple(Gpu("GPU", s, s) for s in sizes)
-    launch = LaunchEnv()
+    launch = Launch()
     if num_processes is not None:
         if num_processes < 1 or num_processes % num_nodes:
             raise UserError(f"--num_processes {num_processes} must be a positive multiple of --nodes {num_nodes}")
-        launch = LaunchEnv(world_size=num_processes, local_world_size=num_processes // num_nodes,
-                           launcher="described")
+        launch = Launch.resolve(world_size=num_processes, local_world_size=num_processes // num_nodes,
+                                launcher="described")
     return Hardware(gpus=gpus, cpu_ram_bytes=cpu_ram_bytes or DEFAULT_DESCRIBED_CPU_RAM_BYTES,
                     num_cpu_cores=num_cpu_cores, num_nodes=num_nodes, launch=launch, described=True)

@@ -1,4 +1,8 @@
-"""EDGE: the reader of what the planner needs to know about a model, read from its ``config.json`` only.
+"""EDGE: the one reader of a model's config: what the planner (and ``hf_ext``'s CPU budget) needs to
+know about a model, from its ``config.json`` or from a loaded model's config object, never weights.
+
+``config.json`` is found in a local folder, the Hugging Face cache, or (``download=True``, the
+adapters: they would download the model anyway) fetched alone from the hub.
 
 Architecture numbers (layers, heads, kv heads, ...) come straight from the JSON. The parameter
 count of the common decoder families (Llama, Mistral, Qwen2/3, Gemma 1/2, Mixtral, Phi-3, GPT-2,
@@ -20,7 +24,9 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import os
 import threading
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -38,15 +44,22 @@ _KEY_IGNORED = {"dtype", "torch_dtype", "transformers_version", "_name_or_path",
 
 
 def load_model_facts(pretrained: str, dtype: str = "auto", *, revision: str | None = None,
-                     subfolder: str = "", trust_remote_code: bool = False) -> ModelFacts:
-    """Facts for a local model folder, a bare ``config.json``, or a hub id already cached."""
-    config_path = resolve_config_path(pretrained, revision=revision, subfolder=subfolder)
+                     subfolder: str = "", trust_remote_code: bool = False, download: bool = False) -> ModelFacts:
+    """Facts for a local model folder, a bare ``config.json``, a hub id already cached, or (with
+    ``download``) a hub id whose ``config.json`` is fetched now."""
+    config_path = resolve_config_path(pretrained, revision=revision, subfolder=subfolder, download=download)
     config = read_config(config_path)
     return facts_from_config(config, dtype, name=pretrained, trust_remote_code=trust_remote_code,
                              config_dir=config_path.parent)
 
 
-def resolve_config_path(pretrained: str, *, revision: str | None = None, subfolder: str = "") -> Path:
+def hub_offline(environ: Mapping[str, str] = os.environ) -> bool:
+    """Whether the user forbade the hub (``HF_HUB_OFFLINE`` / ``TRANSFORMERS_OFFLINE``)."""
+    return any(environ.get(v, "").lower() in ("1", "true", "yes") for v in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"))
+
+
+def resolve_config_path(pretrained: str, *, revision: str | None = None, subfolder: str = "",
+                        download: bool = False) -> Path:
     path = Path(pretrained).expanduser()
     if path.is_file():
         return path
@@ -65,6 +78,10 @@ def resolve_config_path(pretrained: str, *, revision: str | None = None, subfold
         cached = None
     if isinstance(cached, str):
         return Path(cached)
+    if download:
+        from huggingface_hub import hf_hub_download
+
+        return Path(hf_hub_download(pretrained, "config.json", revision=revision, subfolder=subfolder or None))
     raise UserError(
         f"pretrained={pretrained!r} is neither a local path nor a model in the local Hugging Face "
         f"cache; download its config first (hf download {pretrained} config.json) or pass a path"
@@ -126,8 +143,17 @@ def config_dtype(config: dict[str, Any], dtype: str) -> str:
     return normalize_dtype(named or "float32")
 
 
-def facts_from_config(config: dict[str, Any], dtype: str = "auto", *, name: str = "",
-                      trust_remote_code: bool = False, config_dir: Path | None = None) -> ModelFacts:
+def config_dict(config: Mapping[str, Any] | Any) -> dict[str, Any]:
+    """A ``config.json`` mapping as is; a transformers config object (a loaded model's) as its dict."""
+    return dict(config) if isinstance(config, Mapping) else config.to_dict()
+
+
+def facts_from_config(config: Mapping[str, Any] | Any, dtype: str = "auto", *, name: str = "",
+                      trust_remote_code: bool = False, config_dir: Path | None = None,
+                      params: ParamCounts | None = None) -> ModelFacts:
+    """Facts from a ``config.json`` mapping or a loaded model's config object; ``params`` when the
+    caller counted them already (:func:`count_model_params` of a loaded model)."""
+    config = config_dict(config)
     text = _text_config(config)
     num_heads = int(_first(text, "num_attention_heads", "n_head", "num_heads", "n_heads"))
     hidden = int(_first(text, "hidden_size", "n_embd", "d_model", "dim"))
@@ -135,7 +161,7 @@ def facts_from_config(config: dict[str, Any], dtype: str = "auto", *, name: str 
         name=name or str(config.get("_name_or_path", config["model_type"])),
         model_type=str(config["model_type"]),
         dtype=config_dtype(config, dtype),
-        params=count_params(config, trust_remote_code=trust_remote_code, config_dir=config_dir),
+        params=params or count_params(config, trust_remote_code=trust_remote_code, config_dir=config_dir),
         num_layers=int(_first(text, "num_hidden_layers", "n_layer", "num_layers", "n_layers")),
         hidden_size=hidden,
         num_attention_heads=num_heads,
@@ -227,6 +253,11 @@ def _count_on_meta(config: dict[str, Any], *, trust_remote_code: bool, config_di
     with init_empty_weights():
         model = AutoModelForCausalLM.from_config(hf_config, trust_remote_code=trust_remote_code)
     model.tie_weights()  # from_config on meta leaves tied heads untied (transformers 5)
+    return count_model_params(model)
+
+
+def count_model_params(model) -> ParamCounts:
+    """Counts of a built model (on meta, or loaded): a tied tensor counts once."""
     embedding_ids = _embedding_param_ids(model)
     total = embedding = matrix = 0
     for param in model.parameters():  # parameters() yields a tied tensor once

@@ -6,7 +6,7 @@ Policy (memory arithmetic only, never size classes)
 ---------------------------------------------------
 *Headroom.* Every GPU keeps ``headroom = 1 GiB runtime + activation_tokens x (activations + KV)``
 free beside the weights; activations per token are float32 logits and log-softmax over the vocabulary
-plus ~12 hidden vectors (:func:`plan_types.activation_bytes_per_token`). What is left is the GPU's
+plus ~12 hidden vectors (:func:`lm_eval_ext.plan.token_bytes.bytes_per_token`). What is left is the GPU's
 ``usable`` bytes for weights, unless the user capped it with ``max_memory_per_gpu``.
 
 *transformers (hf).* A replica must hold the whole model. The planner takes the smallest slice

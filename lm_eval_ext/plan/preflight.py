@@ -1,7 +1,7 @@
 """PURE: launch checks that turn deep tracebacks into one clear message each.
 
 ``check(hardware, plan)`` reads the launcher's variables from ``hardware.launch`` (a
-:class:`~lm_eval_ext.plan.hardware.LaunchEnv`, parsed at the edge) and returns :class:`Finding` s;
+:class:`~lm_eval_ext.plan.launch.Launch`, read at the edge) and returns :class:`Finding` s;
 errors stop the run before weights load, warnings are logged. The caller (the ``hf_ext`` edge)
 raises :func:`raise_errors` and sets ``OMP_NUM_THREADS`` from :func:`omp_num_threads_default`.
 """
@@ -11,7 +11,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from lm_eval_ext.errors import UserError
-from lm_eval_ext.plan.hardware import Hardware, LaunchEnv
+from lm_eval_ext.plan.hardware import Hardware
+from lm_eval_ext.plan.launch import Launch
 from lm_eval_ext.plan.types import Plan, Strategy
 from lm_eval_ext.units import format_bytes as fmt
 
@@ -34,25 +35,25 @@ def check(hardware: Hardware, plan: Plan | None = None) -> list[Finding]:
     return findings
 
 
-def check_variables(launch: LaunchEnv) -> list[Finding]:
+def check_variables(launch: Launch) -> list[Finding]:
+    given = launch.given
     out = []
-    if (launch.world_size or 1) > 1 and launch.local_rank is None:
+    if launch.world_size > 1 and "local_rank" not in given:
         out.append(Finding("error", "local_rank_missing",
                            f"WORLD_SIZE={launch.world_size} is set but LOCAL_RANK is not, so no process knows "
                            "its GPU; start with `accelerate launch` or `torchrun` (they set both), or unset "
                            "WORLD_SIZE to run one process"))
-    if launch.rank is not None and launch.world_size is not None and not 0 <= launch.rank < launch.world_size:
+    if {"rank", "world_size"} <= given and not 0 <= launch.rank < launch.world_size:
         out.append(Finding("error", "rank_out_of_range",
                            f"RANK={launch.rank} is outside WORLD_SIZE={launch.world_size} (ranks are 0.."
                            f"{launch.world_size - 1}); unset hand-set RANK/WORLD_SIZE and let the launcher set them"))
-    if launch.local_rank is not None and launch.world_size is not None and launch.local_world_size is None \
+    if {"local_rank", "world_size"} <= given and "local_world_size" not in given \
             and not 0 <= launch.local_rank < launch.world_size:
         out.append(Finding("error", "local_rank_beyond_world",
                            f"LOCAL_RANK={launch.local_rank} cannot exist with WORLD_SIZE={launch.world_size} (a node "
                            f"runs at most WORLD_SIZE processes, so LOCAL_RANK is 0..{launch.world_size - 1}); unset "
                            "hand-set LOCAL_RANK/RANK/WORLD_SIZE and start with `accelerate launch` or `torchrun`"))
-    if launch.local_rank is not None and launch.local_world_size is not None \
-            and not 0 <= launch.local_rank < launch.local_world_size:
+    if {"local_rank", "local_world_size"} <= given and not 0 <= launch.local_rank < launch.local_world_size:
         out.append(Finding("error", "local_rank_out_of_range",
                            f"LOCAL_RANK={launch.local_rank} is outside LOCAL_WORLD_SIZE={launch.local_world_size}; "
                            "unset hand-set LOCAL_RANK/LOCAL_WORLD_SIZE and let the launcher set them"))
@@ -60,7 +61,7 @@ def check_variables(launch: LaunchEnv) -> list[Finding]:
     return out
 
 
-def _check_omp(launch: LaunchEnv) -> list[Finding]:
+def _check_omp(launch: Launch) -> list[Finding]:
     value = launch.omp_num_threads
     if value is None or value.strip() == "" or (value.strip().isdigit() and int(value) > 0):
         return []
@@ -69,10 +70,10 @@ def _check_omp(launch: LaunchEnv) -> list[Finding]:
                     "OMP_NUM_THREADS=4, or unset it to let lm-eval-ext use cores / local processes")]
 
 
-def check_rendezvous(launch: LaunchEnv) -> list[Finding]:
+def check_rendezvous(launch: Launch) -> list[Finding]:
     """A real multi-process launch needs rank 0's address: without it accelerate fails deep inside
     with a traceback about ``MASTER_ADDR``. Launchers (accelerate, torchrun) always set both."""
-    if (launch.world_size or 1) <= 1:
+    if not launch.is_distributed:
         return []
     missing = [name for name, value in (("MASTER_ADDR", launch.master_addr), ("MASTER_PORT", launch.master_port))
                if not value]
@@ -80,7 +81,7 @@ def check_rendezvous(launch: LaunchEnv) -> list[Finding]:
         return []
     return [Finding("error", "rendezvous_address_missing",
                     f"WORLD_SIZE={launch.world_size} starts {launch.world_size} processes, but {' and '.join(missing)} "
-                    f"{'is' if len(missing) == 1 else 'are'} not set, so rank {launch.rank or 0} cannot find rank 0; "
+                    f"{'is' if len(missing) == 1 else 'are'} not set, so rank {launch.rank} cannot find rank 0; "
                     "start with `accelerate launch` or `torchrun` (they set it), set MASTER_ADDR/MASTER_PORT "
                     "to rank 0's host and a free port, or unset WORLD_SIZE to run one process")]
 
@@ -91,16 +92,16 @@ def _gpus_per_process(plan: Plan | None) -> int:
     return max(1, plan.gpus_per_replica)
 
 
-def check_devices(launch: LaunchEnv, hardware: Hardware, plan: Plan | None) -> list[Finding]:
+def check_devices(launch: Launch, hardware: Hardware, plan: Plan | None) -> list[Finding]:
     num_visible = hardware.num_gpus_per_node
     if num_visible == 0 or (plan is not None and plan.device != "cuda"):
         return []
     per_process = _gpus_per_process(plan)
-    local_procs = launch.num_local_processes
+    local_procs = launch.local_world_size
     visible = f" (CUDA_VISIBLE_DEVICES={launch.cuda_visible_devices})" if launch.cuda_visible_devices is not None else ""
     out = []
     # the rank without a device is the one that crashes; name it rather than the count
-    if launch.local_rank is not None and (launch.local_rank + 1) * per_process > num_visible:
+    if "local_rank" in launch.given and (launch.local_rank + 1) * per_process > num_visible:
         out.append(Finding("error", "local_rank_not_visible",
                            f"LOCAL_RANK={launch.local_rank} has no GPU of its own: only {num_visible} device(s) "
                            f"are visible{visible}, which gives 'invalid device ordinal'. A hand-set "
@@ -110,7 +111,7 @@ def check_devices(launch: LaunchEnv, hardware: Hardware, plan: Plan | None) -> l
                            f"{local_procs} processes per node x {per_process} GPU(s) each need "
                            f"{local_procs * per_process} GPUs, but {num_visible} are visible{visible}; launch "
                            f"at most {max(1, num_visible // per_process)} process(es) per node"))
-    if launch.num_processes == 1 and num_visible > per_process and plan is not None \
+    if launch.world_size == 1 and num_visible > per_process and plan is not None \
             and plan.strategy in (Strategy.SINGLE, Strategy.DATA_PARALLEL) and plan.backend == "hf":
         wanted = num_visible // per_process
         out.append(Finding("warning", "one_process_many_gpus",
@@ -127,10 +128,10 @@ def _weights_per_gpu(plan: Plan) -> tuple[int, ...]:
 
 
 def _check_ram(hardware: Hardware, plan: Plan) -> list[Finding]:
-    need = hardware.launch.num_local_processes * (plan.weights_bytes + plan.headroom_bytes)
+    need = hardware.launch.local_world_size * (plan.weights_bytes + plan.headroom_bytes)
     if plan.strategy != Strategy.CPU_OFFLOAD and need > hardware.cpu_ram_bytes:
         return [Finding("error", "not_enough_ram",
-                        f"the plan needs {fmt(need)} of RAM ({hardware.launch.num_local_processes} replica(s)) "
+                        f"the plan needs {fmt(need)} of RAM ({hardware.launch.local_world_size} replica(s)) "
                         f"but the machine has {fmt(hardware.cpu_ram_bytes)}; use fewer processes or a smaller dtype")]
     return []
 
@@ -143,7 +144,7 @@ def check_memory(hardware: Hardware, plan: Plan) -> list[Finding]:
     if plan.backend != "hf":
         return []  # vLLM checks its own budget against free memory at start-up
     out = []
-    first = (hardware.launch.local_rank or 0) * max(1, plan.gpus_per_replica)
+    first = hardware.launch.local_rank * max(1, plan.gpus_per_replica)
     for offset, weights in enumerate(_weights_per_gpu(plan)):
         index = first + offset
         if index >= len(hardware.gpus):
@@ -178,4 +179,4 @@ def omp_num_threads_to_set(hardware: Hardware) -> int | None:
     """The value to export, or ``None`` when the user (or launcher) already set OMP_NUM_THREADS."""
     if hardware.launch.omp_num_threads not in (None, ""):
         return None
-    return omp_num_threads_default(hardware.num_cpu_cores, hardware.launch.num_local_processes)
+    return omp_num_threads_default(hardware.num_cpu_cores, hardware.launch.local_world_size)

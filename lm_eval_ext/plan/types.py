@@ -10,7 +10,8 @@ from enum import Enum
 from typing import Any
 
 from lm_eval_ext.errors import UserError
-from lm_eval_ext.plan.facts import DTYPE_BYTES, ModelFacts
+from lm_eval_ext.plan.facts import ModelFacts
+from lm_eval_ext.plan.token_bytes import bytes_per_token
 from lm_eval_ext.units import GiB
 from lm_eval_ext.units import format_bytes as fmt
 
@@ -135,22 +136,15 @@ class Plan:
         }
 
 
-def activation_bytes_per_token(model: ModelFacts) -> int:
-    """Transient bytes per token in flight, besides the KV cache: float32 logits and their
-    log-softmax over the vocabulary (the largest tensors of scoring), and about twelve hidden-size
-    vectors in the compute dtype (residual, attention and MLP intermediates)."""
-    return 8 * model.vocab_size + 12 * model.hidden_size * DTYPE_BYTES[model.dtype]
-
-
 def hf_headroom_bytes(model: ModelFacts, activation_tokens: int) -> int:
-    """Per-GPU reserve beside the weights for transformers: runtime + activations + the batch's KV."""
-    per_token = activation_bytes_per_token(model) + model.kv_bytes_per_token
-    return RUNTIME_RESERVE_BYTES + activation_tokens * per_token
+    """Per-GPU reserve beside the weights for transformers: runtime + activations + the batch's KV
+    (:func:`~lm_eval_ext.plan.token_bytes.bytes_per_token`, every position scored)."""
+    return RUNTIME_RESERVE_BYTES + activation_tokens * bytes_per_token(model, holds_kv=True)
 
 
 def vllm_reserve_bytes(model: ModelFacts, activation_tokens: int) -> int:
     """Per-GPU reserve beside weights and the paged KV cache (vLLM profiles the same peak)."""
-    return RUNTIME_RESERVE_BYTES + activation_tokens * activation_bytes_per_token(model)
+    return RUNTIME_RESERVE_BYTES + activation_tokens * bytes_per_token(model)
 
 
 def describe_model(model: ModelFacts) -> str:

@@ -13,9 +13,7 @@ prompts go to one of three engines:
 
 from __future__ import annotations
 
-import json
 import logging
-import os
 import weakref
 from typing import Any
 
@@ -24,13 +22,16 @@ from lm_eval_ext.backend.front import RequestFront
 from lm_eval_ext.backend.lm_requests import encode_pairs
 from lm_eval_ext.cache.request_cache import RequestCache
 from lm_eval_ext.compat import require
-from lm_eval_ext.errors import ConfigError, UserError, install_excepthook
+from lm_eval_ext.errors import ConfigError
 from lm_eval_ext.vllm.request_cache import vllm_identity, vllm_label
 from lm_eval_ext.lm_args import EvaluatorArgsChecked
-from lm_eval_ext.plan.detect import detect_hardware, read_launch_env
-from lm_eval_ext.vllm.build import VllmBuild, describe_vllm_build, engine_args
+from lm_eval_ext.plan.launch_env import read_launch_env
+from lm_eval_ext.vllm.build import VllmBuild
 from lm_eval_ext.vllm.config import AUTO, VllmExtConfig
 from lm_eval_ext.vllm.engines import InProcessEngine
+from lm_eval_ext.vllm.prepare import (  # construction steps, moved there (tests import plan_build there)
+    check_buildable_here, pin_in_process, plan_build, planned_model_config, read_hf_config,
+)
 from lm_eval_ext.vllm.shards import NodeShards
 from lm_eval_ext.vllm.sizes import VllmSizes
 
@@ -43,70 +44,6 @@ from lm_eval.models.vllm_causallms import VLLM, SamplingParams, get_tokenizer  #
 logger = logging.getLogger(__name__)
 
 
-def read_hf_config(config: VllmExtConfig) -> Any:
-    from transformers import AutoConfig
-
-    return AutoConfig.from_pretrained(
-        config.pretrained, trust_remote_code=config.trust_remote_code, revision=config.revision
-    )
-
-
-def load_facts(config: VllmExtConfig):
-    """The planner's model facts from config.json (no weights); a hub id not cached yet has its
-    config.json fetched (vLLM would download the model anyway)."""
-    from lm_eval_ext.plan.model_facts import load_model_facts
-
-    kwargs = dict(revision=config.revision, trust_remote_code=config.trust_remote_code)
-    try:
-        return load_model_facts(config.pretrained, config.dtype, **kwargs)
-    except UserError:
-        offline = any(os.environ.get(v, "").lower() in ("1", "true", "yes") for v in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"))
-        if os.path.exists(config.pretrained) or offline:
-            raise
-    from huggingface_hub import hf_hub_download
-
-    path = hf_hub_download(config.pretrained, "config.json", revision=config.revision)
-    return load_model_facts(path, config.dtype, trust_remote_code=config.trust_remote_code)
-
-
-def plan_build(config: VllmExtConfig) -> VllmBuild:
-    """Facts, the machine (described under a dry run, else detected), then the build description."""
-    from lm_eval_ext.dry_run import described_hardware
-
-    hardware = described_hardware(read_launch_env()) or detect_hardware()
-    cores = None if hardware.described else sorted(os.sched_getaffinity(0))
-    build = describe_vllm_build(load_facts(config), hardware, config, cpu_cores=cores)
-    logger.info("vllm_ext: plan %s on %s; sizes %s", build.plan.strategy.value, hardware.describe(),
-                json.dumps({k: v for k, v in build.sizes.as_dict().items() if k != "reasons"}))
-    for reason in build.plan.reasons + build.plan.warnings:
-        logger.info("vllm_ext: plan: %s", reason)
-    return build
-
-
-def check_buildable_here(build: VllmBuild) -> None:
-    """vllm_ext starts the replicas of this node only; replicas of other nodes would never run."""
-    nodes = [n for n in build.nodes_used if n is not None]
-    if len(nodes) > 1:
-        per_node = sum(r.node == 0 for r in build.replicas)
-        raise ConfigError(
-            f"data_parallel_size={build.sizes.data_parallel_size} puts replicas on {len(nodes)} nodes, but vllm_ext "
-            f"starts replicas on its own node only; use data_parallel_size={per_node} (this node), or "
-            "pipeline_parallel_size over nodes with distributed_executor_backend=ray (see docs/vllm.md)")
-
-
-def _pin_in_process(env: dict[str, str]) -> None:
-    """The in-process engine's pinning goes into this process's environment (vLLM's workers read
-    it); a value the user set wins and is kept."""
-    for name, value in env.items():
-        if name in os.environ and os.environ[name] != value:
-            logger.warning("vllm_ext: keeping %s=%s from the environment (the plan would set %s)",
-                           name, os.environ[name], value)
-            continue
-        if name not in os.environ:
-            logger.info("vllm_ext: %s=%s (planned pinning)", name, value)
-            os.environ[name] = value
-
-
 def build_engine(config: VllmExtConfig, build: VllmBuild | None) -> Any:
     if config.is_server_mode:
         from lm_eval_ext.vllm.server_client import ServerEngine
@@ -115,18 +52,9 @@ def build_engine(config: VllmExtConfig, build: VllmBuild | None) -> Any:
     from lm_eval_ext.vllm.replicas import ReplicaPool
 
     if len(build.replicas) == 1:
-        _pin_in_process(build.replicas[0].env)
+        pin_in_process(build.replicas[0].env)
         return InProcessEngine(build.replicas[0].engine_args)
     return ReplicaPool(build.replicas[0].engine_args, [replica.env for replica in build.replicas])
-
-
-def planned_model_config(config: VllmExtConfig, sizes: VllmSizes) -> Any:
-    """vLLM's own ``ModelConfig`` for this run, from config.json without weights (under a second):
-    the dtype every engine of the run will use, and the longest context vLLM allows for the model
-    (``max_model_len`` left to vLLM, so that a larger request is refused by our check, with the fix)."""
-    from vllm.engine.arg_utils import EngineArgs
-
-    return EngineArgs(**{**engine_args(config, sizes), "max_model_len": None}).create_model_config()
 
 
 class VllmExtLM(EvaluatorArgsChecked, VLLM):
@@ -137,7 +65,6 @@ class VllmExtLM(EvaluatorArgsChecked, VLLM):
     starts none."""
 
     def __init__(self, **model_args: Any) -> None:
-        install_excepthook()  # a bad model_arg is one line, not a traceback
         config = VllmExtConfig.from_model_args(model_args)
         cache = RequestCache(config.cache, config.cache_dir, identity=lambda: vllm_identity(self),
                              label=lambda: vllm_label(self))
@@ -151,11 +78,7 @@ class VllmExtLM(EvaluatorArgsChecked, VLLM):
             self.sizes = _server_sizes(config)
         else:
             self.build = plan_build(config)
-            self.sizes = self.build.sizes
-            from lm_eval_ext.dry_run import finish_dry_run, is_dry_run
-
-            if is_dry_run():  # the description is complete: nothing below changes what is built
-                finish_dry_run(self.build.to_json())
+            self.sizes = self.build.sizes  # a dry run has stopped in plan_build, the description complete
             check_buildable_here(self.build)
         self.node_shards = NodeShards.join(read_launch_env())  # one lm_eval process per node
         if self.node_shards is not None:

@@ -17,6 +17,7 @@ placed by Ray (no ``CUDA_VISIBLE_DEVICES``).
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
 from dataclasses import dataclass, fields, replace
 from typing import Any
@@ -64,6 +65,14 @@ class VllmBuild:
     def to_json(self) -> dict[str, Any]:
         return {"backend": "vllm", "mode": self.mode, "sizes": self.sizes.as_dict(), "plan": self.plan.to_json(),
                 "replicas": [r.to_json() for r in self.replicas]}
+
+    def plan_warnings(self) -> list[str]:
+        return []
+
+    def plan_details(self) -> list[str]:
+        """The engine sizes, logged with the plan (:func:`lm_eval_ext.plan.prepare.log_plan`)."""
+        sizes = {k: v for k, v in self.sizes.as_dict().items() if k != "reasons"}
+        return [f"vllm_ext sizes {json.dumps(sizes)}"]
 
 
 def _explicit(value: Any) -> Any:

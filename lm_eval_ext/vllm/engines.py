@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 
-logger = logging.getLogger("lm_eval_ext.vllm")
+logger = logging.getLogger(__name__)
 
 _engine_starts_lock = threading.Lock()
 _engine_starts = 0

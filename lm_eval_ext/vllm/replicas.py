@@ -31,7 +31,7 @@ from typing import Any
 from lm_eval_ext.vllm.build import replica_pinning  # noqa: F401 (re-exported: pinning is decided in build)
 from lm_eval_ext.vllm.engines import EngineOutput, collect, count_engine_start
 
-logger = logging.getLogger("lm_eval_ext.vllm")
+logger = logging.getLogger(__name__)
 
 #: Seconds a replica gets to exit after "close" before it is terminated, then killed.
 REPLICA_EXIT_GRACE_S = 30.0

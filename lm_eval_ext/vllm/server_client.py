@@ -31,7 +31,7 @@ from lm_eval_ext.errors import UserError
 from lm_eval_ext.vllm.config import VllmExtConfig
 from lm_eval_ext.vllm.engines import EngineOutput, GeneratedText, collect
 
-logger = logging.getLogger("lm_eval_ext.vllm")
+logger = logging.getLogger(__name__)
 
 #: SamplingParams fields forwarded for generation (vLLM's completions API accepts each by this name).
 _GENERATION_FIELDS = (

@@ -21,10 +21,10 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from lm_eval_ext.plan.hardware import LaunchEnv
+from lm_eval_ext.plan.launch import Launch
 from lm_eval_ext.rendezvous import join_process_group
 
-logger = logging.getLogger("lm_eval_ext.vllm")
+logger = logging.getLogger(__name__)
 
 
 class NodeShards:
@@ -34,10 +34,9 @@ class NodeShards:
         self.rank, self.world_size = rank, world_size
 
     @classmethod
-    def join(cls, launch: LaunchEnv) -> NodeShards | None:
+    def join(cls, launch: Launch) -> NodeShards | None:
         """None for one process; else joins (or finds) the process group."""
-        world_size = launch.world_size or 1
-        if world_size <= 1:
+        if not launch.is_distributed:
             return None
         import torch.distributed as dist
 

@@ -8,7 +8,9 @@ import pytest
 torch = pytest.importorskip("torch")
 
 from lm_eval_ext.hf.compute import probe  # noqa: E402
+from lm_eval_ext.hf.policy import token_budget  # noqa: E402
 from lm_eval_ext.hf.policy.batching import ScoreRequest, pack_rows  # noqa: E402
+from lm_eval_ext.plan.token_bytes import bytes_per_token  # noqa: E402
 
 
 def rows_of(width, count=6):
@@ -52,10 +54,21 @@ def test_cpu_budget_comes_from_available_ram(ext_lm, monkeypatch):
 
     monkeypatch.setattr(psutil, "virtual_memory", lambda: FakeMemory())
     small = ext_lm.engine.budgets.cpu_budget("loglikelihood", {"scored_fraction": 1.0, "row_tokens": 512})
-    shape = ext_lm.engine.budgets.shape()
-    per_token = probe.per_token_bytes(shape, kind="loglikelihood", scored_fraction=1.0, row_tokens=512)
-    assert small == probe.cpu_budget_tokens(FakeMemory.available, per_token)
-    assert probe.MIN_BATCH_TOKENS <= small < probe.CPU_MAX_BATCH_TOKENS
+    facts = ext_lm.engine.budgets.model_facts()
+    per_token = bytes_per_token(facts, scored_fraction=1.0, attention_row_tokens=512)
+    assert small == token_budget.cpu_budget_tokens(FakeMemory.available, per_token)
+    assert token_budget.MIN_BATCH_TOKENS <= small < token_budget.CPU_MAX_BATCH_TOKENS
+
+
+def test_the_cpu_budget_reads_the_loaded_model_with_the_planners_reader(ext_lm):
+    """One config reader: the loaded model's facts equal the planner's from its config.json."""
+    from lm_eval_ext.plan.model_facts import load_model_facts
+
+    loaded = ext_lm.engine.budgets.model_facts()
+    planned = load_model_facts(ext_lm.pretrained, "float32")
+    for name in ("num_layers", "hidden_size", "num_attention_heads", "num_kv_heads", "head_dim", "vocab_size",
+                 "dtype", "kv_bytes_per_token", "num_params"):
+        assert getattr(loaded, name) == getattr(planned, name), name
 
 
 def test_the_probe_key_names_the_strategy_that_was_built(ext_lm):

@@ -161,11 +161,11 @@ def test_seed_case_through_the_lm_eval_cli(tmp_path, scratch_env):
 
 
 def test_described_hardware_is_ignored_outside_a_dry_run():
-    from lm_eval_ext.dry_run import described_hardware
-    from lm_eval_ext.plan.hardware import LaunchEnv
+    from lm_eval_ext.plan.dry_run import described_hardware
+    from lm_eval_ext.plan.launch import Launch
 
-    assert described_hardware(LaunchEnv(), {"LM_EVAL_EXT_HARDWARE": "8x80GiB"}) is None
-    assert len(described_hardware(LaunchEnv(), {"LM_EVAL_EXT_HARDWARE": "8x80GiB",
+    assert described_hardware(Launch(), {"LM_EVAL_EXT_HARDWARE": "8x80GiB"}) is None
+    assert len(described_hardware(Launch(), {"LM_EVAL_EXT_HARDWARE": "8x80GiB",
                                                 "LM_EVAL_EXT_DRY_RUN": os.devnull}).gpus) == 8
 
 

@@ -12,7 +12,7 @@ import pytest
 from tests.helpers import free_port
 
 from lm_eval_ext.errors import UserError
-from lm_eval_ext.plan.hardware import LaunchEnv
+from lm_eval_ext.plan.launch import Launch
 
 torch = pytest.importorskip("torch")
 
@@ -21,7 +21,7 @@ def test_a_rank_whose_rank_zero_never_comes_fails_in_bounded_time_naming_what_it
     from lm_eval_ext.rendezvous import join_process_group
 
     port = free_port()
-    launch = LaunchEnv(rank=1, local_rank=1, world_size=2, master_addr="127.0.0.1", master_port=str(port))
+    launch = Launch.resolve(rank=1, local_rank=1, world_size=2, master_addr="127.0.0.1", master_port=str(port))
     caplog.set_level(logging.INFO, logger="lm_eval_ext.rendezvous")
     with pytest.raises(UserError) as failure:
         join_process_group(launch, {"LM_EVAL_EXT_RENDEZVOUS_TIMEOUT_S": "1"})
@@ -45,9 +45,9 @@ def test_a_bad_timeout_value_is_one_line():
 _RANK = """
 import sys, torch, torch.distributed as dist
 from lm_eval_ext.rendezvous import join_process_group
-from lm_eval_ext.plan.hardware import LaunchEnv
+from lm_eval_ext.plan.launch import Launch
 rank, port = int(sys.argv[1]), sys.argv[2]
-assert join_process_group(LaunchEnv(rank=rank, local_rank=rank, world_size=2, master_addr="127.0.0.1",
+assert join_process_group(Launch.resolve(rank=rank, local_rank=rank, world_size=2, master_addr="127.0.0.1",
                                     master_port=port), {"LM_EVAL_EXT_RENDEZVOUS_TIMEOUT_S": "60"})
 value = torch.tensor([rank + 1.0])
 dist.all_reduce(value)

@@ -2,11 +2,17 @@
 ``lm_eval_ext.compat.UPSTREAM`` and still exists upstream. The list drives the checks: a new
 private use that is not listed fails here, so none slips in untested.
 
-Found by reading our source (AST), three ways:
+Found by reading our source (AST), five ways:
 - imports from an upstream submodule (``from transformers.cache_utils import DynamicLayer``);
 - in a class that subclasses an upstream class, every ``_name`` it defines, reads or writes that the
   upstream class (or its bases) also uses: an override of a private hook or a private attribute;
-- anywhere, an attribute ``x._name`` whose name the package itself never defines.
+- anywhere, an attribute ``x._name`` whose name the package itself never defines;
+- anywhere, ``getattr(x, "_name", ...)`` / ``hasattr(x, "_name")`` with such a name in a string;
+- anywhere, an attribute read past one that leads into upstream internals (:data:`INTERNAL_ROOTS`:
+  ``llm.llm_engine.vllm_config.cache_config.block_size``), each name of the chain.
+Non-private upstream internals read through variables (``engine.step()``) cannot be told from our
+own attributes by syntax alone: they are listed by hand, and each listed attribute must still be
+used somewhere in the package, so the list stays true in both directions.
 """
 
 from __future__ import annotations
@@ -14,6 +20,7 @@ from __future__ import annotations
 import ast
 import importlib
 import inspect
+import re
 from pathlib import Path
 
 import pytest
@@ -25,6 +32,9 @@ UPSTREAM_PACKAGES = ("lm_eval", "transformers", "vllm", "accelerate", "torch")
 #: private names of the standard library the package uses on purpose
 STDLIB_PRIVATE = {"_exit"}  # os._exit: a replica child must not run atexit handlers
 TREES = {p: ast.parse(p.read_text()) for p in sorted(PACKAGE.rglob("*.py"))}
+#: upstream attributes whose values are upstream internals: every name read past them must be listed
+INTERNAL_ROOTS = {"llm_engine", "engine_core", "_hf_hook"}
+_ATTRIBUTE_BUILTINS = {"getattr", "hasattr", "setattr", "delattr"}
 
 
 def _is_private(name: str) -> bool:
@@ -61,15 +71,86 @@ def names_defined_here() -> set[str]:
     return defined
 
 
-def foreign_private_attributes() -> dict[str, set[str]]:
-    """``x._name`` reads where the package never defines ``_name`` -> our files."""
-    defined = names_defined_here()
+def _found_in_source(names_at) -> dict[str, set[str]]:
+    """Each name ``names_at(node)`` returns for some node of our source -> our files."""
     found: dict[str, set[str]] = {}
     for path, tree in TREES.items():
         for node in ast.walk(tree):
-            if isinstance(node, ast.Attribute) and _is_private(node.attr) and node.attr not in defined:
-                found.setdefault(node.attr, set()).add(path.name)
+            for name in names_at(node):
+                found.setdefault(name, set()).add(path.name)
     return found
+
+
+def foreign_private_attributes() -> dict[str, set[str]]:
+    """``x._name`` reads where the package never defines ``_name`` -> our files."""
+    defined = names_defined_here()
+    return _found_in_source(lambda node: [node.attr] if isinstance(node, ast.Attribute) and _is_private(node.attr)
+                            and node.attr not in defined else [])
+
+
+def _string_attribute(node: ast.AST) -> tuple[ast.expr, str] | None:
+    """``getattr(x, "name", ...)`` and its kin -> (x, "name"); else None."""
+    if isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id in _ATTRIBUTE_BUILTINS \
+            and len(node.args) >= 2 and isinstance(node.args[1], ast.Constant) and isinstance(node.args[1].value, str):
+        return node.args[0], node.args[1].value
+    return None
+
+
+def foreign_private_strings() -> dict[str, set[str]]:
+    """``getattr(x, "_name")`` (and hasattr/setattr/delattr) where the package never defines ``_name``."""
+    defined = names_defined_here()
+
+    def names_at(node: ast.AST) -> list[str]:
+        reached = _string_attribute(node)
+        return [reached[1]] if reached and _is_private(reached[1]) and reached[1] not in defined else []
+
+    return _found_in_source(names_at)
+
+
+def attribute_chain(node: ast.AST) -> list[str]:
+    """The attribute names of an expression from its root out: ``a.b().c[0].d`` -> [b, c, d]."""
+    names: list[str] = []
+    while True:
+        reached = _string_attribute(node)
+        if isinstance(node, ast.Attribute):
+            names.append(node.attr)
+            node = node.value
+        elif reached:
+            names.append(reached[1])
+            node = reached[0]
+        elif isinstance(node, ast.Call):
+            node = node.func
+        elif isinstance(node, ast.Subscript):
+            node = node.value
+        else:
+            return names[::-1]
+
+
+def names_read_past_internals() -> dict[str, set[str]]:
+    """Each name read past an :data:`INTERNAL_ROOTS` attribute -> our files."""
+
+    def names_at(node: ast.AST) -> list[str]:
+        chain = attribute_chain(node)
+        roots = [i for i, name in enumerate(chain) if name in INTERNAL_ROOTS]
+        return chain[roots[0] + 1:] if roots else []
+
+    return _found_in_source(names_at)
+
+
+def names_used_here() -> set[str]:
+    """Every attribute the package reads, writes, defines, passes by keyword or names in a string."""
+    used: set[str] = set()
+    for tree in TREES.values():
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Attribute):
+                used.add(node.attr)
+            elif isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                used.add(node.name)
+            elif isinstance(node, ast.keyword) and node.arg:
+                used.add(node.arg)
+            elif (reached := _string_attribute(node)) is not None:
+                used.add(reached[1])
+    return used
 
 
 def _upstream_base(module_tree: ast.Module, base: ast.expr):
@@ -144,6 +225,22 @@ def test_every_foreign_private_attribute_is_listed():
     assert not missing, f"private upstream attributes not in compat.UPSTREAM: {missing}"
 
 
+def test_every_private_name_reached_through_a_string_is_listed():
+    missing = {a: sorted(f) for a, f in foreign_private_strings().items() if a not in LISTED_ATTRS | STDLIB_PRIVATE}
+    assert not missing, f"private upstream names in getattr/hasattr strings, not in compat.UPSTREAM: {missing}"
+
+
+def test_every_name_read_past_an_upstream_internal_is_listed():
+    missing = {a: sorted(f) for a, f in names_read_past_internals().items() if a not in LISTED_ATTRS}
+    assert not missing, f"upstream internals read by attribute, not in compat.UPSTREAM: {missing}"
+
+
+@pytest.mark.parametrize("entry", [e for e in UPSTREAM if "." in e.name], ids=lambda e: e.target)
+def test_each_listed_attribute_is_still_used(entry):
+    """A listed attribute nothing uses any more must leave the list (it would vouch for nothing)."""
+    assert entry.name.split(".")[-1] in names_used_here(), f"{entry.target} is listed but not used in the package"
+
+
 def test_every_private_name_shared_with_an_upstream_base_is_listed():
     pytest.importorskip("torch")
     uses = subclass_private_uses()
@@ -162,19 +259,36 @@ def test_each_listed_name_still_exists_upstream(entry):
         if hasattr(obj, part):
             obj = getattr(obj, part)
             continue
-        # an instance attribute: set somewhere in the class's (or a base's) source
-        assert i == len(rest) - 1 and inspect.isclass(obj), f"{entry.target}: {part} not found"
-        assert part in _private_names_of(obj) or f"self.{part}" in inspect.getsource(obj), \
-            f"{entry.target}: {part} is not set by {obj.__name__} any more"
+        # an instance attribute or field: set or declared in the class's (or a base's) source, or
+        # set on another object by an upstream function (accelerate's ``module._hf_hook = hook``)
+        assert i == len(rest) - 1 and (inspect.isclass(obj) or inspect.isfunction(obj)), f"{entry.target}: {part} not found"
+        assert _sets_or_declares(obj, part), f"{entry.target}: {part} is not set by {obj.__name__} any more"
+
+
+def _sets_or_declares(obj, name: str) -> bool:
+    """``self.name`` / ``x.name = ...`` in the source, or ``name: type`` declared as a field."""
+    if inspect.isclass(obj) and name in _private_names_of(obj):
+        return True
+    pattern = re.compile(rf"self\.{re.escape(name)}\b|\.{re.escape(name)}\s*=[^=]|^\s+{re.escape(name)}\s*:", re.M)
+    for klass in obj.__mro__ if inspect.isclass(obj) else (obj,):
+        try:
+            if pattern.search(inspect.getsource(klass)):
+                return True
+        except (OSError, TypeError):  # object, builtins, C extensions
+            continue
+    return False
 
 
 def test_the_scanner_finds_a_private_use(tmp_path):
     """The checks can fail: a private upstream import and attribute are reported."""
     probe = tmp_path / "probe.py"
-    probe.write_text("from transformers.cache_utils import _private_thing\nx = object()._hidden_upstream_attr\n")
+    probe.write_text("from transformers.cache_utils import _private_thing\nx = object()._hidden_upstream_attr\n"
+                     "y = getattr(x, '_hidden_by_string', None)\nz = x.llm_engine.new_internal.deeper()\n")
     TREES[probe] = ast.parse(probe.read_text())
     try:
         assert "transformers.cache_utils:_private_thing" in upstream_imports()
         assert "_hidden_upstream_attr" in foreign_private_attributes()
+        assert "_hidden_by_string" in foreign_private_strings()
+        assert {"new_internal", "deeper"} <= set(names_read_past_internals())
     finally:
         del TREES[probe]

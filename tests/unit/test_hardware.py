@@ -1,7 +1,8 @@
 import pytest
 
 from lm_eval_ext.errors import UserError
-from lm_eval_ext.plan.detect import detect_hardware, detect_launcher, read_launch_env
+from lm_eval_ext.plan.detect import detect_hardware
+from lm_eval_ext.plan.launch_env import detect_launcher, read_launch_env
 from lm_eval_ext.plan.hardware import Gpu, Hardware, describe_hardware, parse_gpu_spec
 from lm_eval_ext.units import GiB
 
@@ -33,7 +34,7 @@ def test_bad_gpu_specs(spec, message):
 def test_describe_hardware_nodes_and_processes():
     hardware = describe_hardware("4x80GiB", num_nodes=2, num_processes=4)
     assert (hardware.num_gpus_per_node, hardware.num_gpus, hardware.num_nodes) == (4, 8, 2)
-    assert (hardware.launch.world_size, hardware.launch.num_local_processes) == (4, 2)
+    assert (hardware.launch.world_size, hardware.launch.local_world_size) == (4, 2)
     assert hardware.gpus[0].free_bytes == hardware.gpus[0].total_bytes
     assert hardware.describe() == "2 nodes x 4 x GPU (80.0 GiB)"
 
@@ -59,7 +60,7 @@ def test_read_launch_env():
     launch = read_launch_env(env)
     assert (launch.rank, launch.local_rank, launch.world_size, launch.local_world_size) == (3, 1, 4, 2)
     assert launch.cuda_visible_devices == "0,1" and launch.launcher == "torchrun"
-    assert read_launch_env({}).num_processes == 1
+    assert read_launch_env({}).world_size == 1
 
 
 def test_bad_env_integer():

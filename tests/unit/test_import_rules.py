@@ -1,4 +1,6 @@
-"""The pure core stays pure, and the package has no import cycle (read from the source, by AST).
+"""The pure core stays pure, the package has no import cycle, loggers are named after their modules
+(read from the source, by AST), and importing a module has no side effect (checked in a fresh
+interpreter).
 
 A module whose docstring starts with ``PURE`` decides things from plain data: it may import the
 standard library and other PURE modules, nothing else of the package, no ML library, and it may not
@@ -9,6 +11,11 @@ hidden in a function body is still a cycle.
 from __future__ import annotations
 
 import ast
+import graphlib
+import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -166,3 +173,95 @@ def test_the_rules_catch_a_violation(tmp_path):
         assert reads_environ("lm_eval_ext._probe_violation")
     finally:
         del TREES["lm_eval_ext._probe_violation"], MODULES["lm_eval_ext._probe_violation"]
+
+
+#: modules that configure loggers other than their own on purpose
+CONFIGURES_LOGGERS = {"lm_eval_ext.logs"}  # shares lm-eval's handlers with the package's root logger
+#: modules that name their logger by hand (none: a new one needs a reason here)
+KNOWN_LOGGER_NAMES: dict[str, set[str]] = {}
+
+
+def logger_names_given(name: str) -> set[str]:
+    """String constants handed to ``logging.getLogger`` in module ``name``."""
+    found = set()
+    for node in ast.walk(TREES[name]):
+        if isinstance(node, ast.Call) and node.args and isinstance(node.args[0], ast.Constant):
+            func = node.func
+            called = func.attr if isinstance(func, ast.Attribute) else getattr(func, "id", None)
+            if called == "getLogger" and isinstance(node.args[0].value, str):
+                found.add(node.args[0].value)
+    return found
+
+
+def test_logger_names_equal_module_names():
+    """``logging.getLogger(__name__)``: a record names the module that wrote it, and a user silences
+    or raises one part (``lm_eval_ext.plan``) by the package's own names."""
+    wrong = {name: given for name in MODULES if name not in CONFIGURES_LOGGERS
+             if (given := logger_names_given(name) - {name})}
+    assert wrong == KNOWN_LOGGER_NAMES
+
+
+def test_the_logger_rule_can_fail():
+    TREES["lm_eval_ext._probe_logger"] = ast.parse('import logging\nlogger = logging.getLogger("lm_eval_ext.other")\n')
+    try:
+        assert logger_names_given("lm_eval_ext._probe_logger") == {"lm_eval_ext.other"}
+    finally:
+        del TREES["lm_eval_ext._probe_logger"]
+
+
+#: modules with an import side effect (none). The excepthook belongs where lm-eval builds a model
+#: (``lm_args.EvaluatorArgsChecked``), never in an import.
+KNOWN_IMPORT_SIDE_EFFECTS: dict[str, list[str]] = {}
+
+_SIDE_EFFECTS_SCRIPT = r"""
+import importlib, json, logging, sys
+
+for heavy in ("torch", "transformers", "accelerate", "lm_eval", "lm_eval.api.registry", "lm_eval.models", "vllm"):
+    try:  # third-party imports configure their own loggers; only ours are checked
+        importlib.import_module(heavy)
+    except Exception:
+        pass
+
+def logging_state():  # the root logger and ours (third-party imports configure their own on import)
+    loggers = {"": logging.root, **{n: l for n, l in logging.root.manager.loggerDict.items()
+                                    if isinstance(l, logging.Logger) and n.split(".")[0] in ("lm_eval_ext", "lm_eval")}}
+    configured = {n: (tuple(map(id, l.handlers)), l.level, l.propagate, l.disabled) for n, l in loggers.items()}
+    return {n: state for n, state in configured.items() if state[0] or state[1] or not state[2] or state[3]}, \
+        logging.root.manager.disable
+
+effects = {}
+for name in json.loads(sys.argv[1]):
+    hook, state = sys.excepthook, logging_state()
+    try:
+        importlib.import_module(name)
+    except ImportError as exc:  # a backend that is not installed here
+        effects[name] = ["not importable: " + str(exc).splitlines()[0]]
+        continue
+    found = []
+    if sys.excepthook is not hook:
+        found.append("excepthook")
+        sys.excepthook = hook
+    if logging_state() != state:
+        found.append("logging")
+    if found:
+        effects[name] = found
+print(json.dumps(effects))
+"""
+
+
+def import_order() -> list[str]:
+    """Every module after the package modules it imports, so an effect is its own, not a dependency's."""
+    graph = {name: package_imports(name) for name in MODULES}
+    return [name for name in graphlib.TopologicalSorter(graph).static_order() if name in MODULES]
+
+
+def test_importing_a_module_installs_no_excepthook_and_configures_no_logging():
+    root = str(PACKAGE.parent)
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [root, os.environ.get("PYTHONPATH")]))}
+    done = subprocess.run([sys.executable, "-c", _SIDE_EFFECTS_SCRIPT, json.dumps(import_order())], env=env,
+                          cwd=root, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    effects = json.loads(done.stdout.strip().splitlines()[-1])
+    absent = {name: found for name, found in effects.items() if found[0].startswith("not importable")}
+    assert all("lm-eval-ext[" in found[0] for found in absent.values()), absent  # only a backend not installed
+    assert {name: found for name, found in effects.items() if name not in absent} == KNOWN_IMPORT_SIDE_EFFECTS

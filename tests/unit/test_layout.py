@@ -7,16 +7,20 @@ from tests.unit.planner_fixtures import CONFIGS, facts
 
 from lm_eval_ext.hf.config import HfExtConfig
 from lm_eval_ext.errors import UserError
-from lm_eval_ext.plan.hardware import LaunchEnv, describe_hardware
-from lm_eval_ext.plan.layout import apply_omp_default, build_layout, layout_from_plan, plan_request
+from lm_eval_ext.plan.hardware import describe_hardware
+from lm_eval_ext.plan.launch import Launch
+from lm_eval_ext.plan.build import layout_from_plan
+from lm_eval_ext.plan.hf_settings import plan_request
+from lm_eval_ext.plan.layout import build_layout
+from lm_eval_ext.plan.threads import apply_omp_default
 from lm_eval_ext.plan.types import PlanRequest, Strategy
 from lm_eval_ext.plan.planner import plan
 from lm_eval_ext.units import GiB
 
 
 def _launched(hardware, world, local_rank):
-    return replace(hardware, launch=LaunchEnv(world_size=world, local_world_size=world, rank=local_rank,
-                                              local_rank=local_rank, omp_num_threads="1"))
+    return replace(hardware, launch=Launch.resolve(world_size=world, local_world_size=world, rank=local_rank,
+                                                   local_rank=local_rank, omp_num_threads="1"))
 
 
 def test_hybrid_process_takes_its_own_contiguous_slice():
@@ -68,13 +72,13 @@ def test_plan_request_reads_user_settings():
 
 
 def test_build_layout_on_described_gpus():
-    hardware = replace(describe_hardware("24GiB,24GiB"), launch=LaunchEnv(omp_num_threads="1"))
+    hardware = replace(describe_hardware("24GiB,24GiB"), launch=Launch.resolve(omp_num_threads="1"))
     layout = build_layout(_config("qwen2.5-14b"), device="cuda", dtype="auto", environ={}, hardware=hardware)
     assert layout.plan.strategy == Strategy.MODEL_SPLIT and layout.device == "cuda:0"
 
 
 def test_pinned_device_cannot_hold_a_split():
-    hardware = replace(describe_hardware("24GiB,24GiB"), launch=LaunchEnv(omp_num_threads="1"))
+    hardware = replace(describe_hardware("24GiB,24GiB"), launch=Launch.resolve(omp_num_threads="1"))
     with pytest.raises(UserError, match=r"with 1 GPU\(s\) per replica does not hold.*device=cuda:1 limits the plan"):
         build_layout(_config("qwen2.5-14b", strategy="model_split"), device="cuda:1", dtype="auto",
                      environ={}, hardware=hardware)
@@ -83,7 +87,7 @@ def test_pinned_device_cannot_hold_a_split():
 
 
 def test_build_layout_stops_on_broken_launch_variables():
-    hardware = replace(describe_hardware("2x24GiB"), launch=LaunchEnv(world_size=2, rank=0))
+    hardware = replace(describe_hardware("2x24GiB"), launch=Launch.resolve(world_size=2, rank=0))
     with pytest.raises(UserError, match="preflight: WORLD_SIZE=2 is set but LOCAL_RANK is not"):
         build_layout(_config("gpt2"), device="cuda", dtype="auto", environ={}, hardware=hardware)
 
@@ -95,10 +99,10 @@ def test_build_layout_stops_when_the_launch_cannot_hold_the_plan():
 
 
 def test_omp_default_is_set_and_logged(caplog):
-    hardware = replace(describe_hardware("", num_cpu_cores=8), launch=LaunchEnv(world_size=2, local_world_size=2))
+    hardware = replace(describe_hardware("", num_cpu_cores=8), launch=Launch.resolve(world_size=2, local_world_size=2))
     environ = {}
-    with caplog.at_level("INFO", logger="lm_eval_ext.plan.layout"):
+    with caplog.at_level("INFO", logger="lm_eval_ext.plan.threads"):
         assert apply_omp_default(hardware, environ) == 4
     assert environ == {"OMP_NUM_THREADS": "4"}
     assert "OMP_NUM_THREADS was unset; set to 4 (8 cores / 2 local processes)" in caplog.text
-    assert apply_omp_default(replace(hardware, launch=LaunchEnv(omp_num_threads="2")), environ) is None
+    assert apply_omp_default(replace(hardware, launch=Launch.resolve(omp_num_threads="2")), environ) is None

@@ -8,13 +8,14 @@ from dataclasses import replace
 
 from tests.unit.planner_fixtures import CONFIGS, facts
 
-from lm_eval_ext.plan.build import launch_places, resolve_device, resolve_dtype, unpinned_device
-from lm_eval_ext.plan.hardware import Gpu, LaunchEnv, describe_hardware
+from lm_eval_ext.plan.hf_settings import resolve_device, resolve_dtype, unpinned_device
+from lm_eval_ext.plan.hardware import Gpu, describe_hardware
+from lm_eval_ext.plan.launch import Launch, launch_places
 
 
 def test_lm_eval_cli_default_device_is_not_a_pin():
-    one = LaunchEnv()
-    four = LaunchEnv(world_size=4, local_world_size=4, local_rank=2)
+    one = Launch()
+    four = Launch.resolve(world_size=4, local_world_size=4, local_rank=2)
     assert unpinned_device("cuda:0", one) == "cuda"  # lm-eval's EvaluatorConfig default
     assert unpinned_device("cuda:1", one) == "cuda:1"  # a real pin in one process stays
     assert unpinned_device("cuda:1", four) == "cuda"  # under a launch each rank takes its own GPUs

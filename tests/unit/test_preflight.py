@@ -6,7 +6,8 @@ import pytest
 from tests.unit.planner_fixtures import facts
 
 from lm_eval_ext.errors import UserError
-from lm_eval_ext.plan.hardware import Gpu, LaunchEnv, describe_hardware
+from lm_eval_ext.plan.hardware import Gpu, describe_hardware
+from lm_eval_ext.plan.launch import Launch
 from lm_eval_ext.plan.types import PlanRequest
 from lm_eval_ext.plan.planner import plan
 from lm_eval_ext.plan.preflight import check, omp_num_threads_default, omp_num_threads_to_set, raise_errors
@@ -14,7 +15,7 @@ from lm_eval_ext.units import GiB
 
 
 def _with_launch(hardware, **launch):
-    return replace(hardware, launch=LaunchEnv(**launch))
+    return replace(hardware, launch=Launch.resolve(**launch))
 
 
 def _codes(findings):
@@ -118,9 +119,9 @@ def test_omp_default(cores, procs, expected):
 
 
 def test_omp_left_alone_when_set():
-    hardware = replace(describe_hardware("", num_cpu_cores=8), launch=LaunchEnv(omp_num_threads="3"))
+    hardware = replace(describe_hardware("", num_cpu_cores=8), launch=Launch.resolve(omp_num_threads="3"))
     assert omp_num_threads_to_set(hardware) is None
-    unset = replace(describe_hardware("", num_cpu_cores=8), launch=LaunchEnv(world_size=2, local_world_size=2))
+    unset = replace(describe_hardware("", num_cpu_cores=8), launch=Launch.resolve(world_size=2, local_world_size=2))
     assert omp_num_threads_to_set(unset) == 4
 
 
@@ -140,13 +141,13 @@ def test_a_local_rank_beyond_the_world_cannot_exist():
 def test_a_hand_set_world_without_rank_zeros_address_is_refused():
     from lm_eval_ext.plan.preflight import check_rendezvous
 
-    findings = check_rendezvous(LaunchEnv(world_size=2, rank=1, local_rank=1))
+    findings = check_rendezvous(Launch.resolve(world_size=2, rank=1, local_rank=1))
     assert [f.message for f in findings] == [
         "WORLD_SIZE=2 starts 2 processes, but MASTER_ADDR and MASTER_PORT are not set, so rank 1 cannot find "
         "rank 0; start with `accelerate launch` or `torchrun` (they set it), set MASTER_ADDR/MASTER_PORT to rank "
         "0's host and a free port, or unset WORLD_SIZE to run one process"]
-    assert check_rendezvous(LaunchEnv(world_size=2, rank=1, local_rank=1, master_addr="h", master_port="1")) == []
-    assert check_rendezvous(LaunchEnv()) == []
+    assert check_rendezvous(Launch.resolve(world_size=2, rank=1, local_rank=1, master_addr="h", master_port="1")) == []
+    assert check_rendezvous(Launch()) == []
 
 
 @pytest.mark.parametrize("value", ["abc", "0", "-2", "1.5"])

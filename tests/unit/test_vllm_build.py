@@ -9,7 +9,8 @@ import pytest
 from tests.unit.planner_fixtures import facts
 
 from lm_eval_ext.errors import ConfigError, UserError
-from lm_eval_ext.plan.hardware import LaunchEnv, describe_hardware
+from lm_eval_ext.plan.hardware import describe_hardware
+from lm_eval_ext.plan.launch import Launch
 from lm_eval_ext.vllm.build import describe_vllm_build, replica_pinning, vllm_request
 from lm_eval_ext.vllm.config import VllmExtConfig
 
@@ -44,7 +45,7 @@ def test_visible_devices_of_the_launch_are_sliced():
     hardware = describe_hardware("2x80GiB")
     from dataclasses import replace
 
-    hardware = replace(hardware, launch=LaunchEnv(cuda_visible_devices="5,7"))
+    hardware = replace(hardware, launch=Launch.resolve(cuda_visible_devices="5,7"))
     result = describe_vllm_build(facts("qwen2.5-0.5b"), hardware, config())
     assert [r.env for r in result.replicas] == [{"CUDA_VISIBLE_DEVICES": "5"}, {"CUDA_VISIBLE_DEVICES": "7"}]
 

@@ -30,7 +30,7 @@ def test_a_local_server_is_identified_by_the_content_of_what_it_serves(tmp_path)
 def test_a_remote_server_is_identified_by_name_and_address_with_a_warning(tmp_path, caplog):
     root = _checkpoint(tmp_path / "m", b"weights-1")
     card = {"id": "m", "root": str(root), "max_model_len": 1024}
-    with caplog.at_level(logging.WARNING, logger="lm_eval_ext.cache.store"):
+    with caplog.at_level(logging.WARNING, logger="lm_eval_ext.vllm.request_cache"):
         weights, settings = served_weights(card, "http://gpu7:8000/v1", None)
     # a remote /models/m need not be this machine's /models/m: its files are not hashed here
     assert weights == f"served:{root}" and settings["server"] == "gpu7:8000"

@@ -81,7 +81,7 @@ def test_dry_run_builds_what_plan_prints(model, gpus, nodes, tmp_path, monkeypat
 
 
 def test_described_hardware_outside_a_dry_run_is_ignored(tiny_vllm_model_path, monkeypatch, caplog):
-    from lm_eval_ext.vllm.adapter import plan_build
+    from lm_eval_ext.vllm.prepare import plan_build
     from lm_eval_ext.vllm.config import VllmExtConfig
 
     monkeypatch.delenv("LM_EVAL_EXT_DRY_RUN", raising=False)

@@ -23,9 +23,13 @@ from lm_eval_ext.compat import hflm_accelerator
 from lm_eval_ext.hf.compute import probe
 from lm_eval_ext.hf.policy.batching import Batch
 from lm_eval_ext.hf.compute.oom import free_memory, is_out_of_memory
+from lm_eval_ext.hf.policy.token_budget import cpu_budget_tokens, search_budget
 from lm_eval_ext.model_args import is_auto_batch_size
+from lm_eval_ext.plan.facts import ModelFacts
+from lm_eval_ext.plan.model_facts import count_model_params, facts_from_config
+from lm_eval_ext.plan.token_bytes import bytes_per_token
 
-logger = logging.getLogger("lm_eval_ext.hf.compute.engine")
+logger = logging.getLogger(__name__)
 
 #: what a rank with no requests offers when ranks agree on a budget (the minimum wins)
 _NO_LIMIT_TOKENS = 2**62
@@ -107,29 +111,20 @@ class Budgets:
         logger.info("max_batch_tokens=auto: %d tokens per %s batch", budget, kind)
         return budget
 
-    def shape(self) -> probe.ModelShape:
-        cfg = self.host.model.config
-        cfg = getattr(cfg, "text_config", None) or cfg
-        heads = getattr(cfg, "num_attention_heads", 1)
-        hidden = cfg.hidden_size
-        return probe.ModelShape(
-            hidden_size=hidden,
-            intermediate_size=getattr(cfg, "intermediate_size", 4 * hidden),
-            num_layers=cfg.num_hidden_layers,
-            num_kv_heads=getattr(cfg, "num_key_value_heads", None) or heads,
-            head_dim=getattr(cfg, "head_dim", None) or hidden // heads,
-            vocab_size=cfg.vocab_size,
-            dtype_bytes=self.host.model.dtype.itemsize,
-        )
+    def model_facts(self) -> ModelFacts:
+        """The loaded model's sizes, read by the planner's reader (one kv-head rule, one config reader)."""
+        model = self.host.model
+        return facts_from_config(model.config, str(model.dtype), params=count_model_params(model))
 
     def cpu_budget(self, kind: str, stats: dict) -> int:
         import psutil
 
-        token_bytes = probe.per_token_bytes(
-            self.shape(), kind=kind, scored_fraction=stats.get("scored_fraction", 1.0),
-            row_tokens=stats.get("row_tokens", self.default_row_tokens),
+        token_bytes = bytes_per_token(
+            self.model_facts(), scored_fraction=stats.get("scored_fraction", 1.0),
+            attention_row_tokens=stats.get("row_tokens", self.default_row_tokens),
+            holds_kv=kind == "generate_until",
         )
-        return probe.cpu_budget_tokens(psutil.virtual_memory().available, token_bytes, kind)
+        return cpu_budget_tokens(psutil.virtual_memory().available, token_bytes, kind)
 
     def probe_gpu(self, kind: str, stats: dict, score: Callable[[Batch], Any]) -> int:
         """Grow-then-bisect with batches of the real rows (loglikelihood) or of the real widest
@@ -155,4 +150,4 @@ class Budgets:
                 free_memory()
 
         max_tokens = max(width, int(self.host.max_batch_size) * width)
-        return probe.search_budget(fits, start_tokens=width, max_tokens=max_tokens)
+        return search_budget(fits, start_tokens=width, max_tokens=max_tokens)

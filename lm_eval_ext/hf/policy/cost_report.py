@@ -12,9 +12,9 @@ import logging
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 
-#: a child of lm-eval's logger: lm-eval's CLI configures only "lm_eval", so the table shows up
-#: next to lm-eval's own output at lm-eval's verbosity
-logger = logging.getLogger("lm_eval.lm_eval_ext.hf.policy.cost_report")
+#: the package's loggers write through lm-eval's handlers (``logs.share_lm_eval_handlers``), so the
+#: table shows up next to lm-eval's own output at lm-eval's verbosity
+logger = logging.getLogger(__name__)
 
 
 @dataclass

@@ -24,9 +24,10 @@ from typing import Any, NoReturn
 
 from lm_eval_ext.errors import UserError
 from lm_eval_ext.files import write_json_atomic
-from lm_eval_ext.plan.hardware import Hardware, LaunchEnv, describe_hardware
+from lm_eval_ext.plan.hardware import Hardware, describe_hardware
+from lm_eval_ext.plan.launch import Launch
 
-logger = logging.getLogger("lm_eval_ext.dry_run")
+logger = logging.getLogger(__name__)
 
 DRY_RUN_ENV = "LM_EVAL_EXT_DRY_RUN"
 HARDWARE_ENV = "LM_EVAL_EXT_HARDWARE"
@@ -37,7 +38,7 @@ def is_dry_run(environ: Mapping[str, str] = os.environ) -> bool:
     return bool(environ.get(DRY_RUN_ENV))
 
 
-def described_hardware(launch: LaunchEnv, environ: Mapping[str, str] = os.environ) -> Hardware | None:
+def described_hardware(launch: Launch, environ: Mapping[str, str] = os.environ) -> Hardware | None:
     """The machine of ``LM_EVAL_EXT_HARDWARE`` with this process's launch, or None (detect it).
 
     A described machine outside a dry run is ignored with a warning (see the module docstring).
@@ -55,7 +56,7 @@ def described_hardware(launch: LaunchEnv, environ: Mapping[str, str] = os.enviro
     except ValueError:
         raise UserError(f"{NODES_ENV}={nodes_text!r} must be a whole number of nodes, e.g. {NODES_ENV}=2") from None
     if num_nodes is None:  # the launcher's world says how many nodes it spans
-        num_nodes = max(1, launch.num_processes // max(1, launch.num_local_processes))
+        num_nodes = launch.num_nodes
     described = describe_hardware("" if spec.strip().lower() == "cpu" else spec, num_nodes=num_nodes)
     return Hardware(gpus=visible_gpus(described.gpus, launch.cuda_visible_devices), cpu_ram_bytes=described.cpu_ram_bytes,
                     num_cpu_cores=described.num_cpu_cores, num_nodes=num_nodes, launch=launch, described=True)
