@@ -1,8 +1,11 @@
-"""EDGE: one benchmark process. Loads each implementation once, then runs the steps of a plan in
+"""EDGE: one evaluation process. Loads each implementation once, then runs the steps of a plan in
 the given (interleaved) order and writes ``rank<N>.json`` with timings, memory and per-sample
-outputs. Started by :mod:`benchmarks.lib.launch`, plainly or under ``accelerate launch``.
+outputs. Started by :func:`benchmarks.lib.launch.run_plan` (child target ``benchmarks.lib.worker:run``),
+plainly or under ``accelerate launch``.
 
-Usage: ``python benchmarks/lib/worker.py PLAN.json`` (see :func:`benchmarks.lib.launch.run_plan`).
+A plan: ``{"impls": {name: {"model", "model_args", "batch_size", "device"}}, "include_path": [...],
+"num_threads": N, "out_dir": DIR, "steps": [{"label", "impl", "tasks", "limit", "measured",
+"repetition", "side", "use_cache", "fresh_model", "keep_outputs"}, ...]}``.
 """
 
 from __future__ import annotations
@@ -11,18 +14,13 @@ import gc
 import json
 import logging
 import os
-import sys
 import time
 import traceback
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[2]
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
-
-from benchmarks.lib.agreement import compact_samples  # noqa: E402
-from benchmarks.lib.probes import (  # noqa: E402
-    MemoryProbe, RequestTimers, cost_counters, current_cost_report, extension_report, workload,
+from benchmarks.lib.agreement import compact_samples
+from benchmarks.lib.probes import (
+    MemoryProbe, RequestTimers, cost_counters, current_cost_report, engine_start_counter, extension_report, workload,
 )
 
 
@@ -142,14 +140,14 @@ class ModelPool:
         self.loaded: dict[str, object] = {}
         self.load_errors: dict[str, str] = {}
         self.first_load_s: dict[str, float] = {}
+        self.engine_starts: dict[str, object] = {}
 
     def get(self, name: str, fresh: bool) -> tuple[object, float | None]:
         if name in self.load_errors:
             raise RuntimeError(self.load_errors[name])
         if not fresh and name in self.loaded:
             return self.loaded[name], None
-        self.loaded.pop(name, None)
-        gc.collect()
+        self.drop(name)
         try:
             lm, load_s = load_model(self.impls[name])
         except Exception as exc:
@@ -157,7 +155,23 @@ class ModelPool:
             raise
         self.loaded[name] = lm
         self.first_load_s.setdefault(name, load_s)
+        self.engine_starts[name] = engine_start_counter(lm, self.impls[name])
         return lm, load_s
+
+    def drop(self, name: str) -> None:
+        """Forget a model, shutting down what it started (vLLM engines, replica processes)."""
+        lm = self.loaded.pop(name, None)
+        close = getattr(lm, "close", None)
+        if callable(close):
+            try:
+                close()
+            except Exception:  # a model that fails to close must not lose the run's numbers
+                logging.getLogger(__name__).warning("closing %s failed", name, exc_info=True)
+        gc.collect()
+
+    def close_all(self) -> None:
+        for name in list(self.loaded):
+            self.drop(name)
 
 
 def run_step(step: dict, pool: ModelPool, manager) -> dict:
@@ -172,12 +186,15 @@ def run_step(step: dict, pool: ModelPool, manager) -> dict:
         record |= measures
         if results is not None and step.get("keep_outputs", True):
             record |= rank0_outputs(results, lm)
+        starts = pool.engine_starts.get(step["impl"])
+        if starts is not None:
+            record["engine_starts"] = starts()
     except Exception as exc:  # a failed step is reported; the rest of the plan still runs
         record["error"] = f"{type(exc).__name__}: {exc}"
         record["traceback"] = traceback.format_exc()[-4000:]
     finally:
         if step.get("fresh_model"):
-            pool.loaded.pop(step["impl"], None)
+            pool.drop(step["impl"])
     return record
 
 
@@ -196,21 +213,19 @@ def run_plan(plan: dict, rank: int) -> dict:
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
     record = {"rank": rank, "world_size": world_size, "num_threads": plan.get("num_threads"),
               "load_s": pool.first_load_s, "steps": []}
-    for step in plan["steps"]:
-        record["steps"].append(run_step(step, pool, manager))
-        write_rank_file(plan, record)
-        if "error" in record["steps"][-1] and world_size > 1:
-            break  # the other ranks are now out of step with this one: stop rather than hang
+    try:
+        for step in plan["steps"]:
+            record["steps"].append(run_step(step, pool, manager))
+            write_rank_file(plan, record)
+            if "error" in record["steps"][-1] and world_size > 1:
+                break  # the other ranks are now out of step with this one: stop rather than hang
+    finally:
+        pool.close_all()
     return record
 
 
-def main() -> int:
-    plan = json.loads(Path(sys.argv[1]).read_text())
+def run(plan: dict) -> None:
+    """The child entry (:func:`benchmarks.lib.launch.run_plan`): every step, rank file after each."""
     rank = configure(plan)
     prime_imports(plan)
     write_rank_file(plan, run_plan(plan, rank))
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

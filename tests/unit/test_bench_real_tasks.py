@@ -7,10 +7,10 @@ from pathlib import Path
 
 import pytest
 
-from benchmarks import real_tasks as bench
 from benchmarks.lib import real_tasks
-from benchmarks.lib.compare_summary import EXT
+from benchmarks.lib.compare import EXT
 from benchmarks.lib.suites import SUITES
+from benchmarks.scenarios import real as bench
 
 DATA = Path(__file__).resolve().parents[3] / "shared" / "data"
 if not DATA.is_dir():
@@ -24,13 +24,21 @@ def test_hf_ext_runs_with_only_its_defaults_and_stock_with_fixed_sizes():
     gen = bench.configurations(real_tasks.GSM8K, (1, 8))
     assert [c["batch_size"] for n, c in gen.items() if n.startswith("hf ")] == [1, 8]
     assert bench.ONE_ROW not in gen
+    assert bench.ONE_ROW not in bench.configurations(real_tasks.ARC, (1,), one_row=False)
 
 
 def test_real_tasks_is_in_the_cpu_suites_with_limits():
     for name in ("cpu-quick", "cpu-full"):
         assert "real-tasks" in SUITES[name].scenarios
-        assert SUITES[name].limit("real-tasks-arc") and SUITES[name].limit("real-tasks-gsm8k")
+        assert SUITES[name].limit("real-tasks-arc")
+    assert SUITES["cpu-full"].limit("real-tasks-gsm8k")
+    assert SUITES["cpu-quick"].limit("real-tasks-gsm8k") == 0  # the gsm8k scenario measures it there
+    assert "gsm8k" in SUITES["cpu-quick"].scenarios
     assert "real-tasks" not in SUITES["gpu"].scenarios
+
+
+def test_limit_keys_name_every_task():
+    assert [bench.limit_key(t) for t in bench.task_names(2)] == ["arc", "mmlu", "mmlu", "lambada", "wikitext", "gsm8k"]
 
 
 @pytest.mark.skipif(not real_tasks.available(DATA), reason="../shared/data not present")
