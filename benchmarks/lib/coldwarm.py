@@ -3,7 +3,10 @@
 Per repetition and side: a cold run into a fresh, empty cache folder, then a warm run over it, each
 with a freshly built model (a fully cached run may skip loading the weights, so the time is model
 load plus evaluation). The sides' order alternates per repetition. A side uses hf_ext's own request
-cache (``cache=readwrite,cache_dir=...``: ``native``) or lm-eval's ``--use_cache`` (any model). With
+cache (``cache=readwrite,cache_dir=...``: ``native``) or lm-eval's ``--use_cache`` (any model). A
+native side's model is built by name inside ``simple_evaluate``, as lm-eval's CLI builds it, so a fully
+cached run can take the request cache's fast path (its front answers without the backend; handed a
+model object, lm-eval asks it for ``config``, which makes the front load its backend). With
 ``floor``, lm-eval's ``dummy`` model runs the same tasks once per repetition: lm-eval's own per-run
 cost (tasks, contexts, metrics), which no cache removes.
 """
@@ -51,7 +54,7 @@ def plan(sides: list[Side], tasks: list[str], limit: int | None, *, repetitions:
             for phase in ("cold", "warm"):
                 steps.append({"label": f"{side.name}-{phase}-r{rep}", "impl": impl, "side": f"{side.name}-{phase}",
                               "tasks": tasks, "limit": limit, "use_cache": use_cache, "fresh_model": True,
-                              "repetition": rep})
+                              "build_in_evaluate": side.native, "repetition": rep})
         if floor:
             steps.append({"label": f"floor-r{rep}", "impl": "floor", "side": "floor", "tasks": tasks, "limit": limit,
                           "fresh_model": True, "repetition": rep, "keep_outputs": False})

@@ -4,6 +4,7 @@ engine starts, and the counters lm-eval-ext attaches to its results (cost report
 
 from __future__ import annotations
 
+import inspect
 import time
 from pathlib import Path
 from collections.abc import Callable
@@ -143,8 +144,13 @@ def workload(samples: dict[str, list[dict]], output_types: dict[str, str], count
 
 def current_cost_report(lm: Any, results: dict | None = None) -> dict:
     """The extension's cost report as a dict: from the model (cumulative over its life), else from
-    ``results["config"]["cost_report"]`` where lm-eval copies ``get_model_info()``."""
-    report = getattr(lm, "cost_report", None)
+    ``results["config"]["cost_report"]`` where lm-eval copies ``get_model_info()``. Read without a
+    lazy ``__getattr__`` (the request cache's front would load its backend for it)."""
+    try:
+        inspect.getattr_static(lm, "cost_report")
+        report = getattr(lm, "cost_report", None)
+    except AttributeError:
+        report = None
     if hasattr(report, "as_dict"):
         return report.as_dict()
     if isinstance(report, dict):

@@ -5,12 +5,14 @@ plainly or under ``accelerate launch``.
 
 A plan: ``{"impls": {name: {"model", "model_args", "batch_size", "device"}}, "include_path": [...],
 "num_threads": N, "out_dir": DIR, "steps": [{"label", "impl", "tasks", "limit", "measured",
-"repetition", "side", "use_cache", "fresh_model", "keep_outputs"}, ...]}``.
+"repetition", "side", "use_cache", "fresh_model", "build_in_evaluate", "keep_outputs"}, ...]}``.
 """
 
 from __future__ import annotations
 
+import contextlib
 import gc
+import inspect
 import json
 import logging
 import os
@@ -85,25 +87,43 @@ def output_types(results: dict) -> dict[str, str]:
     return {task: cfg.get("output_type", "") for task, cfg in (results.get("configs") or {}).items()}
 
 
-def count_tokens_with(lm):
-    encode = getattr(lm, "tok_encode", None)
-    if encode is None:
+_TOKENIZERS: dict[str, object] = {}
+
+
+def count_tokens_with(impl: dict):
+    """Token counter of a workload: the tokenizer of the implementation's ``pretrained`` folder (the
+    same for stock and ext, and never the model itself: touching a request-cache front would load
+    its backend), else ~4 characters a token."""
+    args = dict(kv.split("=", 1) for kv in impl.get("model_args", "").split(",") if "=" in kv)
+    folder = args.get("pretrained")
+    if not folder or not Path(folder, "tokenizer_config.json").exists():
         return lambda text: max(1, len(text) // 4)
-    return lambda text: len(encode(text)) if text else 0
+    if folder not in _TOKENIZERS:
+        from transformers import AutoTokenizer
+
+        _TOKENIZERS[folder] = AutoTokenizer.from_pretrained(folder)
+    tokenizer = _TOKENIZERS[folder]
+    return lambda text: len(tokenizer.encode(text, add_special_tokens=False)) if text else 0
 
 
-def evaluate_step(step: dict, lm, manager) -> tuple[dict, dict | None]:
-    """Run one measured (or warm-up) evaluation; returns ``(record, results)``."""
+def evaluate_step(step: dict, lm, manager, impl: dict | None = None) -> tuple[dict, dict | None]:
+    """Run one measured (or warm-up) evaluation; returns ``(record, results)``.
+
+    ``lm=None``: lm-eval builds the model from ``impl`` by name inside ``simple_evaluate``, as its
+    CLI does (the time then includes the build; no request-type timers)."""
     import lm_eval
 
     probe = MemoryProbe()
-    before = cost_counters(current_cost_report(lm))
+    before = cost_counters(current_cost_report(lm)) if lm is not None else {}
+    model = {"model": lm} if lm is not None else {
+        "model": impl["model"], "model_args": impl["model_args"], "batch_size": impl.get("batch_size"),
+        "device": impl.get("device")}
     gc.collect()
     probe.start()
-    with RequestTimers(lm) as timers:
+    with RequestTimers(lm) if lm is not None else contextlib.nullcontext() as timers:
         start = time.perf_counter()
         results = lm_eval.simple_evaluate(
-            model=lm,
+            **model,
             tasks=step["tasks"],
             limit=step.get("limit"),
             use_cache=step.get("use_cache"),
@@ -112,18 +132,18 @@ def evaluate_step(step: dict, lm, manager) -> tuple[dict, dict | None]:
             random_seed=0, numpy_random_seed=0, torch_random_seed=0, fewshot_random_seed=0,
         )
         eval_s = time.perf_counter() - start
-    record = {"eval_s": eval_s, "request_types": timers.by_type} | probe.stop()
+    record = {"eval_s": eval_s, "request_types": timers.by_type if timers else {}} | probe.stop()
     record["extension"] = extension_report(results, lm, before)
     return record, results
 
 
-def rank0_outputs(results: dict, lm) -> dict:
+def rank0_outputs(results: dict, impl: dict) -> dict:
     """What only rank 0 has after lm-eval's gather: per-sample outputs, workload and metrics."""
     samples = results.get("samples") or {}
     types = output_types(results)
     return {
         "samples": compact_samples(samples),
-        "workload": workload(samples, types, count_tokens_with(lm)),
+        "workload": workload(samples, types, count_tokens_with(impl)),
         "metrics": _plain(results.get("results", {})),
     }
 
@@ -161,7 +181,11 @@ class ModelPool:
     def drop(self, name: str) -> None:
         """Forget a model, shutting down what it started (vLLM engines, replica processes)."""
         lm = self.loaded.pop(name, None)
-        close = getattr(lm, "close", None)
+        try:  # not through a lazy __getattr__: the request cache's front would load its backend to close it
+            inspect.getattr_static(lm, "close")
+            close = lm.close
+        except AttributeError:
+            close = None
         if callable(close):
             try:
                 close()
@@ -179,13 +203,16 @@ def run_step(step: dict, pool: ModelPool, manager) -> dict:
               "measured": step.get("measured", True), "repetition": step.get("repetition"),
               "load_average_1min": os.getloadavg()[0]}
     try:
-        lm, load_s = pool.get(step["impl"], fresh=bool(step.get("fresh_model")))
+        if step.get("build_in_evaluate"):
+            lm, load_s = None, None
+        else:
+            lm, load_s = pool.get(step["impl"], fresh=bool(step.get("fresh_model")))
         if load_s is not None:
             record["load_s"] = load_s
-        measures, results = evaluate_step(step, lm, manager)
+        measures, results = evaluate_step(step, lm, manager, pool.impls[step["impl"]])
         record |= measures
         if results is not None and step.get("keep_outputs", True):
-            record |= rank0_outputs(results, lm)
+            record |= rank0_outputs(results, pool.impls[step["impl"]])
         starts = pool.engine_starts.get(step["impl"])
         if starts is not None:
             record["engine_starts"] = starts()
