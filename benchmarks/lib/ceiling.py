@@ -36,6 +36,12 @@ def parse_shape(shape: str) -> tuple[int, int, int]:
     return rows, tokens, int(prefix or 0)
 
 
+def id_range(vocab_size: int) -> tuple[int, int]:
+    """Token ids for random rows: ordinary ids (100-999) where the vocabulary has them."""
+    high = min(1000, vocab_size)
+    return min(100, high // 2), high
+
+
 def _tokens_per_s(forward, tokens: int, seconds: float) -> float:
     """Calls ``forward`` for ``seconds`` after one warm-up call."""
     import torch
@@ -84,11 +90,12 @@ def forward_rates(model: str, shapes: list[str], seconds: float, threads: int | 
     lm = AutoModelForCausalLM.from_pretrained(model, dtype=torch.float32).eval()
     decoder = lm.get_decoder()
     generator = torch.Generator().manual_seed(0)
+    low, high = id_range(lm.config.vocab_size)
     out = []
     for shape in shapes:
         rows, tokens, prefix_tokens = parse_shape(shape)
-        ids = torch.randint(100, 1000, (rows, tokens), generator=generator)
-        prefix = torch.randint(100, 1000, (1, prefix_tokens), generator=generator)
+        ids = torch.randint(low, high, (rows, tokens), generator=generator)
+        prefix = torch.randint(low, high, (1, prefix_tokens), generator=generator)
         if not prefix_tokens:
             rate = _tokens_per_s(functools.partial(decoder, input_ids=ids, use_cache=False), ids.numel(), seconds)
             out.append({"shape": shape, "tokens_per_s": rate})
@@ -165,7 +172,7 @@ def ceiling_forward(engine, batch, computes_prefix: bool):
 
     parts, rows = engine.parts, len(batch.rows)
     width = max(1, round(batch.computed_tokens / rows))
-    ids = torch.randint(100, 1000, (rows, width))
+    ids = torch.randint(*id_range(parts.head.weight.shape[0]), (rows, width))
     if not batch.prefix:
         return lambda: parts.decoder(input_ids=ids, use_cache=False)
     prefix = len(batch.prefix)

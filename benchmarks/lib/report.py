@@ -88,8 +88,8 @@ def render_table(results: dict) -> str:
     ]
     tail = [""]
     for name, outcome in results["scenarios"].items():
-        if outcome["status"] != "ok":
-            tail.append(f"- `{name}` {outcome['status']}: {outcome['reason']}")
+        if outcome["status"] != "ok":  # the first line: a child's failure carries its log's tail
+            tail.append(f"- `{name}` {outcome['status']}: {(outcome['reason'] or '').splitlines()[0] if outcome['reason'] else ''}")
         for note in outcome.get("notes", []):
             first_line = note.splitlines()[0] if note else ""
             tail.append(f"- `{name}` note: {first_line}")

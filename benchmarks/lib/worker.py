@@ -106,15 +106,16 @@ def count_tokens_with(impl: dict):
     return lambda text: len(tokenizer.encode(text, add_special_tokens=False)) if text else 0
 
 
-def evaluate_step(step: dict, lm, manager, impl: dict | None = None) -> tuple[dict, dict | None]:
-    """Run one measured (or warm-up) evaluation; returns ``(record, results)``.
+def evaluate_step(step: dict, lm, manager, impl: dict | None = None, before: dict | None = None) -> tuple[dict, dict | None]:
+    """Run one measured (or warm-up) evaluation; returns ``(record, results)``. ``before``: the
+    model's cost counters after its previous run (its report accumulates over the model's life).
 
     ``lm=None``: lm-eval builds the model from ``impl`` by name inside ``simple_evaluate``, as its
     CLI does (the time then includes the build; no request-type timers)."""
     import lm_eval
 
     probe = MemoryProbe()
-    before = cost_counters(current_cost_report(lm)) if lm is not None else {}
+    before = before or {}
     model = {"model": lm} if lm is not None else {
         "model": impl["model"], "model_args": impl["model_args"], "batch_size": impl.get("batch_size"),
         "device": impl.get("device")}
@@ -161,6 +162,8 @@ class ModelPool:
         self.load_errors: dict[str, str] = {}
         self.first_load_s: dict[str, float] = {}
         self.engine_starts: dict[str, object] = {}
+        self.counters: dict[str, dict] = {}
+        """Each model's cost counters after its last run (what the next run's are counted from)."""
 
     def get(self, name: str, fresh: bool) -> tuple[object, float | None]:
         if name in self.load_errors:
@@ -209,7 +212,9 @@ def run_step(step: dict, pool: ModelPool, manager) -> dict:
             lm, load_s = pool.get(step["impl"], fresh=bool(step.get("fresh_model")))
         if load_s is not None:
             record["load_s"] = load_s
-        measures, results = evaluate_step(step, lm, manager, pool.impls[step["impl"]])
+        before = pool.counters.get(step["impl"], {}) if load_s is None and lm is not None else {}
+        measures, results = evaluate_step(step, lm, manager, pool.impls[step["impl"]], before)
+        pool.counters[step["impl"]] = cost_counters(current_cost_report(lm, results))
         record |= measures
         if results is not None and step.get("keep_outputs", True):
             record |= rank0_outputs(results, pool.impls[step["impl"]])
