@@ -97,7 +97,10 @@ def real_tasks_scenario(ctx: Context) -> dict:
              "generation_sizes": ctx.sizes("generation_sizes", GENERATION_SIZES),
              "rolling_sizes": ctx.sizes("rolling_sizes", ROLLING_SIZES),
              "one_row": bool(ctx.option("one_row", True))}
-    per_task = {task: configurations(task, **sizes) for task in names}
+    # a suite may size MMLU's stock side apart ("real-tasks.mmlu_sizes"): its best is batch_size 1
+    mmlu_sizes = ctx.sizes("mmlu_sizes", sizes["stock_sizes"])
+    per_task = {task: configurations(task, **(sizes | {"stock_sizes": mmlu_sizes} if limit_key(task) == "mmlu" else sizes))
+                for task in names}
     all_configs = {name: config for configs in per_task.values() for name, config in configs.items()}
     include = [str(real_tasks.write_tasks(ctx.data_dir, ctx.work_dir / "real-tasks-yaml", subjects))]
     comparison = Comparison("real-tasks", compare.hf_impls(ctx, all_configs),
@@ -109,6 +112,6 @@ def real_tasks_scenario(ctx: Context) -> dict:
     notes = [compare.medians_note(row) for row in rows]
     for row in rows:
         notes += one_row_notes(row, merged.get("steps", []))
-    config = {"limits": limits, "subjects": list(subjects), **{k: list(v) if isinstance(v, tuple) else v
-                                                               for k, v in sizes.items()}}
+    config = {"limits": limits, "subjects": list(subjects), "mmlu_sizes": list(mmlu_sizes),
+              **{k: list(v) if isinstance(v, tuple) else v for k, v in sizes.items()}}
     return result(rows, {"real-tasks": merged}, config, notes)

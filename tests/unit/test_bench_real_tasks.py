@@ -33,6 +33,7 @@ def test_real_tasks_is_in_the_cpu_suites_with_limits():
         assert SUITES[name].limit("real-tasks-arc")
     assert SUITES["cpu-full"].limit("real-tasks-gsm8k")
     assert SUITES["cpu-quick"].limit("real-tasks-gsm8k") == 0  # the gsm8k scenario measures it there
+    assert SUITES["cpu-quick"].limit("real-tasks-wikitext") == 0  # cpu-full has it; hf-suite a rolling row
     assert "gsm8k" in SUITES["cpu-quick"].scenarios
     assert "real-tasks" not in SUITES["gpu"].scenarios
 
@@ -57,3 +58,20 @@ def test_task_yamls_load_with_lm_evals_own_prompts(tmp_path, monkeypatch):
     assert mmlu.config.fewshot_config.sampler == "first_n" and mmlu.config.fewshot_split == "dev"
     assert tasks[real_tasks.WIKITEXT].config.output_type == "loglikelihood_rolling"
     assert tasks[real_tasks.LAMBADA].config.output_type == "loglikelihood"
+
+
+def test_options_resolve_command_line_then_suite_then_default(tmp_path):
+    from benchmarks.lib.scenarios import Context
+
+    def ctx(**options):
+        return Context(suite=SUITES["cpu-quick"], work_dir=tmp_path, model_path=tmp_path, machine={}, data_dir=None,
+                       options=options, scenario="real-tasks")
+
+    quick = ctx()
+    assert quick.sizes("stock_sizes", bench.STOCK_SIZES) == (8, 16)
+    assert quick.sizes("mmlu_sizes", (8, 16)) == (1, 8)
+    assert quick.sizes("generation_sizes", bench.GENERATION_SIZES) == bench.GENERATION_SIZES
+    assert quick.limit("real-tasks", "mmlu") == 8 and quick.limit("real-tasks", "nothing", default=3) == 3
+    given = ctx(stock_sizes="32", limit={"": 5, "arc": 200})
+    assert given.sizes("stock_sizes", bench.STOCK_SIZES) == (32,)
+    assert given.limit("real-tasks", "arc") == 200 and given.limit("real-tasks", "mmlu") == 5
