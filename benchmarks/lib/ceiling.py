@@ -124,27 +124,31 @@ def rates_table(rates: dict) -> str:
 
 
 # ---- the engine's own batches, replayed --------------------------------------------------------
+#: The hf scoring engine's batch entry point (``lm_eval_ext.hf.compute.engine.ScoringEngine``): one
+#: batch in, its scores out. The one line to change if the engine renames it.
+BATCH_ENTRY = "score_batch"
+
+
 @contextlib.contextmanager
 def capture_scored_batches(engine) -> Iterator[list]:
     """Record every batch ``engine`` scores while the block runs; the engine's own entry point is
-    restored afterwards, also when the run fails. The one place that knows the engine's batch entry
-    point (``score_batch``): if it is renamed, change it here."""
+    restored afterwards, also when the run fails."""
     scored: list = []
-    own = vars(engine).get("score_batch")  # set on the instance (not the class's method): put it back
-    original = engine.score_batch
+    own = vars(engine).get(BATCH_ENTRY)  # set on the instance (not the class's method): put it back
+    original = getattr(engine, BATCH_ENTRY)
 
     def recording(batch):
         scored.append(batch)
         return original(batch)
 
-    engine.score_batch = recording
+    setattr(engine, BATCH_ENTRY, recording)
     try:
         yield scored
     finally:
         if own is None:
-            del engine.score_batch
+            delattr(engine, BATCH_ENTRY)
         else:
-            engine.score_batch = own
+            setattr(engine, BATCH_ENTRY, own)
 
 
 def record_batches(model: str, tasks: list[str], limit: int | None, task_dir: Path):
@@ -215,7 +219,8 @@ def time_rounds(engine, batches, rounds: int) -> list[tuple[float, float, float]
     firsts = {}
     for index, batch in enumerate(batches):
         firsts.setdefault(batch.prefix, index)
-    sides = [(functools.partial(engine.score_batch, batch), ceiling_forward(engine, batch, firsts[batch.prefix] == index),
+    sides = [(functools.partial(getattr(engine, BATCH_ENTRY), batch),
+              ceiling_forward(engine, batch, firsts[batch.prefix] == index),
               head_forward(engine, batch)) for index, batch in enumerate(batches)]
     out = []
     with torch.no_grad():
