@@ -189,6 +189,8 @@ def main(argv: list[str] | None = None) -> int:
     started = datetime.now(timezone.utc)
     out = args.out or ROOT / "out" / "bench" / f"{suite.name}-{started:%Y%m%d-%H%M%S}"
     out.mkdir(parents=True, exist_ok=True)
+    for stale in (out / "scenarios").glob("*.json"):  # a previous run's, in a reused folder (make bench)
+        stale.unlink()
     names = [n for n in args.only.split(",") if n] or list(suite.scenarios)
     unknown = [n for n in names if n not in SCENARIOS]
     if unknown:
