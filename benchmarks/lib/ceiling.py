@@ -265,10 +265,10 @@ HEADER = (f"{'task':<16} {'batches':>7} {'computed':>8} {'padded':>7} {'prefixes
           f"{'t/s':>7} {'t/s':>8} {'t/s':>8} {'decoder':>8} {'+ head':>8}")
 
 
-def engine_replay(model: str, task_dir: str, tasks: dict[str, list[str]], limit: int | None, rounds: int,
-                  threads: int | None = None) -> dict:
-    """Child target: per entry of ``tasks`` (label -> lm-eval task names) one ``hf_ext`` run, its
-    batches replayed; returns the summary lines."""
+def engine_replay(model: str, task_dir: str, tasks: dict[str, list[str]], limits: dict[str, int | None],
+                  rounds: int, threads: int | None = None) -> dict:
+    """Child target: per entry of ``tasks`` (label -> lm-eval task names) one ``hf_ext`` run on
+    ``limits[label]`` documents, its batches replayed; returns the summary lines."""
     import logging
 
     import torch
@@ -278,7 +278,7 @@ def engine_replay(model: str, task_dir: str, tasks: dict[str, list[str]], limit:
     logging.getLogger("lm_eval").setLevel(logging.WARNING)
     lines = {}
     for label, names in tasks.items():
-        lm, batches = record_batches(model, names, limit, Path(task_dir))
+        lm, batches = record_batches(model, names, limits.get(label), Path(task_dir))
         lines[label] = summarise(label, batches, time_rounds(lm.engine, batches, rounds))
         del lm
     return {"header": HEADER, "lines": lines}

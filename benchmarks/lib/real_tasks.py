@@ -25,8 +25,19 @@ MMLU_PREFIX = "mmlu_local_"
 GSM8K = gsm8k.TASK_NAME
 
 
+#: the short name of each task (``--limit arc=200``, the suites' ``real-tasks-arc``); MMLU's subjects are ``mmlu``
+SHORT_NAMES = {"arc": ARC, "mmlu": "mmlu", "lambada": LAMBADA, "wikitext": WIKITEXT, "gsm8k": GSM8K}
+
+
 def mmlu_task(subject: str) -> str:
     return f"{MMLU_PREFIX}{subject}"
+
+
+def short_name(task: str) -> str:
+    """``arc_easy_local`` -> ``arc``, any MMLU subject (or ``mmlu``) -> ``mmlu``."""
+    if task == "mmlu" or task.startswith(MMLU_PREFIX):
+        return "mmlu"
+    return next((k for k, v in SHORT_NAMES.items() if v == task), task)
 
 
 def _stock_dir() -> Path:

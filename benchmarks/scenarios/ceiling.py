@@ -6,6 +6,8 @@ from __future__ import annotations
 from benchmarks.lib import real_tasks
 from benchmarks.lib.scenarios import Context, Skip, scenario
 
+#: documents per task where neither a suite nor --limit says (WikiText-2's documents are long)
+DEFAULT_LIMITS = {"arc": 200, "mmlu": 100, "lambada": 200, "wikitext": 2}
 SHAPES = ("8x90", "16x90", "32x90", "64x90", "96x90", "4x512", "1x1024", "8x128")
 
 
@@ -48,13 +50,16 @@ def engine_ceiling(ctx: Context) -> dict:
         raise Skip(real_tasks.MISSING)
     subjects = real_tasks.MMLU_SUBJECTS[: int(ctx.option("mmlu_subjects", 2))]
     tasks = replay_tasks(str(ctx.option("tasks", f"{real_tasks.ARC},mmlu,{real_tasks.LAMBADA}")), subjects)
-    limit, rounds = ctx.limit("engine-ceiling", default=200), int(ctx.option("rounds", 3))
+    limits = {label: ctx.limit("engine-ceiling", real_tasks.short_name(label),
+                               default=DEFAULT_LIMITS.get(real_tasks.short_name(label), 200)) for label in tasks}
+    rounds = int(ctx.option("rounds", 3))
     task_dir = real_tasks.write_tasks(ctx.data_dir, ctx.work_dir / "engine-ceiling-tasks", subjects)
     replay = ctx.run_function("engine-ceiling", "benchmarks.lib.ceiling:engine_replay",
                               {"model": str(ctx.model_path), "task_dir": str(task_dir), "tasks": tasks,
-                               "limit": limit, "rounds": rounds, "threads": ctx.num_cores})
+                               "limits": limits, "rounds": rounds, "threads": ctx.num_cores})
     table = "\n".join([replay["header"], *replay["lines"].values()])
-    notes = [f"{limit or 'all'} documents per task (per MMLU subject), {rounds} rounds; t/s of the fastest round "
-             "of each side, shares are medians of the per-round ratios"]
+    sizes = ", ".join(f"{label} {limit or 'all'}" for label, limit in limits.items())
+    notes = [f"documents per task (per MMLU subject): {sizes}; {rounds} rounds; t/s of the fastest round of each "
+             "side, shares are medians of the per-round ratios"]
     return {"runs": {"engine-ceiling": replay}, "notes": notes, "figures": {"table": table},
-            "config": {"tasks": tasks, "limit": limit, "rounds": rounds}}
+            "config": {"tasks": tasks, "limits": limits, "rounds": rounds}}

@@ -26,9 +26,6 @@ GENERATION_SIZES = (1, 8)
 ONE_ROW = "hf_ext one row per batch"
 #: documents per task where a suite does not size it
 DEFAULT_LIMITS = {"arc": 20, "mmlu": 20, "lambada": 20, "wikitext": 4, "gsm8k": 4}
-#: limit keys of the suites (``real-tasks-arc``) and of ``--limit arc=N``
-KEYS = {"arc": real_tasks.ARC, "mmlu": "mmlu", "lambada": real_tasks.LAMBADA, "wikitext": real_tasks.WIKITEXT,
-        "gsm8k": real_tasks.GSM8K}
 
 
 def task_names(num_mmlu_subjects: int) -> list[str]:
@@ -45,10 +42,6 @@ def configurations(task: str, generation_sizes, stock_sizes=STOCK_SIZES, rolling
     if one_row and task != real_tasks.GSM8K:
         configs[ONE_ROW] = {"backend": "hf_ext", "cache": "off", "max_batch_tokens": 1}
     return configs
-
-
-def limit_key(task: str) -> str:
-    return "mmlu" if task.startswith(real_tasks.MMLU_PREFIX) else next(k for k, v in KEYS.items() if v == task)
 
 
 def one_row_notes(row: dict, steps: list[dict]) -> list[str]:
@@ -91,7 +84,7 @@ def real_tasks_scenario(ctx: Context) -> dict:
     only = [t for t in str(ctx.option("tasks", "")).split(",") if t]
     names = [t for t in task_names(len(subjects)) if not only or any(t.startswith(prefix) for prefix in only)]
     limits = {task: ctx.limit("real-tasks", key, default=DEFAULT_LIMITS[key])
-              for task, key in ((t, limit_key(t)) for t in names)}
+              for task, key in ((t, real_tasks.short_name(t)) for t in names)}
     names = [t for t in names if limits[t] != 0]  # a suite leaves a task out with a limit of 0
     sizes = {"stock_sizes": ctx.sizes("stock_sizes", STOCK_SIZES),
              "generation_sizes": ctx.sizes("generation_sizes", GENERATION_SIZES),
@@ -99,7 +92,7 @@ def real_tasks_scenario(ctx: Context) -> dict:
              "one_row": bool(ctx.option("one_row", True))}
     # a suite may size MMLU's stock side apart ("real-tasks.mmlu_sizes"): its best is batch_size 1
     mmlu_sizes = ctx.sizes("mmlu_sizes", sizes["stock_sizes"])
-    per_task = {task: configurations(task, **(sizes | {"stock_sizes": mmlu_sizes} if limit_key(task) == "mmlu" else sizes))
+    per_task = {task: configurations(task, **(sizes | {"stock_sizes": mmlu_sizes} if real_tasks.short_name(task) == "mmlu" else sizes))
                 for task in names}
     all_configs = {name: config for configs in per_task.values() for name, config in configs.items()}
     include = [str(real_tasks.write_tasks(ctx.data_dir, ctx.work_dir / "real-tasks-yaml", subjects))]

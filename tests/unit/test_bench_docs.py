@@ -74,6 +74,18 @@ def test_the_pinned_suite_or_the_first_results_holding_the_scenario_is_used():
     assert "6.00 [6.00-6.00]" in first
     pinned, _ = rewrite(block("real-tasks:arc_easy_local@cpu-full"), quick, fake_results())
     assert "8.00 [8.00-8.00]" in pinned
+    by_folder = docs.rewrite(block("real-tasks:arc_easy_local@real-tasks-200"),
+                             [docs.Results("benchmarks/results/cpu-full/results.json", fake_results()),
+                              docs.Results("benchmarks/results/real-tasks-200/results.json", quick)])[0]
+    assert "6.00 [6.00-6.00]" in by_folder and "from `benchmarks/results/real-tasks-200/results.json`" in by_folder
+    # measured again into that folder only when the run is that whole folder (else it would drop the others)
+    assert docs.reproduce_command(quick, "real-tasks", "benchmarks/results/real-tasks-200/results.json") == (
+        "python benchmarks/run.py --suite cpu-quick --only real-tasks --limit 200")
+    alone = quick | {"scenarios": {"real-tasks": quick["scenarios"]["real-tasks"]}}
+    assert docs.reproduce_command(alone, "real-tasks", "benchmarks/results/real-tasks-200/results.json").endswith(
+        "--limit 200 --out benchmarks/results/real-tasks-200")
+    assert docs.reproduce_command({"suite": "cpu-full", "scenarios": {}}, "all", "benchmarks/results/cpu-full/x.json") \
+        == "python benchmarks/run.py --suite cpu-full --out benchmarks/results/cpu-full"
 
 
 def test_a_block_no_results_hold_is_left_as_it_is_and_reported_pending():
