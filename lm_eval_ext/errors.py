@@ -1,7 +1,8 @@
 """PURE: errors for user mistakes: one message that names the field, the value and the fix.
 
 A :class:`UserError` reaching the top of a process is printed as that one message, without a
-traceback (see :func:`install_excepthook`); everything else keeps Python's normal report.
+traceback (see :func:`install_excepthook`); everything else keeps Python's normal report. A
+:class:`RunInterrupted` is printed when it is raised and ends the process with its own status.
 """
 
 from __future__ import annotations
@@ -15,8 +16,16 @@ class UserError(ValueError):
     """A mistake in the user's input: bad model_args, flags, files or environment."""
 
 
-class RunInterrupted(UserError):
-    """Ctrl-C during a computation, reported with what was kept and how to resume."""
+class RunInterrupted(UserError, SystemExit):
+    """Ctrl-C or SIGTERM during a computation, with what was kept and how to resume.
+
+    Also a ``SystemExit``: uncaught, the process exits with ``code`` (130 after Ctrl-C, 143 after
+    SIGTERM: the shell's 128 + signal number) and no traceback; its line is printed where it is
+    raised (``lm_eval_ext.interrupts.report``), once, on rank 0."""
+
+    def __init__(self, message: str, code: int = 130) -> None:
+        UserError.__init__(self, message)
+        self.code = code
 
 
 class ConfigError(UserError):

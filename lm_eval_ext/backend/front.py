@@ -5,8 +5,8 @@ A backend composes one :class:`RequestFront` and defines ``loglikelihood``, ``lo
 and ``generate_until`` as ``self.front.answer(...)``. It hands the front, per request type, a
 ``compute(call)`` that answers ``call.requests`` (reporting each result through ``call.result`` as it arrives and calling
 ``call.batch_done()`` after each engine batch, so every finished batch is written in one
-transaction); whatever it only returns is stored when it returns. Ctrl-C during a computation
-keeps what arrived and says how to resume, in one line.
+transaction); whatever it only returns is stored when it returns. Ctrl-C or SIGTERM during a
+computation keeps what arrived and says how to resume, in one line (``lm_eval_ext/interrupts.py``).
 """
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ import time
 from collections.abc import Callable, Mapping
 from typing import Any
 
+from lm_eval_ext import interrupts
 from lm_eval_ext.backend.call import Call, NoProgress, Progress, RequestType
 from lm_eval_ext.cache.request_cache import MISSING, RequestCache, StoreWriter
 
@@ -92,10 +93,15 @@ class RequestFront:
                     if index not in call.values:  # computed, never reported: stored now
                         call.result(index, value)
                 values = call.ordered_values()
-            except KeyboardInterrupt:
-                sink.flush()
+            except (KeyboardInterrupt, interrupts.Terminated) as stop:
+                with interrupts.shielded():
+                    sink.flush()
+                call.progress.close()  # the bar's last refresh before the line, not after it
                 num_cached = len(requests) - len(misses)
-                raise self.cache.interrupted(len(requests), num_cached + sink.num_stored) from None
+                interrupted = self.cache.interrupted(len(requests), num_cached + sink.num_stored,
+                                                     interrupts.exit_code(stop))
+                interrupts.report(interrupted, rank)
+                raise interrupted from None
             finally:
                 sink.flush()  # results that arrived before an exception are kept
                 call.progress.close()

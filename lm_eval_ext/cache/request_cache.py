@@ -161,13 +161,14 @@ class RequestCache:
             return None
         return StoreWriter(store, model_fingerprint, request_type)
 
-    def interrupted(self, num_requests: int, num_safe: int) -> RunInterrupted:
-        """Ctrl-C (or SIGTERM) while computing: what is safe, in one line."""
+    def interrupted(self, num_requests: int, num_safe: int, code: int = 130) -> RunInterrupted:
+        """Ctrl-C (or SIGTERM) while computing: what is safe, in one line; ``code``: the exit status."""
         if not self.mode.writes:
             return RunInterrupted(f"interrupted after {num_safe} of {num_requests} requests; cache={self.mode.value} "
-                                  "stores nothing, so a rerun computes them again (cache=readwrite would keep them)")
+                                  "stores nothing, so a rerun computes them again (cache=readwrite would keep them)",
+                                  code)
         return RunInterrupted(f"interrupted after {num_safe} of {num_requests} requests; {num_safe} are in the request "
-                              "cache; rerun the same command to resume")
+                              "cache; rerun the same command to resume", code)
 
     def report(self, *, rank: int = 0, world_size: int = 1) -> dict:
         return build_report(self.stats, mode=self.mode.value, path=str(self.dir), fingerprint=self.fingerprint,

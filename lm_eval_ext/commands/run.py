@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import sys
 
+from lm_eval_ext import interrupts
 from lm_eval_ext.errors import UserError
 from lm_eval_ext.tasks_dir import shipped_tasks_dir
 
@@ -41,6 +42,7 @@ def _index_shipped_tasks_everywhere() -> None:
 
 
 def main(argv: list[str]) -> int:
+    interrupts.install()  # before lm-eval's imports: a SIGTERM while they load ends the run in one line too
     from lm_eval.__main__ import cli_evaluate
 
     from lm_eval_ext.registry import register_models
