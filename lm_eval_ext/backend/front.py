@@ -79,7 +79,9 @@ class RequestFront:
                     len(requests), len({(r.task_name, r.doc_id) for r in requests}))
         results = self.cache.lookup(request_type.value, requests)
         misses = [i for i, value in enumerate(results) if value is MISSING]
-        if misses or (self._is_collective(request_type) and self._any_rank(bool(misses))):
+        # every rank takes part in any_rank (a collective) or none does: a rank with misses skipping it
+        # left the others' gather paired with its first collective inside the computation (a hang)
+        if self._any_rank(bool(misses)) if self._is_collective(request_type) else misses:
             todo = [requests[i] for i in misses]
             self._prepare()  # before the clock starts: loading weights is not compute
             sink = _Sink(request_type, self.cache.writer(request_type.value), lm_eval_hook)
