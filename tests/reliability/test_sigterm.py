@@ -89,3 +89,40 @@ def test_sigterm_before_any_computation_is_one_line_and_143(tiny_model_path, tmp
                                "that finished is in the request cache (unless cache=off or read); rerun the same "
                                "command to resume"), run.text()[-3000:]
     assert "Traceback" not in run.text()
+
+
+def test_two_srun_ranks_terminated_then_one_process_resumes_from_their_shards(tiny_model_path, uninterrupted,
+                                                                              tmp_path, scratch_env):
+    """A preempted two-task srun job with its cache on a shared filesystem (shards layout: each rank its own
+    file), requeued with one task: every rank stores its own, rank 0 prints the line, both exit 143; the
+    resume reads every shard, computes only what is missing and equals the uninterrupted run."""
+    from tests.dist.test_srun_ranks import free_slurm_job_id, srun_env
+
+    from lm_eval_ext.cache.shards import shard_paths
+
+    cache_dir, job_id = tmp_path / "cache", free_slurm_job_id()
+    argv = run_argv(tiny_model_path, cache_dir, tmp_path / "out")
+    ranks = [start(argv, tmp_path / f"rank{rank}.log", {**srun_env(scratch_env, rank, 2, job_id),
+                                                         "LM_EVAL_EXT_CACHE_LAYOUT": "shards"}, tmp_path)
+             for rank in (0, 1)]
+    try:
+        wait_for_entries(cache_dir, 8, ranks)
+    finally:
+        for rank in ranks:
+            rank.process.send_signal(signal.SIGTERM)
+    codes = [rank.wait() for rank in ranks]
+    assert codes == [143, 143], "\n".join(rank.text()[-2000:] for rank in ranks)
+    match = LINE.match(ranks[0].last_line())
+    assert match and int(match.group(2)) == 4 * 12 // 2, ranks[0].text()[-3000:]  # rank 0's half of loglikelihood
+    assert ranks[1].error_lines() == [] and "rank 1: interrupted after" in ranks[1].text()
+    assert not any("Traceback" in rank.text() for rank in ranks)
+    assert len(shard_paths(cache_dir)) == 2 and not (cache_dir / "requests.sqlite").exists()
+    stored = stored_entries(cache_dir)
+
+    resumed = start(run_argv(tiny_model_path, cache_dir, tmp_path / "resumed"), tmp_path / "resumed.log",
+                    {**scratch_env, "LM_EVAL_EXT_CACHE_LAYOUT": "shards"}, tmp_path)
+    assert resumed.wait() == 0, resumed.text()[-3000:]
+    assert "layout shards (forced by LM_EVAL_EXT_CACHE_LAYOUT=shards" in resumed.text()
+    assert samples(tmp_path / "resumed") == uninterrupted
+    totals = results(tmp_path / "resumed")["config"]["request_cache"]["totals"]
+    assert (totals["hits"], totals["misses"]) == (stored, TOTAL_REQUESTS - stored)
