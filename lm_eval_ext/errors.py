@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import difflib
 import sys
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 
 
 class UserError(ValueError):
@@ -38,8 +38,9 @@ def did_you_mean(name: str, choices: Iterable[str]) -> str:
     return f" (did you mean '{close[0]}'?)" if close else ""
 
 
-def install_excepthook() -> None:
-    """Print an uncaught :class:`UserError` as one line instead of a traceback. Idempotent.
+def install_excepthook(translate: Callable[[BaseException], str | None] = lambda exc: None) -> None:
+    """Print an uncaught :class:`UserError` as one line instead of a traceback, and so any error
+    ``translate`` turns into a line (lm-eval's own errors for what the user typed). Idempotent.
 
     Installed where lm-eval builds one of our models (:class:`lm_eval_ext.lm_args.EvaluatorArgsChecked`,
     before the constructor parses model_args), never by an import: importing a module must leave
@@ -49,8 +50,9 @@ def install_excepthook() -> None:
     previous = sys.excepthook
 
     def hook(exc_type, exc, tb):
-        if isinstance(exc, UserError):
-            sys.stderr.write(f"lm-eval-ext: error: {exc}\n")
+        line = str(exc) if isinstance(exc, UserError) else translate(exc)
+        if line is not None:
+            sys.stderr.write(f"lm-eval-ext: error: {line}\n")
             return
         previous(exc_type, exc, tb)
 

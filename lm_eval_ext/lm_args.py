@@ -12,6 +12,7 @@ from typing import Any
 
 from lm_eval_ext import interrupts
 from lm_eval_ext.errors import install_excepthook
+from lm_eval_ext.lm_mistakes import translate
 from lm_eval_ext.model_args import merge_evaluator_args
 
 
@@ -36,5 +37,5 @@ def install_process_handlers() -> None:
     an import): user mistakes printed in one line, SIGTERM handled like Ctrl-C. Every way in
     (``lm_eval``, ``accelerate launch``, ``torchrun``, ``srun``, ``lm-eval-ext run``, the Python API
     with a model name) builds the model through these two classmethods."""
-    install_excepthook()
+    install_excepthook(translate)
     interrupts.install()

@@ -101,7 +101,7 @@ class RequestFront:
                 call.progress.close()  # the bar's last refresh before the line, not after it
                 num_cached = len(requests) - len(misses)
                 interrupted = self.cache.interrupted(len(requests), num_cached + sink.num_stored,
-                                                     interrupts.exit_code(stop))
+                                                     interrupts.exit_code(stop), num_cached + sink.num_put)
                 interrupts.report(interrupted, rank)
                 raise interrupted from None
             finally:

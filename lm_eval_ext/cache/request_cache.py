@@ -164,10 +164,13 @@ class RequestCache:
             return None
         return StoreWriter(store, model_fingerprint, request_type)
 
-    def interrupted(self, num_requests: int, num_safe: int, code: int = 130) -> RunInterrupted:
-        """Ctrl-C (or SIGTERM) while computing: what is safe, in one line; ``code``: the exit status."""
+    def interrupted(self, num_requests: int, num_safe: int, code: int = 130, num_done: int | None = None
+                    ) -> RunInterrupted:
+        """Ctrl-C (or SIGTERM) while computing: what is safe, in one line; ``code``: the exit status;
+        ``num_done``: answered so far (cached or computed), where a cache that does not write keeps none."""
         if not self.mode.writes:
-            return RunInterrupted(f"interrupted after {num_safe} of {num_requests} requests; cache={self.mode.value} "
+            done = num_safe if num_done is None else num_done
+            return RunInterrupted(f"interrupted after {done} of {num_requests} requests; cache={self.mode.value} "
                                   "stores nothing, so a rerun computes them again (cache=readwrite would keep them)",
                                   code)
         return RunInterrupted(f"interrupted after {num_safe} of {num_requests} requests; {num_safe} are in the request "

@@ -40,7 +40,8 @@ def _env_int(environ: Mapping[str, str], name: str) -> int | None:
     try:
         return int(value)
     except ValueError:
-        raise UserError(f"environment variable {name}={value!r} must be an integer") from None
+        raise UserError(f"environment variable {name}={value!r} must be an integer; unset it, or let the launcher "
+                        "(srun, torchrun, accelerate launch) set it") from None
 
 
 def _first_int(environ: Mapping[str, str], *names: str) -> tuple[str, int] | tuple[None, None]:

@@ -87,7 +87,8 @@ def check_rendezvous(launch: Launch) -> list[Finding]:
                         "and MASTER_PORT=<free port> in the batch script before srun")]
     return [Finding("error", "rendezvous_address_missing",
                     f"WORLD_SIZE={launch.world_size} starts {launch.world_size} processes, but {' and '.join(missing)} "
-                    f"{'is' if len(missing) == 1 else 'are'} not set, so rank {launch.rank} cannot find rank 0; "
+                    f"{'is' if len(missing) == 1 else 'are'} not set, so rank {launch.rank} cannot "
+                    f"{'find rank 0' if launch.rank else 'tell the others where to meet'}; "
                     "start with `accelerate launch` or `torchrun` (they set it), set MASTER_ADDR/MASTER_PORT "
                     "to rank 0's host and a free port, or unset WORLD_SIZE to run one process")]
 

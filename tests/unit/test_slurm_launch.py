@@ -97,7 +97,8 @@ def test_one_task_needs_no_rendezvous():
     (_srun(1, 1, SLURM_NODELIST="node[01-"), "SLURM_NODELIST='node[01-' is not a SLURM host list ('[' without ']'); "
                                              "SLURM writes e.g. node[01-04]; set MASTER_ADDR to the first node's "
                                              "host name"),
-    (_srun(1, 1, SLURM_NTASKS="two"), "environment variable SLURM_NTASKS='two' must be an integer"),
+    (_srun(1, 1, SLURM_NTASKS="two"), "environment variable SLURM_NTASKS='two' must be an integer; unset it, or let "
+                                      "the launcher (srun, torchrun, accelerate launch) set it"),
 ])
 def test_impossible_slurm_variables_are_one_line(env, message):
     with pytest.raises(UserError) as failure:
