@@ -63,23 +63,29 @@ def _srun(rank: int, tasks: int, **extra: str) -> dict:
             "SLURM_NODELIST": "127.0.0.1", "SLURM_JOB_ID": "777", "LM_EVAL_EXT_RENDEZVOUS_TIMEOUT_S": "5", **extra}
 
 
+def _gen(case_id: str, gen_kwargs: str, what: str = "") -> Case:
+    return Case(case_id, what or f"--gen_kwargs {gen_kwargs}", run_cmd("--gen_kwargs", gen_kwargs))
+
+
+def _device(case_id: str, device: str, what: str = "") -> Case:
+    return Case(case_id, what or f"--device {device}", run_cmd("--device", device))
+
+
 CASES = [
     # generation arguments
-    Case("G1", "--gen_kwargs max_gen_toks=abc", run_cmd("--gen_kwargs", "max_gen_toks=abc")),
-    Case("G2", "--gen_kwargs max_gen_toks=-5", run_cmd("--gen_kwargs", "max_gen_toks=-5")),
-    Case("G3", "--gen_kwargs max_gen_toks=0", run_cmd("--gen_kwargs", "max_gen_toks=0")),
-    Case("G4", "--gen_kwargs max_gen_toks=100000 (more than the model's length)",
-         run_cmd("--gen_kwargs", "max_gen_toks=100000")),
-    Case("G5", "--gen_kwargs temperature=abc", run_cmd("--gen_kwargs", "temperature=abc")),
-    Case("G6", "--gen_kwargs temperature=-1,do_sample=true", run_cmd("--gen_kwargs", "temperature=-1,do_sample=true")),
-    Case("G7", "--gen_kwargs do_sample=maybe", run_cmd("--gen_kwargs", "do_sample=maybe")),
-    Case("G8", "--gen_kwargs top_p=1.5,do_sample=true", run_cmd("--gen_kwargs", "top_p=1.5,do_sample=true")),
-    Case("G9", "--gen_kwargs foo=1 (no such generation argument)", run_cmd("--gen_kwargs", "foo=1")),
-    Case("G10", "--gen_kwargs max_gen_toks (no value)", run_cmd("--gen_kwargs", "max_gen_toks")),
-    Case("G11", "--gen_kwargs num_beams=2", run_cmd("--gen_kwargs", "num_beams=2")),
-    Case("G12", "--gen_kwargs do_sample=true,temperature=0.7 (sampled, no seed)",
-         run_cmd("--gen_kwargs", "do_sample=true,temperature=0.7")),
-    Case("G13", "--gen_kwargs until=zzz,max_gen_toks=4", run_cmd("--gen_kwargs", "until=zzz,max_gen_toks=4")),
+    _gen("G1", "max_gen_toks=abc"),
+    _gen("G2", "max_gen_toks=-5"),
+    _gen("G3", "max_gen_toks=0"),
+    _gen("G4", "max_gen_toks=100000", "--gen_kwargs max_gen_toks=100000 (more than the model's length)"),
+    _gen("G5", "temperature=abc"),
+    _gen("G6", "temperature=-1,do_sample=true"),
+    _gen("G7", "do_sample=maybe"),
+    _gen("G8", "top_p=1.5,do_sample=true"),
+    _gen("G9", "foo=1", "--gen_kwargs foo=1 (no such generation argument)"),
+    _gen("G10", "max_gen_toks", "--gen_kwargs max_gen_toks (no value)"),
+    _gen("G11", "num_beams=2"),
+    _gen("G12", "do_sample=true,temperature=0.7", "--gen_kwargs do_sample=true,temperature=0.7 (sampled, no seed)"),
+    _gen("G13", "until=zzz,max_gen_toks=4"),
     # task selection
     Case("T1", "--limit 0", run_cmd(limit="0")),
     Case("T2", "--limit -1", run_cmd(limit="-1")),
@@ -101,13 +107,13 @@ CASES = [
          (sys.executable, "-m", "lm_eval", "--model", "hf_ext", "--model_args", f"pretrained={MODEL}", "--tasks",
           "ext_copy_gen", "--include_path", str(REPO / "tasks"), "--limit", "0", "--output_path", "out")),
     # devices
-    Case("D1", "--device mps on a machine without MPS", run_cmd("--device", "mps")),
-    Case("D2", "--device cuda without a GPU", run_cmd("--device", "cuda")),
-    Case("D3", "--device cuda:1 without a GPU", run_cmd("--device", "cuda:1")),
-    Case("D4", "--device xpu", run_cmd("--device", "xpu")),
-    Case("D5", "--device gpu", run_cmd("--device", "gpu")),
-    Case("D6", "--device cpu:0", run_cmd("--device", "cpu:0")),
-    Case("D7", "--device ''", run_cmd("--device", "")),
+    _device("D1", "mps", "--device mps on a machine without MPS"),
+    _device("D2", "cuda", "--device cuda without a GPU"),
+    _device("D3", "cuda:1", "--device cuda:1 without a GPU"),
+    _device("D4", "xpu"),
+    _device("D5", "gpu"),
+    _device("D6", "cpu:0"),
+    _device("D7", "", "--device ''"),
     Case("D8", "--model_args dtype=float16x", run_cmd(model_args="dtype=float16x")),
     # launchers
     Case("L1", "srun task 0 of 2 whose task 1 never starts", run_cmd(), env=_srun(0, 2)),
