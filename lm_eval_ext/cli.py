@@ -8,7 +8,7 @@ import argparse
 import importlib
 import sys
 
-from lm_eval_ext.errors import UserError
+from lm_eval_ext.errors import RunInterrupted, UserError
 
 #: subcommand -> one-line help. Add a line here when a ``commands`` module lands.
 COMMANDS: dict[str, str] = {
@@ -47,6 +47,8 @@ def main(argv: list[str] | None = None) -> int:
 def _guarded(entry, args) -> int:
     try:
         return int(entry(args) or 0)
+    except RunInterrupted as exc:  # its line is printed where it was raised
+        return exc.code
     except UserError as exc:
         sys.stderr.write(f"lm-eval-ext {sys.argv[1] if len(sys.argv) > 1 else ''}: error: {exc}\n")
         return 2

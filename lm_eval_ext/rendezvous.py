@@ -66,10 +66,12 @@ def join_process_group(launch: Launch, environ: Mapping[str, str] = os.environ, 
         store = dist.TCPStore(launch.master_addr, int(launch.master_port), world_size, is_master=rank == 0,
                               timeout=datetime.timedelta(seconds=timeout_s), wait_for_workers=True)
     except (RuntimeError, OSError, ValueError) as exc:  # DistStoreError is a RuntimeError
+        how = ("start all tasks with one `srun` (they meet at the first host of the node list, on MASTER_PORT or "
+               "the port of the job id)" if launch.launcher == "slurm" else
+               "start every rank with the same MASTER_ADDR/MASTER_PORT (or use `accelerate launch`/`torchrun`)")
         raise UserError(
             f"rank {rank} waited {timeout_s:.0f} s at {address} for {waits_for} of WORLD_SIZE={world_size}, "
-            f"in vain ({str(exc).splitlines()[0][:160]}); start every rank with the same MASTER_ADDR/MASTER_PORT "
-            f"(or use `accelerate launch`/`torchrun`), or raise {TIMEOUT_ENV}"
+            f"in vain ({str(exc).splitlines()[0][:160]}); {how}, or raise {TIMEOUT_ENV}"
         ) from None
     backend = backend or ("nccl" if _use_nccl(environ) else "gloo")
     dist.init_process_group(backend, store=store, rank=rank, world_size=world_size, timeout=COLLECTIVE_TIMEOUT)

@@ -5,8 +5,8 @@ A backend composes one :class:`RequestFront` and defines ``loglikelihood``, ``lo
 and ``generate_until`` as ``self.front.answer(...)``. It hands the front, per request type, a
 ``compute(call)`` that answers ``call.requests`` (reporting each result through ``call.result`` as it arrives and calling
 ``call.batch_done()`` after each engine batch, so every finished batch is written in one
-transaction); whatever it only returns is stored when it returns. Ctrl-C during a computation
-keeps what arrived and says how to resume, in one line.
+transaction); whatever it only returns is stored when it returns. Ctrl-C or SIGTERM during a
+computation keeps what arrived and says how to resume, in one line (``lm_eval_ext/interrupts.py``).
 """
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ import time
 from collections.abc import Callable, Mapping
 from typing import Any
 
+from lm_eval_ext import interrupts
 from lm_eval_ext.backend.call import Call, NoProgress, Progress, RequestType
 from lm_eval_ext.cache.request_cache import MISSING, RequestCache, StoreWriter
 
@@ -78,7 +79,9 @@ class RequestFront:
                     len(requests), len({(r.task_name, r.doc_id) for r in requests}))
         results = self.cache.lookup(request_type.value, requests)
         misses = [i for i, value in enumerate(results) if value is MISSING]
-        if misses or (self._is_collective(request_type) and self._any_rank(bool(misses))):
+        # every rank takes part in any_rank (a collective) or none does: a rank with misses skipping it
+        # left the others' gather paired with its first collective inside the computation (a hang)
+        if self._any_rank(bool(misses)) if self._is_collective(request_type) else misses:
             todo = [requests[i] for i in misses]
             self._prepare()  # before the clock starts: loading weights is not compute
             sink = _Sink(request_type, self.cache.writer(request_type.value), lm_eval_hook)
@@ -92,10 +95,15 @@ class RequestFront:
                     if index not in call.values:  # computed, never reported: stored now
                         call.result(index, value)
                 values = call.ordered_values()
-            except KeyboardInterrupt:
-                sink.flush()
+            except (KeyboardInterrupt, interrupts.Terminated) as stop:
+                with interrupts.shielded():
+                    sink.flush()
+                call.progress.close()  # the bar's last refresh before the line, not after it
                 num_cached = len(requests) - len(misses)
-                raise self.cache.interrupted(len(requests), num_cached + sink.num_stored) from None
+                interrupted = self.cache.interrupted(len(requests), num_cached + sink.num_stored,
+                                                     interrupts.exit_code(stop), num_cached + sink.num_put)
+                interrupts.report(interrupted, rank)
+                raise interrupted from None
             finally:
                 sink.flush()  # results that arrived before an exception are kept
                 call.progress.close()

@@ -19,6 +19,8 @@ from typing import Any
 from lm_eval_ext.cache.fingerprint import ModelIdentity, fingerprint
 from lm_eval_ext.cache.keys import CachedValueError, args_json, decode_value, encode_value, request_key
 from lm_eval_ext.cache.report import CacheStats, build_report
+from lm_eval_ext.cache.layout import open_store, store_exists
+from lm_eval_ext.cache.shards import ShardedStore
 from lm_eval_ext.cache.store import CacheFileError, Entry, RequestStore, default_cache_dir
 from lm_eval_ext.errors import RunInterrupted
 
@@ -45,7 +47,7 @@ class CacheMode(enum.Enum):
 class StoreWriter:
     """Buffers one call's results; :meth:`flush` writes them in one transaction."""
 
-    def __init__(self, store: RequestStore, model_fingerprint: str, request_type: str) -> None:
+    def __init__(self, store: RequestStore | ShardedStore, model_fingerprint: str, request_type: str) -> None:
         self.store, self.fingerprint, self.request_type = store, model_fingerprint, request_type
         self.buffer: list[tuple[str, str, str]] = []
         self.written: set[str] = set()
@@ -89,7 +91,7 @@ class RequestCache:
         self.mode = CacheMode(mode)
         self.dir = Path(cache_dir).expanduser() if cache_dir else default_cache_dir()
         self.stats = CacheStats()
-        self.store: RequestStore | None = None
+        self.store: RequestStore | ShardedStore | None = None
         self.fingerprint: str | None = known_fingerprint
         self._identity, self._label = identity, label
         self._opened = False
@@ -99,21 +101,22 @@ class RequestCache:
             raise ValueError("this request cache was made from a known fingerprint and has no identity")
         return self._identity()
 
-    def open(self) -> tuple[RequestStore | None, str]:
+    def open(self) -> tuple[RequestStore | ShardedStore | None, str]:
         """Open the store and compute the fingerprint once, on the first request."""
         if not self._opened:
             identity = None if self.fingerprint else self.identity()
             self.fingerprint = self.fingerprint or fingerprint(identity)
-            db_missing = not (self.dir / "requests.sqlite").exists()
-            if self.mode is CacheMode.READ and db_missing:
+            layout = None
+            if self.mode is CacheMode.READ and not store_exists(self.dir):
                 logger.warning("request cache: cache=read but %s has no cache yet; computing everything", self.dir)
             else:
                 # cache=read opens read-only: nothing is written, and read-only storage can be read
-                self.store = RequestStore.open(self.dir, readonly=not self.mode.writes)
+                self.store, layout = open_store(self.dir, readonly=not self.mode.writes)
                 if self.mode.writes and identity is not None:
                     self.store.register_model(self.fingerprint, self._label(), identity.to_json())
             self._opened = True
-            logger.info("request cache: %s, mode %s, model %s", self.dir, self.mode.value, self.fingerprint[:16])
+            logger.info("request cache: %s, mode %s, model %s%s", self.dir, self.mode.value, self.fingerprint[:16],
+                        f", layout {layout.layout} ({layout.reason})" if layout else "")
         return self.store, self.fingerprint
 
     def keys(self, request_type: str, requests: list) -> list[str | None]:
@@ -161,13 +164,17 @@ class RequestCache:
             return None
         return StoreWriter(store, model_fingerprint, request_type)
 
-    def interrupted(self, num_requests: int, num_safe: int) -> RunInterrupted:
-        """Ctrl-C (or SIGTERM) while computing: what is safe, in one line."""
+    def interrupted(self, num_requests: int, num_safe: int, code: int = 130, num_done: int | None = None
+                    ) -> RunInterrupted:
+        """Ctrl-C (or SIGTERM) while computing: what is safe, in one line; ``code``: the exit status;
+        ``num_done``: answered so far (cached or computed), where a cache that does not write keeps none."""
         if not self.mode.writes:
-            return RunInterrupted(f"interrupted after {num_safe} of {num_requests} requests; cache={self.mode.value} "
-                                  "stores nothing, so a rerun computes them again (cache=readwrite would keep them)")
+            done = num_safe if num_done is None else num_done
+            return RunInterrupted(f"interrupted after {done} of {num_requests} requests; cache={self.mode.value} "
+                                  "stores nothing, so a rerun computes them again (cache=readwrite would keep them)",
+                                  code)
         return RunInterrupted(f"interrupted after {num_safe} of {num_requests} requests; {num_safe} are in the request "
-                              "cache; rerun the same command to resume")
+                              "cache; rerun the same command to resume", code)
 
     def report(self, *, rank: int = 0, world_size: int = 1) -> dict:
         return build_report(self.stats, mode=self.mode.value, path=str(self.dir), fingerprint=self.fingerprint,

@@ -125,16 +125,17 @@ def check_database_header(path: Path) -> None:
         )
 
 
-def _connect(path: Path, readonly: bool) -> sqlite3.Connection:
+def _connect(path: Path, readonly: bool, immutable: bool = False) -> sqlite3.Connection:
     """Read-only opens never create side files where they can be avoided: ``mode=ro`` needs to
     create ``-shm`` for a WAL database, so on read-only storage fall back to ``immutable=1``
-    (SQLite then reads the main file as it is, without locks)."""
+    (SQLite then reads the main file as it is, without locks). ``immutable``: always so (the
+    sharded layout's folded file, which is replaced whole and never written in place)."""
     if not readonly:
         return sqlite3.connect(str(path), timeout=BUSY_TIMEOUT_MS / 1000, isolation_level=None)
     uri = path.resolve().as_uri()
     writable_dir = os.access(path.parent, os.W_OK)
     has_shm = path.with_name(path.name + "-shm").exists()
-    flags = "mode=ro" if writable_dir or has_shm else "immutable=1"
+    flags = "mode=ro" if (writable_dir or has_shm) and not immutable else "immutable=1"
     try:
         connection = sqlite3.connect(f"{uri}?{flags}", uri=True, timeout=BUSY_TIMEOUT_MS / 1000, isolation_level=None)
         connection.execute("SELECT count(*) FROM sqlite_master").fetchone()
@@ -157,9 +158,11 @@ class RequestStore:
     # ------------------------------------------------------------------ opening
 
     @classmethod
-    def open(cls, cache_dir: str | os.PathLike, *, create: bool = True, readonly: bool = False) -> RequestStore:
+    def open(cls, cache_dir: str | os.PathLike, *, create: bool = True, readonly: bool = False,
+             immutable: bool = False) -> RequestStore:
         """``readonly=True`` (``cache=read``, ``cache stats``/``export``): nothing is created or
-        written, not even an empty file's schema, so a read-only copy of a cache can be read."""
+        written, not even an empty file's schema, so a read-only copy of a cache can be read.
+        ``immutable`` (read-only): no locks, no side files (see :func:`_connect`)."""
         directory = Path(cache_dir).expanduser()
         path = directory / DB_FILE
         if directory.exists() and not directory.is_dir():
@@ -177,7 +180,7 @@ class RequestStore:
         if path.exists():
             check_database_header(path)
         store = cls(path, None, readonly=readonly)
-        store._db = store._guarded(_connect, path, readonly)
+        store._db = store._guarded(_connect, path, readonly, immutable)
         store._prepare_when_free()
         return store
 
@@ -283,6 +286,10 @@ class RequestStore:
     def close(self) -> None:
         self._db.close()
 
+    def transaction(self, body) -> None:
+        """``body(connection)`` in one write transaction (``cache compact`` folds shards with it)."""
+        self._guarded(self._write, body)
+
     # ------------------------------------------------------------------ reads and writes
 
     def register_model(self, fingerprint: str, label: str, identity_json: str) -> None:
@@ -364,6 +371,12 @@ class RequestStore:
 
         self._guarded(self._write, body)
         return deleted[0]
+
+    def folded_offsets(self) -> dict[str, int]:
+        """``{shard file name: bytes already folded into this file}`` (``lm-eval-ext cache compact``)."""
+        if not self.query("SELECT name FROM sqlite_master WHERE type='table' AND name='folded'"):
+            return {}
+        return dict(self.query("SELECT shard, offset FROM folded"))
 
     def integrity_errors(self) -> list[str]:
         """Full SQLite integrity check; ``[]`` when the file is sound."""

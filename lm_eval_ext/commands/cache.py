@@ -1,4 +1,8 @@
-"""``lm-eval-ext cache stats|verify|clear|export``: inspect and maintain the request cache.
+"""``lm-eval-ext cache stats|verify|clear|export|compact``: inspect and maintain the request cache.
+
+With shard files (the layout for network filesystems, docs/cache.md) ``stats``, ``verify`` and
+``export`` read a merged copy on local disk, ``clear`` folds the shards first, and ``compact`` folds
+them into ``requests.sqlite``.
 
 ``verify`` first checks the file (SQLite integrity, every value's shape, every key recomputed from
 its stored arguments), then, given ``--model-args``, recomputes a random sample of that model's
@@ -14,6 +18,8 @@ import random
 import sys
 from pathlib import Path
 
+from lm_eval_ext.cache.fold import DEFAULT_STALE_AFTER_S, fold, merged_view
+from lm_eval_ext.cache.shards import shard_paths
 from lm_eval_ext.cache.store import DB_FILE, RequestStore, default_cache_dir
 from lm_eval_ext.errors import UserError
 from lm_eval_ext.cache.keys import CachedValueError, decode_value, request_key
@@ -27,7 +33,7 @@ def emit(text: str = "") -> None:
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--cache-dir", type=Path, default=None,
                         help="cache directory (default: $LM_EVAL_EXT_CACHE_DIR or ~/.cache/lm_eval_ext)")
-    actions = parser.add_subparsers(dest="action", required=True, metavar="{stats,verify,clear,export}")
+    actions = parser.add_subparsers(dest="action", required=True, metavar="{stats,verify,clear,export,compact}")
     actions.add_parser("stats", help="entries per model and request type, size, hit counts")
     verify = actions.add_parser("verify", help="integrity check; recompute a random sample with the model")
     verify.add_argument("--model-args", default=None,
@@ -43,18 +49,61 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     export = actions.add_parser("export", help="write entries as JSON lines")
     export.add_argument("--model", default=None, help="model label (pretrained) or fingerprint prefix")
     export.add_argument("--output", "-o", type=Path, default=None, help="file (default: stdout)")
+    compact = actions.add_parser("compact", help="fold shard files (the layout for network filesystems) into "
+                                                 "requests.sqlite and delete those whose writers are done")
+    compact.add_argument("--stale-hours", type=float, default=DEFAULT_STALE_AFTER_S / 3600,
+                         help="a shard unchanged this long counts as done, its writer gone (default 24)")
+
+
+ACTIONS = ("stats", "verify", "clear", "export")
 
 
 def main(args: argparse.Namespace) -> int:
-    cache_dir = args.cache_dir or default_cache_dir()
+    cache_dir = Path(args.cache_dir or default_cache_dir()).expanduser()
     if args.action == "export" and args.output is not None:
         check_output_path(args.output)
+    if args.action == "compact":
+        return _compact(cache_dir, args)
+    if shard_paths(cache_dir):  # the shards layout (or shards left from it): read through a merged copy
+        return _with_shards(cache_dir, args)
     # only clear writes: stats, verify and export open read-only and so work on read-only storage
     store = RequestStore.open(cache_dir, create=False, readonly=args.action != "clear")
     try:
-        return {"stats": _stats, "verify": _verify, "clear": _clear, "export": _export}[args.action](store, args)
+        return dict(zip(ACTIONS, (_stats, _verify, _clear, _export)))[args.action](store, args)
     finally:
         store.close()
+
+
+def _with_shards(cache_dir: Path, args) -> int:
+    with merged_view(cache_dir) as (view, report):
+        view.path = cache_dir / DB_FILE  # what the output names: the cache, not the temporary copy
+        if args.action == "clear":
+            _clear_checked(args)
+            fingerprints = _matching_fingerprints(view, args.model) if args.model else None
+        elif args.action == "verify":
+            for where in report.unreadable:
+                emit(f"NOTE shard line {where} did not check out (cut by a kill, or still being written); "
+                     "its request is computed again when needed")
+            return _verify(view, args)
+        else:
+            return {"stats": _stats, "export": _export}[args.action](view, args)
+    before_s = _parse_date(args.older_than).timestamp() if args.older_than else None
+    folded = fold(cache_dir, delete=lambda store: store.delete(fingerprints=fingerprints, before_s=before_s))
+    emit(f"deleted {folded.num_deleted} entries from {cache_dir / DB_FILE} (shards folded into it first)")
+    return 0
+
+
+def _compact(cache_dir: Path, args) -> int:
+    if args.stale_hours <= 0:
+        raise UserError(f"--stale-hours {args.stale_hours} must be positive, e.g. --stale-hours 24")
+    report = fold(cache_dir, stale_after_s=args.stale_hours * 3600)
+    emit(f"folded {report.num_entries} new entries into {cache_dir / DB_FILE}; deleted "
+         f"{len(report.deleted_shards)} finished shard(s); kept {len(report.kept_shards)} shard(s) whose writers may "
+         "still append (read from where the fold stopped)")
+    if report.unreadable:
+        emit(f"{len(report.unreadable)} shard line(s) did not check out (cut by a kill); their requests are "
+             "computed again when needed")
+    return 0
 
 
 def check_output_path(output: Path) -> None:
@@ -82,8 +131,10 @@ def _stats(store: RequestStore, args) -> int:
         " FROM entries e LEFT JOIN models m ON m.fingerprint = e.fingerprint"
         " GROUP BY e.fingerprint, e.request_type ORDER BY 1, 3"
     )
-    size_bytes = sum(p.stat().st_size for p in store.path.parent.glob(DB_FILE + "*"))
-    emit(f"cache: {store.path} ({size_bytes / 2**20:.1f} MiB on disk)")
+    shards = shard_paths(store.path.parent)
+    size_bytes = sum(p.stat().st_size for p in [*store.path.parent.glob(DB_FILE + "*"), *shards])
+    in_shards = f", {len(shards)} shard file(s)" if shards else ""
+    emit(f"cache: {store.path} ({size_bytes / 2**20:.1f} MiB on disk{in_shards})")
     emit(f"{'model':40} {'fingerprint':16} {'request type':22} {'entries':>8} {'hits':>8} {'MiB':>7} {'compute s':>10}")
     for label, fp, rtype, count, hits, payload_bytes, compute_s in rows:
         emit(f"{label[-40:]:40} {fp[:16]:16} {rtype:22} {count:8d} {hits:8d} "
@@ -102,9 +153,13 @@ def _matching_fingerprints(store: RequestStore, model: str) -> list[str]:
     return found
 
 
-def _clear(store: RequestStore, args) -> int:
+def _clear_checked(args) -> None:
     if not (args.all or args.model or args.older_than):
         raise UserError("cache clear needs --all, --model NAME or --older-than DATE")
+
+
+def _clear(store: RequestStore, args) -> int:
+    _clear_checked(args)
     fingerprints = _matching_fingerprints(store, args.model) if args.model else None
     before_s = _parse_date(args.older_than).timestamp() if args.older_than else None
     deleted = store.delete(fingerprints=fingerprints, before_s=before_s)

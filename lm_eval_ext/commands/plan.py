@@ -16,6 +16,7 @@ import sys
 from typing import Any
 
 from lm_eval_ext.errors import UserError, did_you_mean
+from lm_eval_ext.plan.launch_env import read_launch_env
 from lm_eval_ext.plan.types import BACKENDS, Plan, PlanRequest
 from lm_eval_ext.units import format_bytes, parse_bytes
 
@@ -126,7 +127,9 @@ def main(args: argparse.Namespace) -> int:
     result = plan(facts, hardware, request)
     if args.json:
         payload = {**result.to_json(), "model": facts.to_json(), "hardware": hardware.describe(),
-                   "launch": launch_hint(result, model_args["pretrained"], hardware.num_nodes)}
+                   "launch": launch_hint(result, model_args["pretrained"], hardware.num_nodes),
+                   "launch_slurm": slurm_launch_hint(result, model_args["pretrained"], hardware),
+                   "launcher": describe_launch(read_launch_env())}
         if result.backend == "hf":
             payload["build"] = hf_build_descriptions(result, hardware, model_args)
         elif result.backend == "vllm":  # what vllm_ext builds from the same plan (lm_eval_ext.vllm.build)
@@ -135,7 +138,7 @@ def main(args: argparse.Namespace) -> int:
             payload["build"] = vllm_build_json(facts, hardware, model_args, request)
         _write(json.dumps(payload, indent=2) + "\n")
     else:
-        _write(render(result, facts.name, hardware.describe(), model_args["pretrained"], hardware.num_nodes))
+        _write(render(result, facts.name, hardware, model_args["pretrained"]))
     return 0
 
 
@@ -156,13 +159,8 @@ def hf_build_descriptions(plan: Plan, hardware, model_args: dict[str, str]) -> l
 
 
 def launch_hint(plan: Plan, pretrained: str, num_nodes: int) -> str:
-    if plan.backend == "vllm":
-        sizes = (f"tensor_parallel_size={plan.tensor_parallel_size},data_parallel_size={plan.data_parallel_size}"
-                 f",pipeline_parallel_size={plan.pipeline_parallel_size}")
-        length = f",max_model_len={plan.max_model_len}" if plan.max_model_len else ""
-        return f"lm_eval --model vllm_ext --model_args pretrained={pretrained},{sizes}{length} --tasks ..."
-    model = f"--model hf_ext --model_args pretrained={pretrained},strategy={plan.strategy.value} --tasks ..."
-    if plan.num_processes <= 1:
+    model = model_args_hint(plan, pretrained)
+    if plan.backend == "vllm" or plan.num_processes <= 1:
         return f"lm_eval {model}"
     if plan.device == "cpu":  # `accelerate launch --cpu` silently starts one process; torchrun does not
         return f"ACCELERATE_USE_CPU=true torchrun --standalone --nproc-per-node {plan.num_processes} -m lm_eval {model}"
@@ -170,9 +168,48 @@ def launch_hint(plan: Plan, pretrained: str, num_nodes: int) -> str:
     return f"accelerate launch --num_processes {plan.num_processes}{machines} -m lm_eval {model}"
 
 
-def render(plan: Plan, name: str, hardware: str, pretrained: str, num_nodes: int) -> str:
+def model_args_hint(plan: Plan, pretrained: str) -> str:
+    """``--model ... --model_args ...`` of the planned run (every launch line shares it)."""
+    if plan.backend == "vllm":
+        sizes = (f"tensor_parallel_size={plan.tensor_parallel_size},data_parallel_size={plan.data_parallel_size}"
+                 f",pipeline_parallel_size={plan.pipeline_parallel_size}")
+        length = f",max_model_len={plan.max_model_len}" if plan.max_model_len else ""
+        return f"--model vllm_ext --model_args pretrained={pretrained},{sizes}{length} --tasks ..."
+    return f"--model hf_ext --model_args pretrained={pretrained},strategy={plan.strategy.value} --tasks ..."
+
+
+def slurm_launch_hint(plan: Plan, pretrained: str, hardware) -> str:
+    """The ``srun`` line of the planned run, inside an ``sbatch`` allocation (examples/slurm/).
+
+    One task per process of the plan, ``--gpus-per-node`` (not ``--gpus-per-task``, which binds each
+    task to its own GPUs while hf_ext takes the GPUs of its local rank, as under torchrun); vllm_ext
+    runs one task per node, which starts that node's replicas. ``--kill-on-bad-exit`` ends the other
+    tasks when one fails, instead of leaving them waiting in a collective."""
+    num_nodes = max(1, hardware.num_nodes)
+    if plan.backend == "vllm":
+        tasks_per_node, gpus_per_node = 1, hardware.num_gpus_per_node
+    else:
+        tasks_per_node = max(1, plan.num_processes // num_nodes)
+        gpus_per_node = tasks_per_node * max(1, plan.gpus_per_replica) if plan.device == "cuda" else 0
+    gpus = f" --gpus-per-node {gpus_per_node}" if gpus_per_node else ""
+    return (f"srun --nodes {num_nodes} --ntasks-per-node {tasks_per_node}{gpus} --kill-on-bad-exit=1 "
+            f"lm_eval {model_args_hint(plan, pretrained)}")
+
+
+def describe_launch(launch) -> str:
+    """This process's launch as detected (``plan`` run inside an srun step, a torchrun, ...)."""
+    if launch.launcher == "python" and not launch.is_distributed:
+        return "none (one process)"
+    where = f", rendezvous {launch.master_addr}:{launch.master_port}" if launch.is_distributed else ""
+    return (f"{launch.launcher}: rank {launch.rank} of {launch.world_size} (local {launch.local_rank} of "
+            f"{launch.local_world_size}, {launch.num_nodes} node(s)){where}")
+
+
+def render(plan: Plan, name: str, hardware, pretrained: str) -> str:
+    num_nodes = hardware.num_nodes
     rows: list[tuple[str, Any]] = [
-        ("model", name), ("hardware", hardware), ("weights", f"{format_bytes(plan.weights_bytes)} ({plan.dtype})"),
+        ("model", name), ("hardware", hardware.describe()),
+        ("weights", f"{format_bytes(plan.weights_bytes)} ({plan.dtype})"),
         ("replicas", f"{plan.num_replicas} x {plan.gpus_per_replica} GPU(s)" if plan.device == "cuda"
          else f"{plan.num_replicas} on CPU"),
         ("processes", plan.num_processes),
@@ -187,6 +224,10 @@ def render(plan: Plan, name: str, hardware: str, pretrained: str, num_nodes: int
     if plan.max_cpu_memory_bytes:
         rows.append(("max_cpu_memory", format_bytes(plan.max_cpu_memory_bytes)))
     rows.append(("launch", launch_hint(plan, pretrained, num_nodes)))
+    rows.append(("launch (slurm)", slurm_launch_hint(plan, pretrained, hardware)))
+    detected = read_launch_env()
+    if detected.launcher != "python" or detected.is_distributed:
+        rows.append(("launcher (detected)", describe_launch(detected)))
     lines = [f"plan: {plan.backend} {plan.strategy.value}"] + [f"  {k:<24} {v}" for k, v in rows]
     lines += ["why:"] + [f"  - {r}" for r in plan.reasons]
     if plan.warnings:

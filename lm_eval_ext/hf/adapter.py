@@ -22,6 +22,7 @@ from lm_eval_ext.compat import hflm_accelerator, require
 from lm_eval_ext.hf.config import HfExtConfig
 from lm_eval_ext.hf.dist import prefer_cpu_collectives, release_process_group_at_exit
 from lm_eval_ext.logs import share_lm_eval_handlers
+from lm_eval_ext.plan.launch_env import export_torch_names
 from lm_eval_ext.plan.layout import build_layout
 
 torch = require("torch", "hf")
@@ -63,6 +64,7 @@ class HfExtLM(HFLM):
         share_lm_eval_handlers()
         config = HfExtConfig.from_model_args(model_args)
         self.ext_config = config
+        export_torch_names()  # an srun task: torch's rank names from SLURM's, before anything reads them
         prefer_cpu_collectives(torch.cuda.is_available())
         cache = RequestCache(config.cache, config.cache_dir, identity=self._model_identity,
                              label=lambda: str(self.pretrained))

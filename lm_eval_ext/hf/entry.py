@@ -20,6 +20,7 @@ from lm_eval.api.model import LM
 
 from lm_eval_ext.backend.call import RequestType
 from lm_eval_ext.cache.fast_path import memo_key, read_memo
+from lm_eval_ext.cache.layout import store_exists
 from lm_eval_ext.cache.request_cache import RequestCache
 from lm_eval_ext.cache.store import default_cache_dir
 from lm_eval_ext.hf.config import HfExtConfig
@@ -45,7 +46,7 @@ class HfExtEntry(EvaluatorArgsChecked, LM):
         cache_dir = Path(config.cache_dir).expanduser() if config.cache_dir else default_cache_dir()
         key = memo_key(model_args)
         memo = read_memo(cache_dir, key) if key else None
-        if memo is None or not (cache_dir / "requests.sqlite").exists():
+        if memo is None or not store_exists(cache_dir):
             return _real_backend(model_args)
         front = super().__new__(cls)
         front._memo, front._cache_dir, front._cache_mode = memo, cache_dir, config.cache

@@ -18,13 +18,16 @@ are stock ``HFLM``'s, reproduced step by step with stock's own helpers (so resul
 
 from __future__ import annotations
 
+import functools
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from lm_eval_ext.backend.call import Call
+from lm_eval_ext.backend.gen_kwargs import check_gen_kwargs
 from lm_eval_ext.backend.lm_requests import RollingDocuments, encode_pairs, rolling_windows
+from lm_eval_ext.errors import UserError, did_you_mean
 from lm_eval_ext.hf.policy.batching import GenerationRequest, score_request
 
 logger = logging.getLogger(__name__)
@@ -67,13 +70,15 @@ def _prepare_generation(lm: Any, context: str, gen_kwargs: Any, eos: str) -> _Ge
 
     if not isinstance(gen_kwargs, dict):
         raise ValueError(f"Expected `kwargs` to be of type `dict` but got {type(gen_kwargs)}")
+    check_gen_kwargs(gen_kwargs)
     kwargs = normalize_gen_kwargs(dict(gen_kwargs), lm.max_gen_toks)
     until = handle_stop_sequences(kwargs.pop("until", None), eos=eos)
     max_gen_toks = kwargs.pop("max_gen_toks")
     max_ctx_len = lm.max_length - max_gen_toks
-    if max_ctx_len <= 0:
-        raise ValueError(f"Invalid configuration: requested max tokens to generate ({max_gen_toks}) must be less "
-                         f"than model's maximum sequence length ({lm.max_length}).")
+    if max_ctx_len <= 0:  # stock raises a ValueError with a traceback here
+        raise UserError(f"gen_kwargs max_gen_toks={max_gen_toks} leaves no room for the prompt in the model's "
+                        f"max_length={lm.max_length}; use max_gen_toks below {lm.max_length} (e.g. --gen_kwargs "
+                        "max_gen_toks=256), or a larger max_length in --model_args if the model allows it")
     ids, _ = lm.tok_batch_encode([context], left_truncate_len=max_ctx_len, truncation=lm.truncation)
     prompt = ids[0].tolist()
     if "max_length" in kwargs:
@@ -85,7 +90,26 @@ def _prepare_generation(lm: Any, context: str, gen_kwargs: Any, eos: str) -> _Ge
         kwargs["do_sample"] = False
     if kwargs.get("do_sample") is False and kwargs["temperature"] == 0.0:
         kwargs.pop("temperature", None)
+    _check_generate_options(kwargs)
     return _Generation(prompt, max_new, until, kwargs)
+
+
+@functools.cache
+def _generate_option_names() -> frozenset[str]:
+    from transformers import GenerationConfig
+
+    return frozenset(GenerationConfig().to_dict())
+
+
+def _check_generate_options(options: dict) -> None:
+    """What ``model.generate`` would refuse deep inside (``model_kwargs are not used``), in one line."""
+    known = _generate_option_names()
+    unknown = sorted(key for key in options if key not in known)
+    if unknown:
+        key = unknown[0]
+        raise UserError(f"gen_kwargs {key}={options[key]!r} is not a generation argument transformers knows"
+                        f"{did_you_mean(key, known)} (from --gen_kwargs or the task's generation_kwargs); drop it, "
+                        "or use one of transformers' GenerationConfig fields (num_beams, top_p, repetition_penalty, ...)")
 
 
 def generated_text(lm: Any, tokens: Sequence[int], until: list[str]) -> str:

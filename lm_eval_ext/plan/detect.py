@@ -57,6 +57,15 @@ def detect_gpus() -> tuple[Gpu, ...]:
     return tuple(gpus)
 
 
+def mps_available() -> bool:
+    """Apple's MPS device can run here (torch.backends.mps)."""
+    try:
+        import torch
+    except ImportError:
+        return False
+    return bool(getattr(torch.backends, "mps", None) and torch.backends.mps.is_available())
+
+
 def num_cpu_cores() -> int:
     """Cores this process may run on (its affinity), else the machine's."""
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1

@@ -24,6 +24,22 @@ logger = logging.getLogger(__name__)
 LM_EVAL_CLI_DEFAULT_DEVICE = "cuda:0"
 
 
+def check_device_kind(requested: str, *, mps_available: bool) -> None:
+    """hf_ext plans for CUDA GPUs and the CPU: any other device is refused in one line instead of a
+    plan that silently runs on the CPU (``--device mps`` did, with status 0)."""
+    kind = requested.split(":", 1)[0].strip().lower()
+    if requested == "auto" or kind in ("cuda", "cpu"):
+        return
+    if kind == "mps" and not mps_available:
+        raise UserError(f"device={requested}: no MPS device here (torch.backends.mps.is_available() is False); "
+                        "pass --device cpu, or drop --device to run on CPU")
+    if kind == "mps":
+        raise UserError(f"device={requested}: hf_ext plans for CUDA GPUs and the CPU only; pass --device cpu, or "
+                        "use stock --model hf on MPS")
+    raise UserError(f"device={requested!r} is not a device hf_ext can use; pass --device cuda (every visible GPU), "
+                    "cuda:N (one GPU) or cpu, or drop --device")
+
+
 def unpinned_device(requested: str, launch: Launch) -> str:
     """A ``cuda:N`` that cannot mean "only GPU N" becomes ``cuda`` (plan over every visible GPU):
     lm-eval's CLI default ``cuda:0`` (else every CLI run on several GPUs would plan for one), and

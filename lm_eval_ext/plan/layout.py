@@ -26,7 +26,10 @@ from lm_eval_ext.plan import preflight
 from lm_eval_ext.plan.build import Layout, layout_from_plan
 from lm_eval_ext.plan.facts import ModelFacts
 from lm_eval_ext.plan.hardware import Hardware
-from lm_eval_ext.plan.hf_settings import plan_request, resolve_dtype, settle_device, visible_hardware
+from lm_eval_ext.plan.detect import mps_available
+from lm_eval_ext.plan.hf_settings import (
+    check_device_kind, plan_request, resolve_dtype, settle_device, visible_hardware,
+)
 from lm_eval_ext.plan.planner import plan
 from lm_eval_ext.plan.prepare import ModelSource, Settled, prepare
 from lm_eval_ext.plan.threads import apply_omp_default
@@ -50,7 +53,9 @@ def build_layout(config: Any, *, device: str | None = None, dtype: str | None = 
 
 
 def _settle(config: Any, device: str | None, dtype: str | None, hardware: Hardware) -> Settled[HfChoices]:
-    device = settle_device(config.device if device is None else device, hardware)
+    requested = config.device if device is None else device
+    check_device_kind(requested, mps_available=requested.startswith("mps") and mps_available())
+    device = settle_device(requested, hardware)
     dtype = resolve_dtype(config.dtype if dtype is None else dtype, device, hardware)
     hardware = visible_hardware(device, hardware)
     real_launch = [] if hardware.described else preflight.check_rendezvous(hardware.launch)

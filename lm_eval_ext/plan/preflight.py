@@ -79,9 +79,16 @@ def check_rendezvous(launch: Launch) -> list[Finding]:
                if not value]
     if not missing:
         return []
+    if launch.launcher == "slurm":  # SLURM_NODELIST and SLURM_JOB_ID give both under a real srun
+        return [Finding("error", "rendezvous_address_missing",
+                        f"srun started {launch.world_size} tasks, but {' and '.join(missing)} "
+                        f"{'is' if len(missing) == 1 else 'are'} neither set nor derivable (no SLURM_NODELIST / "
+                        f"SLURM_JOB_ID), so task {launch.rank} cannot find task 0; export MASTER_ADDR=<first node> "
+                        "and MASTER_PORT=<free port> in the batch script before srun")]
     return [Finding("error", "rendezvous_address_missing",
                     f"WORLD_SIZE={launch.world_size} starts {launch.world_size} processes, but {' and '.join(missing)} "
-                    f"{'is' if len(missing) == 1 else 'are'} not set, so rank {launch.rank} cannot find rank 0; "
+                    f"{'is' if len(missing) == 1 else 'are'} not set, so rank {launch.rank} cannot "
+                    f"{'find rank 0' if launch.rank else 'tell the others where to meet'}; "
                     "start with `accelerate launch` or `torchrun` (they set it), set MASTER_ADDR/MASTER_PORT "
                     "to rank 0's host and a free port, or unset WORLD_SIZE to run one process")]
 
@@ -104,8 +111,7 @@ def check_devices(launch: Launch, hardware: Hardware, plan: Plan | None) -> list
     if "local_rank" in launch.given and (launch.local_rank + 1) * per_process > num_visible:
         out.append(Finding("error", "local_rank_not_visible",
                            f"LOCAL_RANK={launch.local_rank} has no GPU of its own: only {num_visible} device(s) "
-                           f"are visible{visible}, which gives 'invalid device ordinal'. A hand-set "
-                           "CUDA_VISIBLE_DEVICES hides the others; unset it, or list one device per process"))
+                           f"are visible{visible}, which gives 'invalid device ordinal'. " + _hidden_gpus_fix(launch)))
     elif local_procs * per_process > num_visible:
         out.append(Finding("error", "too_many_processes",
                            f"{local_procs} processes per node x {per_process} GPU(s) each need "
@@ -119,6 +125,13 @@ def check_devices(launch: Launch, hardware: Hardware, plan: Plan | None) -> list
                            f"stay idle; launch `accelerate launch --num_processes {wanted} -m lm_eval --model "
                            f"hf_ext ...` for {wanted} replicas"))
     return out
+
+
+def _hidden_gpus_fix(launch: Launch) -> str:
+    if launch.launcher == "slurm":  # --gpus-per-task binds each task to its own GPU(s) only
+        return ("srun bound each task to its own GPUs; request --gpus-per-node (or add --gpu-bind=none) so "
+                "every task sees the node's GPUs and takes those of its SLURM_LOCALID")
+    return "A hand-set CUDA_VISIBLE_DEVICES hides the others; unset it, or list one device per process"
 
 
 def _weights_per_gpu(plan: Plan) -> tuple[int, ...]:

@@ -12,6 +12,9 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
+from lm_eval_ext.backend.gen_kwargs import check_gen_kwargs
+from lm_eval_ext.errors import UserError
+
 from lm_eval_ext.vllm.scoring import chunked
 
 
@@ -31,6 +34,7 @@ def prepare_generation(lm: Any, encoding: list[int], gen_kwargs: dict, eos: str)
 
     if not isinstance(gen_kwargs, dict):
         raise TypeError(f"Expected `gen_kwargs` to be of type `dict` but got {type(gen_kwargs)}")
+    check_gen_kwargs(gen_kwargs)
     kwargs, until, max_gen_toks = lm.modify_gen_kwargs(gen_kwargs, eos=eos, default_max_gen_toks=lm.max_gen_toks)
     tokens, max_gen_toks = maybe_truncate(
         encoding, max_gen_toks=max_gen_toks, max_model_len=lm.max_length, side=lm.truncation_side, verbose=True
@@ -38,7 +42,12 @@ def prepare_generation(lm: Any, encoding: list[int], gen_kwargs: dict, eos: str)
     # a reasoning model may emit the task's stop strings inside its thinking: only EOS stops the
     # engine, the task's stops are applied after the thinking is stripped (as stock does)
     stop = [s for s in until if s == eos] if lm.think_end_token else until
-    return tokens, SamplingParams(max_tokens=max_gen_toks, stop=stop, **kwargs), until
+    try:
+        params = SamplingParams(max_tokens=max_gen_toks, stop=stop, **kwargs)
+    except TypeError as exc:  # an argument SamplingParams does not take: stock fails here with a traceback
+        raise UserError(f"gen_kwargs {sorted(kwargs)} holds an argument vLLM's SamplingParams does not take ({exc}) "
+                        "(from --gen_kwargs or the task's generation_kwargs); drop it") from None
+    return tokens, params, until
 
 
 def generate_texts(lm: Any, call: Any) -> None:

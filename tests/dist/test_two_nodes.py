@@ -65,16 +65,6 @@ def _run_nodes(commands: list[list[str]], env: dict | list[dict], cwd: Path, tim
     return "\n".join(logs)
 
 
-@pytest.fixture(scope="module")
-def one_process(tiny_model_path, tmp_path_factory):
-    out = tmp_path_factory.mktemp("one")
-    env = _env(dict(os.environ))
-    env.pop("ACCELERATE_USE_CPU")
-    subprocess.run([sys.executable, *_lm_eval(tiny_model_path, out)], check=True, capture_output=True,
-                   text=True, timeout=600, env=env)
-    return _samples(out)
-
-
 def _check_halves_and_samples(logs: str, out: Path, one_process: dict) -> None:
     shards = dict((int(rank), int(docs)) for rank, docs in
                   re.findall(r"rank (\d)/2: loglikelihood: \d+ requests over (\d+) documents", logs))

@@ -42,3 +42,11 @@ def test_ctrl_c_with_a_cache_that_does_not_write_says_so(tmp_path):
         InterruptedLM(tmp_path, mode="read", batch_size=2, interrupt_after=0).loglikelihood(requests("loglikelihood", 4))
     assert str(failure.value) == ("interrupted after 1 of 4 requests; cache=read stores nothing, so a rerun computes "
                                   "them again (cache=readwrite would keep them)")
+
+
+def test_ctrl_c_with_the_cache_off_counts_what_was_computed_and_exits_130(tmp_path):
+    with pytest.raises(RunInterrupted) as failure:
+        InterruptedLM(tmp_path, mode="off", batch_size=2, interrupt_after=3).loglikelihood(requests("loglikelihood", 4))
+    assert str(failure.value) == ("interrupted after 3 of 4 requests; cache=off stores nothing, so a rerun computes "
+                                  "them again (cache=readwrite would keep them)")
+    assert failure.value.code == 130 and isinstance(failure.value, SystemExit)  # the shell's status after Ctrl-C

@@ -112,3 +112,22 @@ def test_a_damaged_entry_stops_the_run_instead_of_returning_it(tmp_path):
     store._db.execute("UPDATE entries SET value_json = '\"not a pair\"'")
     with pytest.raises(CacheFileError, match="damaged entry"):
         FakeCachedLM(tmp_path).loglikelihood(requests("loglikelihood", 2))
+
+
+@pytest.mark.parametrize("has_misses", [True, False], ids=["with-misses", "all-cached"])
+def test_under_a_collective_computation_every_rank_asks_the_others_once(tmp_path, has_misses):
+    """Whether this rank has misses or not, it joins ``any_rank`` (a collective) exactly once: a rank
+    with misses that skipped it left the others' gather paired with its own first collective inside
+    the computation, and both ranks hung (two hf_ext ranks, rolling entries of one rank forgotten)."""
+    from lm_eval_ext.backend.front import RequestFront
+
+    reqs = requests("loglikelihood", 4)
+    if not has_misses:
+        FakeCachedLM(tmp_path).loglikelihood(reqs)
+    lm = FakeCachedLM(tmp_path)
+    asked = []
+    lm.front = RequestFront(lm.front.cache, lm.front._compute, is_collective=lambda request_type: True,
+                            any_rank=lambda flag: asked.append(flag) or True)
+    lm.loglikelihood(reqs)
+    assert asked == [has_misses]
+    assert len(lm.computed) == (4 if has_misses else 0)  # another rank has misses: an empty call joins it
