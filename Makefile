@@ -12,7 +12,7 @@ export HF_DATASETS_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: env models demo test bench clean task-data
+.PHONY: env models demo test bench bench-full bench-docs clean task-data
 
 include mk/vllm.mk
 
@@ -42,9 +42,21 @@ demo: $(MODELS)/smollm2-135m/.complete
 test: $(MODELS)/tiny-llama/.complete $(VLLM_STAMP)
 	$(PY) -m pytest -q $(PYTEST_ARGS); rc=$$?; if [ $$rc -eq 5 ]; then echo "no tests collected"; rc=0; fi; exit $$rc
 
-# Stock lm-eval and lm-eval-ext side by side on SmolLM2 (benchmarks/README.md); updates its table.
+# Stock lm-eval and lm-eval-ext side by side on SmolLM2 (benchmarks/README.md): the run is kept under
+# benchmarks/results/<suite>/ (its work/ folder is git-ignored), then every figure of the docs is
+# regenerated from the committed results.
 bench: $(MODELS)/smollm2-135m/.complete $(VLLM_STAMP)
-	$(PY) benchmarks/run.py --suite cpu-quick --update-readme
+	$(PY) benchmarks/run.py --suite cpu-quick --out benchmarks/results/cpu-quick
+	$(MAKE) bench-docs
+
+bench-full: $(MODELS)/smollm2-135m/.complete $(VLLM_STAMP)
+	$(PY) benchmarks/run.py --suite cpu-full --out benchmarks/results/cpu-full
+	$(MAKE) bench-docs
+
+# The figures in README.md, docs/*.md and benchmarks/README.md (<!-- bench:... --> blocks), from
+# every run.py results.json under benchmarks/results/; measures nothing.
+bench-docs: $(STAMP)
+	$(PY) benchmarks/run.py --docs benchmarks/results
 
 task-data: $(STAMP)
 	$(PY) scripts/make_task_data.py

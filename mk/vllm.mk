@@ -31,5 +31,4 @@ bench-vllm: $(VLLM_STAMP)
 	$(VLLM_PIP) install -q -c $(VLLM_CONSTRAINTS) ray
 	$(VLLM_PYTHON) scripts/build_models.py smollm2-135m
 	mkdir -p out
-	$(VLLM_PYTHON) benchmarks/compare_vllm.py --model .models/smollm2-135m --data-parallel-size 2 --limit 20 \
-		--json-out out/compare_vllm.json
+	$(VLLM_PYTHON) benchmarks/run.py --suite cpu-full --only compare-vllm --limit 20 --out out/bench/compare-vllm

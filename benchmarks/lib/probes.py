@@ -1,11 +1,13 @@
 """EDGE: per-run probes inside a worker process: peak memory, request-type timers, workload size,
-and the counters lm-eval-ext attaches to its results (cost report, cache hits).
+engine starts, and the counters lm-eval-ext attaches to its results (cost report, cache hits).
 """
 
 from __future__ import annotations
 
+import inspect
 import time
 from pathlib import Path
+from collections.abc import Callable
 from typing import Any
 
 REQUEST_TYPES = ("loglikelihood", "loglikelihood_rolling", "generate_until")
@@ -22,9 +24,10 @@ STOCK_RESULT_KEYS = {
 
 #: counters read from an extension's cost report (issue 4: per "task/request type" entries;
 #: issue 5 adds cache hits). Both spellings of computed tokens are accepted.
+#: ``wall_s`` is the time the engine spent in its batches.
 COUNTER_KEYS = (
     "num_requests", "useful_tokens", "tokens_computed", "computed_tokens", "padded_tokens",
-    "cache_hits", "cache_misses", "oom_retries",
+    "cache_hits", "cache_misses", "oom_retries", "wall_s",
 )
 
 _STATUS = Path("/proc/self/status")
@@ -141,8 +144,13 @@ def workload(samples: dict[str, list[dict]], output_types: dict[str, str], count
 
 def current_cost_report(lm: Any, results: dict | None = None) -> dict:
     """The extension's cost report as a dict: from the model (cumulative over its life), else from
-    ``results["config"]["cost_report"]`` where lm-eval copies ``get_model_info()``."""
-    report = getattr(lm, "cost_report", None)
+    ``results["config"]["cost_report"]`` where lm-eval copies ``get_model_info()``. Read without a
+    lazy ``__getattr__`` (the request cache's front would load its backend for it)."""
+    try:
+        inspect.getattr_static(lm, "cost_report")
+        report = getattr(lm, "cost_report", None)
+    except AttributeError:
+        report = None
     if hasattr(report, "as_dict"):
         return report.as_dict()
     if isinstance(report, dict):
@@ -190,9 +198,36 @@ def request_cache_counters(results: dict | None) -> dict[str, dict[str, float]]:
 
 
 def extension_report(results: dict | None, lm: Any, before: dict) -> dict:
-    """Keys the model added to lm-eval's results, and this run's cost and cache counters per task."""
+    """Keys the model added to lm-eval's results, this run's cost and cache counters per task, and
+    whether a fully cached run skipped the backend (the request cache's fast path)."""
     extra = sorted(k for k in (results or {}) if k not in STOCK_RESULT_KEYS)
     by_task = counters_delta(before, cost_counters(current_cost_report(lm, results)))
     for task, counters in request_cache_counters(results).items():
         by_task.setdefault(task, {}).update(counters)
-    return {"extra_result_keys": extra, "by_task": by_task}
+    report = {"extra_result_keys": extra, "by_task": by_task}
+    cache = ((results or {}).get("config") or {}).get("request_cache") or {}
+    if "fast_path" in cache or "model_loaded" in cache:
+        report["fast_path"] = bool(cache.get("fast_path"))
+    return report
+
+
+def engine_start_counter(lm: Any, impl: dict) -> Callable[[], int] | None:
+    """Engines ``lm`` has built since it was loaded, where that can be counted: ``vllm_ext`` counts
+    its own; stock lm-eval ``vllm`` builds one in its constructor at ``data_parallel_size`` 1, and
+    ``data_parallel_size`` fresh ones (Ray tasks) on every ``_model_generate`` call above that."""
+    if impl.get("model") == "vllm_ext":
+        return lambda: int(lm.num_engine_starts)
+    if impl.get("model") != "vllm":
+        return None
+    size = int(getattr(lm, "data_parallel_size", 1) or 1)
+    if size <= 1:
+        return lambda: 1
+    calls = {"starts": 0}
+    original = lm._model_generate
+
+    def counting(*args, **kwargs):
+        calls["starts"] += size
+        return original(*args, **kwargs)
+
+    lm._model_generate = counting  # the instance attribute shadows the method for this model only
+    return lambda: calls["starts"]

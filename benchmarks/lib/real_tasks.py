@@ -25,8 +25,19 @@ MMLU_PREFIX = "mmlu_local_"
 GSM8K = gsm8k.TASK_NAME
 
 
+#: the short name of each task (``--limit arc=200``, the suites' ``real-tasks-arc``); MMLU's subjects are ``mmlu``
+SHORT_NAMES = {"arc": ARC, "mmlu": "mmlu", "lambada": LAMBADA, "wikitext": WIKITEXT, "gsm8k": GSM8K}
+
+
 def mmlu_task(subject: str) -> str:
     return f"{MMLU_PREFIX}{subject}"
+
+
+def short_name(task: str) -> str:
+    """``arc_easy_local`` -> ``arc``, any MMLU subject (or ``mmlu``) -> ``mmlu``."""
+    if task == "mmlu" or task.startswith(MMLU_PREFIX):
+        return "mmlu"
+    return next((k for k, v in SHORT_NAMES.items() if v == task), task)
 
 
 def _stock_dir() -> Path:
@@ -74,11 +85,19 @@ def write_tasks(data_dir: Path, out_dir: Path, subjects: tuple[str, ...] = MMLU_
     return out_dir
 
 
+def has_multiple_choice(data_dir: Path) -> bool:
+    """Whether ``data_dir`` holds ARC-Easy and MMLU."""
+    return (data_dir / "arc_easy" / "test.jsonl").exists() and (data_dir / "mmlu" / "dev").is_dir()
+
+
 def find_multiple_choice_data(checkout: Path) -> Path | None:
     """The first of :func:`gsm8k.data_roots` that holds ARC-Easy and MMLU: what the vLLM comparison
     and its tests need."""
-    return next((d for d in gsm8k.data_roots(checkout)
-                 if (d / "arc_easy" / "test.jsonl").exists() and (d / "mmlu" / "dev").is_dir()), None)
+    return next((d for d in gsm8k.data_roots(checkout) if has_multiple_choice(d)), None)
+
+
+MISSING = ("real benchmark data not found (../shared/data: arc_easy, mmlu, lambada_openai, wikitext2, gsm8k; "
+           "BENCH_DATA_DIR overrides)")
 
 
 def available(data_dir: Path | None) -> bool:

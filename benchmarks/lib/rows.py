@@ -3,6 +3,8 @@
 A *row* compares two sides, each a set of measured repetitions picked from the steps by
 implementation label (``impl``) and optionally by a label prefix. The time of one repetition is
 chosen by a ``timing``: the whole evaluation, one request type, or model load plus evaluation.
+:func:`best_row` takes as baseline the fastest of several configurations (stock at each batch size).
+A row may carry a ``key`` (a task name, ``mmlu``): what ``run.py --docs`` markers select it by.
 """
 
 from __future__ import annotations
@@ -121,7 +123,7 @@ def agreement(base_steps: list[dict], cand_steps: list[dict], tasks: list[str] |
 
 def make_row(name: str, steps: list[dict], *, baseline: tuple[str, str], candidate: tuple[str, str],
              timing: Timing = eval_time, tasks: list[str] | None = None, labels: tuple[str, str] = ("stock", "ext"),
-             check_agreement: bool = True, num_processes: int | None = None) -> dict:
+             check_agreement: bool = True, num_processes: int | None = None, key: str | None = None) -> dict:
     """A table row: ``baseline``/``candidate`` are ``(impl, label_prefix)`` selectors."""
     base_steps, cand_steps = pick(steps, *baseline), pick(steps, *candidate)
     base, cand = side_stats(base_steps, timing, tasks), side_stats(cand_steps, timing, tasks)
@@ -136,4 +138,31 @@ def make_row(name: str, steps: list[dict], *, baseline: tuple[str, str], candida
         row["agreement"] = agreement(base_steps, cand_steps, tasks)
     if num_processes:
         row["scaling_efficiency"] = scaling_efficiency(base.get("median_s"), cand.get("median_s"), num_processes)
+    if key is not None:
+        row["key"] = key
+    return row
+
+
+def failed(steps: list[dict], impl: str, label_prefix: str = "") -> bool:
+    """Whether a measured step of this side and label prefix ended in an error."""
+    return any(s.get("side", s["impl"]) == impl and s.get("measured", True) and s["label"].startswith(label_prefix)
+               and "error" in s for s in steps)
+
+
+def best_row(name: str, steps: list[dict], *, baselines: list[str], candidate: str, label_prefix: str = "",
+             labels: tuple[str, str] = ("stock {best}", "ext"), **kwargs) -> dict:
+    """A row whose baseline is the fastest of ``baselines`` (lowest median under ``timing``); a
+    configuration with a failed repetition is not a candidate for best (its median would flatter
+    it). ``labels[0]`` may name ``{best}``. The medians of every baseline are kept in the row."""
+    timing = kwargs.get("timing", eval_time)
+    medians = {}
+    for side in baselines:
+        spread = summarize([t for t in (timing(s) for s in pick(steps, side, label_prefix)) if t is not None])
+        if spread is not None and not failed(steps, side, label_prefix):
+            medians[side] = spread.median
+    best = min(medians, key=medians.__getitem__) if medians else baselines[0]
+    row = make_row(name, steps, baseline=(best, label_prefix), candidate=(candidate, label_prefix),
+                   labels=(labels[0].format(best=best), labels[1]), **kwargs)
+    row["baseline_medians_s"] = medians
+    row["best_baseline"] = best
     return row

@@ -1,23 +1,23 @@
 """Scenario registry and the context every scenario receives.
 
-A scenario is a small function ``fn(ctx) -> dict`` registered with :func:`scenario`. It returns
-``{"rows": [...], "runs": {...}, "config": {...}, "notes": [...]}`` or raises :class:`Skip` with
-the reason it cannot run here (a missing piece, too few GPUs). The runner records either, so a
-scenario that could not run says why. Plugging in another script is one more registered function.
+A scenario is a small function ``fn(ctx) -> dict`` registered with :func:`scenario` (the modules
+under ``benchmarks/scenarios/``). It returns ``{"rows": [...], "runs": {...}, "config": {...},
+"notes": [...], "figures": {...}}`` (every key optional) or raises :class:`Skip` with the reason it
+cannot run here (a missing piece, too few GPUs). ``rows`` are baseline-vs-candidate comparisons
+(:mod:`benchmarks.lib.rows`); ``figures`` are named markdown blocks (a table of shapes, a replay)
+that ``run.py --docs`` can put into the documentation. The runner records either outcome, so a
+scenario that could not run says why.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import importlib
-import importlib.util
-import subprocess
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from benchmarks.lib import launch
-from benchmarks.lib.stats import interleaved_order
 from benchmarks.lib.suites import Suite
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -32,14 +32,18 @@ class Scenario:
     name: str
     title: str
     fn: Callable[[Context], dict]
+    options: tuple[str, ...] = ()
+    """The ``run.py`` options this scenario reads (``--tasks``, ``--limit``, ...)."""
 
 
 SCENARIOS: dict[str, Scenario] = {}
 
 
-def scenario(name: str, title: str):
+def scenario(name: str, title: str, options: tuple[str, ...] = ()):
+    """Register ``fn`` as scenario ``name``; ``options`` names the run.py options it reads."""
+
     def register(fn):
-        SCENARIOS[name] = Scenario(name, title, fn)
+        SCENARIOS[name] = Scenario(name, title, fn, options)
         return fn
 
     return register
@@ -52,6 +56,10 @@ class Context:
     model_path: Path
     machine: dict
     data_dir: Path | None
+    options: dict = field(default_factory=dict)
+    """run.py's scenario options that were given (``tasks``, ``limit``, ``shapes``, ...)."""
+    scenario: str = ""
+    """The scenario being run (set by the runner): the suite's ``"SCENARIO.option"`` defaults apply."""
 
     @property
     def use_gpu(self) -> bool:
@@ -60,6 +68,29 @@ class Context:
     @property
     def num_cores(self) -> int:
         return self.machine.get("usable_cpu_cores") or 1
+
+    def option(self, name: str, default=None):
+        """A run.py option if given, else the suite's default for this scenario, else ``default``."""
+        for value in (self.options.get(name), self.suite.options.get(f"{self.scenario}.{name}")):
+            if value is not None:
+                return value
+        return default
+
+    def sizes(self, name: str, default: tuple[int, ...]) -> tuple[int, ...]:
+        """A comma-separated integer option (``--stock-sizes 8,16``), else ``default``."""
+        value = self.option(name)
+        return tuple(int(n) for n in str(value).split(",") if n) if value else tuple(default)
+
+    def limit(self, key: str, part: str = "", default: int | None = None) -> int | None:
+        """Documents for ``key`` (a scenario, or ``scenario-part`` in the suite's table): ``--limit
+        part=N`` for that part, else a plain ``--limit N``, else the suite's size, else ``default``
+        (``None``: every document)."""
+        given = self.options.get("limit") or {}
+        if part and part in given:
+            return given[part]
+        if "" in given:
+            return given[""]
+        return self.suite.limits.get(f"{key}-{part}" if part else key, default)
 
     def ext_fields(self, model: str = "hf_ext") -> set[str]:
         """``model_args`` names ``model`` accepts in this checkout (cache, budget knobs appear as
@@ -80,21 +111,21 @@ class Context:
             args.append("cache=off")
         return ",".join(args)
 
-    def hf_impl(self, model: str, extra_args: str = "") -> dict:
+    def hf_impl(self, model: str, extra_args: str = "", batch_size: int | str | None = None) -> dict:
+        """A worker implementation of ``hf`` or ``hf_ext`` on the suite's model, dtype and device."""
         args = f"pretrained={self.model_path},dtype={self.suite.dtype}"
         if model == "hf_ext":
-            if "max_batch_tokens" in self.ext_fields():
-                args += ",max_batch_tokens=auto"
             extra_args = self.ext_args(model, extra_args)
         return {"model": model, "model_args": args + (f",{extra_args}" if extra_args else ""),
-                "batch_size": self.suite.batch_size, "device": self.suite.device}
+                "batch_size": self.suite.batch_size if batch_size is None else batch_size,
+                "device": self.suite.device}
 
     def include_path(self, *extra: Path) -> list[str]:
         return [str(ROOT / "tasks"), *map(str, extra)]
 
     def run(self, name: str, plan: dict, num_processes: int = 1, env: dict | None = None,
             python: str | None = None) -> dict:
-        """Run a plan in fresh worker processes, cores split evenly between them."""
+        """Run a worker plan in fresh processes, cores split evenly between them."""
         threads = max(1, self.num_cores // num_processes)
         plan = {"num_threads": threads} | plan
         merged = launch.run_plan(plan, self.work_dir / name, num_processes=num_processes, use_gpu=self.use_gpu,
@@ -102,22 +133,11 @@ class Context:
         merged["num_threads_per_process"] = threads
         return merged
 
-
-def comparison_steps(impls: list[str], tasks: list[str], limit: int | None, suite: Suite, *,
-                     num_processes: int = 1, warmup_tasks: list[str] | None = None) -> list[dict]:
-    """One warm-up run per implementation, then the measured repetitions interleaved (A B, B A, ...).
-
-    The warm-up runs ``warmup_tasks`` (default: ``tasks``) on a few documents, at least one per
-    process so that no rank is left without work.
-    """
-    warmup_limit = max(suite.warmup_limit, num_processes)
-    if limit is not None:
-        limit = max(limit, num_processes)
-    steps = [{"label": f"warmup-{impl}", "impl": impl, "tasks": warmup_tasks or tasks, "limit": warmup_limit,
-              "measured": False, "keep_outputs": False} for impl in impls]
-    for rep, impl in interleaved_order(impls, suite.repetitions):
-        steps.append({"label": f"{impl}-r{rep}", "impl": impl, "tasks": tasks, "limit": limit, "repetition": rep})
-    return steps
+    def run_function(self, name: str, target: str, kwargs: dict, *, env: dict | None = None,
+                     python: str | None = None):
+        """Call ``target`` (``module:function``) in a fresh process; its JSON result."""
+        return launch.run_function(target, kwargs, self.work_dir / name, python=python, env=env,
+                                   timeout_s=self.suite.worker_timeout_s, use_gpu=self.use_gpu)
 
 
 def strip_outputs(merged: dict) -> dict:
@@ -133,12 +153,16 @@ def failed_steps(merged: dict) -> list[str]:
     return notes
 
 
+def result(rows: list[dict], runs: dict, config: dict, notes: list[str] | None = None, **more) -> dict:
+    """A scenario's outcome: its rows, its runs (per-sample outputs stripped), the failed steps'
+    errors added to its notes."""
+    notes = list(notes or [])
+    for name, merged in runs.items():
+        notes += [f"{name}: {n}" for n in failed_steps(merged)]
+    return {"rows": rows, "runs": {k: strip_outputs(v) for k, v in runs.items()}, "config": config,
+            "notes": notes, **more}
+
+
 def module_available(name: str, python: str | None = None) -> bool:
     """Whether ``name`` imports in this interpreter, or in ``python`` (another venv) when given."""
-    if python:
-        probe = f"import importlib.util, sys; sys.exit(importlib.util.find_spec({name!r}) is None)"
-        return subprocess.run([python, "-c", probe], capture_output=True, timeout=120).returncode == 0
-    try:
-        return importlib.util.find_spec(name) is not None
-    except (ImportError, ValueError):
-        return False
+    return launch.module_available(name, python)

@@ -1,28 +1,28 @@
-"""EDGE: one benchmark process. Loads each implementation once, then runs the steps of a plan in
+"""EDGE: one evaluation process. Loads each implementation once, then runs the steps of a plan in
 the given (interleaved) order and writes ``rank<N>.json`` with timings, memory and per-sample
-outputs. Started by :mod:`benchmarks.lib.launch`, plainly or under ``accelerate launch``.
+outputs. Started by :func:`benchmarks.lib.launch.run_plan` (child target ``benchmarks.lib.worker:run``),
+plainly or under ``accelerate launch``.
 
-Usage: ``python benchmarks/lib/worker.py PLAN.json`` (see :func:`benchmarks.lib.launch.run_plan`).
+A plan: ``{"impls": {name: {"model", "model_args", "batch_size", "device"}}, "include_path": [...],
+"num_threads": N, "out_dir": DIR, "steps": [{"label", "impl", "tasks", "limit", "measured",
+"repetition", "side", "use_cache", "fresh_model", "build_in_evaluate", "keep_outputs"}, ...]}``.
 """
 
 from __future__ import annotations
 
+import contextlib
 import gc
+import inspect
 import json
 import logging
 import os
-import sys
 import time
 import traceback
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[2]
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
-
-from benchmarks.lib.agreement import compact_samples  # noqa: E402
-from benchmarks.lib.probes import (  # noqa: E402
-    MemoryProbe, RequestTimers, cost_counters, current_cost_report, extension_report, workload,
+from benchmarks.lib.agreement import compact_samples
+from benchmarks.lib.probes import (
+    MemoryProbe, RequestTimers, cost_counters, current_cost_report, engine_start_counter, extension_report, workload,
 )
 
 
@@ -87,25 +87,44 @@ def output_types(results: dict) -> dict[str, str]:
     return {task: cfg.get("output_type", "") for task, cfg in (results.get("configs") or {}).items()}
 
 
-def count_tokens_with(lm):
-    encode = getattr(lm, "tok_encode", None)
-    if encode is None:
+_TOKENIZERS: dict[str, object] = {}
+
+
+def count_tokens_with(impl: dict):
+    """Token counter of a workload: the tokenizer of the implementation's ``pretrained`` folder (the
+    same for stock and ext, and never the model itself: touching a request-cache front would load
+    its backend), else ~4 characters a token."""
+    args = dict(kv.split("=", 1) for kv in impl.get("model_args", "").split(",") if "=" in kv)
+    folder = args.get("pretrained")
+    if not folder or not Path(folder, "tokenizer_config.json").exists():
         return lambda text: max(1, len(text) // 4)
-    return lambda text: len(encode(text)) if text else 0
+    if folder not in _TOKENIZERS:
+        from transformers import AutoTokenizer
+
+        _TOKENIZERS[folder] = AutoTokenizer.from_pretrained(folder)
+    tokenizer = _TOKENIZERS[folder]
+    return lambda text: len(tokenizer.encode(text, add_special_tokens=False)) if text else 0
 
 
-def evaluate_step(step: dict, lm, manager) -> tuple[dict, dict | None]:
-    """Run one measured (or warm-up) evaluation; returns ``(record, results)``."""
+def evaluate_step(step: dict, lm, manager, impl: dict | None = None, before: dict | None = None) -> tuple[dict, dict | None]:
+    """Run one measured (or warm-up) evaluation; returns ``(record, results)``. ``before``: the
+    model's cost counters after its previous run (its report accumulates over the model's life).
+
+    ``lm=None``: lm-eval builds the model from ``impl`` by name inside ``simple_evaluate``, as its
+    CLI does (the time then includes the build; no request-type timers)."""
     import lm_eval
 
     probe = MemoryProbe()
-    before = cost_counters(current_cost_report(lm))
+    before = before or {}
+    model = {"model": lm} if lm is not None else {
+        "model": impl["model"], "model_args": impl["model_args"], "batch_size": impl.get("batch_size"),
+        "device": impl.get("device")}
     gc.collect()
     probe.start()
-    with RequestTimers(lm) as timers:
+    with RequestTimers(lm) if lm is not None else contextlib.nullcontext() as timers:
         start = time.perf_counter()
         results = lm_eval.simple_evaluate(
-            model=lm,
+            **model,
             tasks=step["tasks"],
             limit=step.get("limit"),
             use_cache=step.get("use_cache"),
@@ -114,18 +133,18 @@ def evaluate_step(step: dict, lm, manager) -> tuple[dict, dict | None]:
             random_seed=0, numpy_random_seed=0, torch_random_seed=0, fewshot_random_seed=0,
         )
         eval_s = time.perf_counter() - start
-    record = {"eval_s": eval_s, "request_types": timers.by_type} | probe.stop()
+    record = {"eval_s": eval_s, "request_types": timers.by_type if timers else {}} | probe.stop()
     record["extension"] = extension_report(results, lm, before)
     return record, results
 
 
-def rank0_outputs(results: dict, lm) -> dict:
+def rank0_outputs(results: dict, impl: dict) -> dict:
     """What only rank 0 has after lm-eval's gather: per-sample outputs, workload and metrics."""
     samples = results.get("samples") or {}
     types = output_types(results)
     return {
         "samples": compact_samples(samples),
-        "workload": workload(samples, types, count_tokens_with(lm)),
+        "workload": workload(samples, types, count_tokens_with(impl)),
         "metrics": _plain(results.get("results", {})),
     }
 
@@ -142,14 +161,16 @@ class ModelPool:
         self.loaded: dict[str, object] = {}
         self.load_errors: dict[str, str] = {}
         self.first_load_s: dict[str, float] = {}
+        self.engine_starts: dict[str, object] = {}
+        self.counters: dict[str, dict] = {}
+        """Each model's cost counters after its last run (what the next run's are counted from)."""
 
     def get(self, name: str, fresh: bool) -> tuple[object, float | None]:
         if name in self.load_errors:
             raise RuntimeError(self.load_errors[name])
         if not fresh and name in self.loaded:
             return self.loaded[name], None
-        self.loaded.pop(name, None)
-        gc.collect()
+        self.drop(name)
         try:
             lm, load_s = load_model(self.impls[name])
         except Exception as exc:
@@ -157,7 +178,27 @@ class ModelPool:
             raise
         self.loaded[name] = lm
         self.first_load_s.setdefault(name, load_s)
+        self.engine_starts[name] = engine_start_counter(lm, self.impls[name])
         return lm, load_s
+
+    def drop(self, name: str) -> None:
+        """Forget a model, shutting down what it started (vLLM engines, replica processes)."""
+        lm = self.loaded.pop(name, None)
+        try:  # not through a lazy __getattr__: the request cache's front would load its backend to close it
+            inspect.getattr_static(lm, "close")
+            close = lm.close
+        except AttributeError:
+            close = None
+        if callable(close):
+            try:
+                close()
+            except Exception:  # a model that fails to close must not lose the run's numbers
+                logging.getLogger(__name__).warning("closing %s failed", name, exc_info=True)
+        gc.collect()
+
+    def close_all(self) -> None:
+        for name in list(self.loaded):
+            self.drop(name)
 
 
 def run_step(step: dict, pool: ModelPool, manager) -> dict:
@@ -165,19 +206,27 @@ def run_step(step: dict, pool: ModelPool, manager) -> dict:
               "measured": step.get("measured", True), "repetition": step.get("repetition"),
               "load_average_1min": os.getloadavg()[0]}
     try:
-        lm, load_s = pool.get(step["impl"], fresh=bool(step.get("fresh_model")))
+        if step.get("build_in_evaluate"):
+            lm, load_s = None, None
+        else:
+            lm, load_s = pool.get(step["impl"], fresh=bool(step.get("fresh_model")))
         if load_s is not None:
             record["load_s"] = load_s
-        measures, results = evaluate_step(step, lm, manager)
+        before = pool.counters.get(step["impl"], {}) if load_s is None and lm is not None else {}
+        measures, results = evaluate_step(step, lm, manager, pool.impls[step["impl"]], before)
+        pool.counters[step["impl"]] = cost_counters(current_cost_report(lm, results))
         record |= measures
         if results is not None and step.get("keep_outputs", True):
-            record |= rank0_outputs(results, lm)
+            record |= rank0_outputs(results, pool.impls[step["impl"]])
+        starts = pool.engine_starts.get(step["impl"])
+        if starts is not None:
+            record["engine_starts"] = starts()
     except Exception as exc:  # a failed step is reported; the rest of the plan still runs
         record["error"] = f"{type(exc).__name__}: {exc}"
         record["traceback"] = traceback.format_exc()[-4000:]
     finally:
         if step.get("fresh_model"):
-            pool.loaded.pop(step["impl"], None)
+            pool.drop(step["impl"])
     return record
 
 
@@ -196,21 +245,19 @@ def run_plan(plan: dict, rank: int) -> dict:
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
     record = {"rank": rank, "world_size": world_size, "num_threads": plan.get("num_threads"),
               "load_s": pool.first_load_s, "steps": []}
-    for step in plan["steps"]:
-        record["steps"].append(run_step(step, pool, manager))
-        write_rank_file(plan, record)
-        if "error" in record["steps"][-1] and world_size > 1:
-            break  # the other ranks are now out of step with this one: stop rather than hang
+    try:
+        for step in plan["steps"]:
+            record["steps"].append(run_step(step, pool, manager))
+            write_rank_file(plan, record)
+            if "error" in record["steps"][-1] and world_size > 1:
+                break  # the other ranks are now out of step with this one: stop rather than hang
+    finally:
+        pool.close_all()
     return record
 
 
-def main() -> int:
-    plan = json.loads(Path(sys.argv[1]).read_text())
+def run(plan: dict) -> None:
+    """The child entry (:func:`benchmarks.lib.launch.run_plan`): every step, rank file after each."""
     rank = configure(plan)
     prime_imports(plan)
     write_rank_file(plan, run_plan(plan, rank))
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -67,6 +67,12 @@ class HfExtEntry(EvaluatorArgsChecked, LM):
         return SimpleNamespace(**self._memo["tokenizer"])
 
     @property
+    def config(self) -> SimpleNamespace:
+        """lm-eval names the model in its results from ``model.config._name_or_path`` when handed a
+        model object (``hasattr(model, "config")``): answered here, so that probe loads nothing."""
+        return SimpleNamespace(_name_or_path=str(self._model_args.get("pretrained")))
+
+    @property
     def eot_token_id(self) -> Any:
         return self._memo["eot_token_id"]
 

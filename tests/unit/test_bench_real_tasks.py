@@ -7,10 +7,10 @@ from pathlib import Path
 
 import pytest
 
-from benchmarks import real_tasks as bench
 from benchmarks.lib import real_tasks
-from benchmarks.lib.compare_summary import EXT
+from benchmarks.lib.compare import EXT
 from benchmarks.lib.suites import SUITES
+from benchmarks.scenarios import real as bench
 
 DATA = Path(__file__).resolve().parents[3] / "shared" / "data"
 if not DATA.is_dir():
@@ -24,13 +24,22 @@ def test_hf_ext_runs_with_only_its_defaults_and_stock_with_fixed_sizes():
     gen = bench.configurations(real_tasks.GSM8K, (1, 8))
     assert [c["batch_size"] for n, c in gen.items() if n.startswith("hf ")] == [1, 8]
     assert bench.ONE_ROW not in gen
+    assert bench.ONE_ROW not in bench.configurations(real_tasks.ARC, (1,), one_row=False)
 
 
 def test_real_tasks_is_in_the_cpu_suites_with_limits():
     for name in ("cpu-quick", "cpu-full"):
         assert "real-tasks" in SUITES[name].scenarios
-        assert SUITES[name].limit("real-tasks-arc") and SUITES[name].limit("real-tasks-gsm8k")
+        assert SUITES[name].limit("real-tasks-arc")
+    assert SUITES["cpu-full"].limit("real-tasks-gsm8k")
+    assert SUITES["cpu-quick"].limit("real-tasks-gsm8k") == 0  # the gsm8k scenario measures it there
+    assert SUITES["cpu-quick"].limit("real-tasks-wikitext") == 0  # cpu-full has it; hf-suite a rolling row
+    assert "gsm8k" in SUITES["cpu-quick"].scenarios
     assert "real-tasks" not in SUITES["gpu"].scenarios
+
+
+def test_limit_keys_name_every_task():
+    assert [real_tasks.short_name(t) for t in bench.task_names(2)] == ["arc", "mmlu", "mmlu", "lambada", "wikitext", "gsm8k"]
 
 
 @pytest.mark.skipif(not real_tasks.available(DATA), reason="../shared/data not present")
@@ -49,3 +58,20 @@ def test_task_yamls_load_with_lm_evals_own_prompts(tmp_path, monkeypatch):
     assert mmlu.config.fewshot_config.sampler == "first_n" and mmlu.config.fewshot_split == "dev"
     assert tasks[real_tasks.WIKITEXT].config.output_type == "loglikelihood_rolling"
     assert tasks[real_tasks.LAMBADA].config.output_type == "loglikelihood"
+
+
+def test_options_resolve_command_line_then_suite_then_default(tmp_path):
+    from benchmarks.lib.scenarios import Context
+
+    def ctx(**options):
+        return Context(suite=SUITES["cpu-quick"], work_dir=tmp_path, model_path=tmp_path, machine={}, data_dir=None,
+                       options=options, scenario="real-tasks")
+
+    quick = ctx()
+    assert quick.sizes("stock_sizes", bench.STOCK_SIZES) == (8, 16)
+    assert quick.sizes("mmlu_sizes", (8, 16)) == (1, 8)
+    assert quick.sizes("generation_sizes", bench.GENERATION_SIZES) == bench.GENERATION_SIZES
+    assert quick.limit("real-tasks", "mmlu") == 8 and quick.limit("real-tasks", "nothing", default=3) == 3
+    given = ctx(stock_sizes="32", limit={"": 5, "arc": 200})
+    assert given.sizes("stock_sizes", bench.STOCK_SIZES) == (32,)
+    assert given.limit("real-tasks", "arc") == 200 and given.limit("real-tasks", "mmlu") == 5

@@ -1,7 +1,8 @@
-"""Rendering of the benchmark table and the generated README section (pure, no models)."""
+"""Rendering of the benchmark table and of a generated documentation block (pure, no models)."""
 
+from benchmarks.lib import docs
 from benchmarks.lib.gsm8k import TASK_NAME, local_definition
-from benchmarks.lib.report import render_table, update_readme
+from benchmarks.lib.report import render_table
 from benchmarks.lib.stats import speedup_verdict
 
 MACHINE = {
@@ -33,14 +34,14 @@ def test_table_has_numbers_verdict_and_skips():
     assert "Test CPU, 2 cores, 24 GiB RAM, no GPU" in table
 
 
-def test_readme_section_is_replaced_not_duplicated(tmp_path):
-    readme = tmp_path / "README.md"
-    readme.write_text("# Benchmarks\n\nintro\n")
-    update_readme(readme, "cpu-quick", "first table")
-    update_readme(readme, "cpu-quick", "second table")
-    text = readme.read_text()
-    assert "second table" in text and "first table" not in text and text.count(": begin -->") == 1
-    assert text.startswith("# Benchmarks\n\nintro")
+def test_readme_section_is_replaced_not_duplicated():
+    text = "# Benchmarks\n\nintro\n\n<!-- bench:all@cpu-quick -->\nfirst table\n<!-- /bench -->\n"
+    results = [docs.Results("results.json", _results())]
+    once, pending = docs.rewrite(text, results)
+    twice, _ = docs.rewrite(once, results)
+    assert once == twice and not pending
+    assert "first table" not in once and once.count("<!-- bench:") == 1 and once.count("<!-- /bench -->") == 1
+    assert once.startswith("# Benchmarks\n\nintro") and render_table(_results()).rstrip() in once
 
 
 def test_gsm8k_keeps_lm_eval_definition_but_reads_local_files(tmp_path):
@@ -56,7 +57,7 @@ def test_planner_layouts_accepts_chosen_and_rejected_or_says_why():
     import pytest
 
     from benchmarks.lib.scenarios import Skip
-    from benchmarks.lib.scenarios_more import planner_layouts
+    from benchmarks.scenarios.planner import planner_layouts
 
     chosen, rejected = planner_layouts({"chosen": {"strategy": "dp", "data_parallel_size": 2},
                                         "rejected": [{"strategy": "single", "data_parallel_size": 1}]})

@@ -69,7 +69,7 @@ DEFAULT_ROW_TOKENS = 1024
 #: was fitted on a noisier A/B and made the cut accept 12 % padding on ARC-Easy: 7 batches of
 #: 24-165-token rows. At 32: 16 batches, 3.5 % padding, and the engine's share of the decoder's
 #: ceiling went from 79-83 % to 85-86 % there and from 94 % to 97 % on LAMBADA, measured by
-#: ``benchmarks/engine_ceiling.py``.)
+#: the ``engine-ceiling`` scenario of ``benchmarks/run.py``.)
 BATCH_OVERHEAD_TOKENS = 32
 #: A forward costs at least this many tokens' time, however few it holds: below it the decoder
 #: is bound by streaming its weights, not by its tokens (SmolLM2-135M here: 1 row of 40 tokens

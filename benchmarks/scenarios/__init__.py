@@ -1,0 +1,8 @@
+"""Every scenario of the instrument; importing this package registers them (``benchmarks.lib.scenarios``).
+
+One module per theme: ``hf`` (shipped tasks, data parallel, GSM8K, compare-hf), ``real`` (lm-eval's
+own real tasks), ``cache`` (cold vs warm), ``vllm``, ``ceiling`` (the decoder's forward ceiling),
+``planner``. The run order of a suite is its own list (:mod:`benchmarks.lib.suites`).
+"""
+
+from benchmarks.scenarios import cache, ceiling, hf, planner, real, vllm  # noqa: F401  (registers them)
