@@ -52,6 +52,8 @@ class LoopStats:
     """sum over decode steps of the rows that decoded (live rows on average = this / steps)"""
     requeued_rows: int = 0
     oom_retries: int = 0
+    prefill_s: float = 0.0
+    decode_s: float = 0.0
 
     @property
     def mean_live_rows(self) -> float:
@@ -130,8 +132,12 @@ class ContinuousGenerator:
         self.pending: tuple[list[_Row], SlotKV] | None = None
         while self.waiting or self.pending or self.live:
             before = self.stats.prefill_tokens + self.stats.decode_tokens
+            started_s = time.perf_counter()
             self._guarded(self._prefill_step)
+            prefilled_s = time.perf_counter()
             self._guarded(lambda: self._decode_step(on_finished))
+            self.stats.prefill_s += prefilled_s - started_s
+            self.stats.decode_s += time.perf_counter() - prefilled_s
             on_step(self.stats.prefill_tokens + self.stats.decode_tokens - before, self.stats)
         self.prefixes.clear()
 

@@ -216,6 +216,12 @@ def _slot_attention(module, query, key, value, attention_mask, dropout: float = 
         out = torch.nn.functional.scaled_dot_product_attention(query, key, value, is_causal=num_queries > 1,
                                                                scale=scale, enable_gqa=groups > 1)
         return out.transpose(1, 2).contiguous(), None
+    if not forward.prefix_groups:  # own columns only: one fused call, each row masked to its length
+        lone = forward.num_rows == 1 and num_queries == 1  # one row's decode step: every column is its own
+        mask = None if lone else forward.allowed(query.device)
+        out = torch.nn.functional.scaled_dot_product_attention(query, key, value, attn_mask=mask, scale=scale,
+                                                               enable_gqa=groups > 1)
+        return out.transpose(1, 2).contiguous(), None
     dtype = query.dtype
     q = query.float().reshape(rows, num_kv_heads, groups * num_queries, head_dim)
     allowed = forward.allowed(query.device)  # [rows, 1, queries, width]: the query axis holds groups x queries
