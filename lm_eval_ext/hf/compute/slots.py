@@ -34,6 +34,8 @@ import torch
 from transformers import AttentionInterface, DynamicCache
 from transformers.cache_utils import DynamicLayer
 
+from lm_eval_ext.compat import attention_with_lse
+
 NAME = "lm_eval_ext_slots"
 #: keyword arguments the model's attention call may carry without changing the computation
 _BENIGN_KWARGS = {"position_ids", "cache_position", "use_cache", "output_attentions", "sliding_window"}
@@ -127,6 +129,12 @@ class SlotForward:
         return (columns[None, None, :] <= last[:, :, None]).unsqueeze(1)
 
     @functools.cache  # noqa: B019 (one forward object per forward: the cache dies with it)
+    def additive_mask(self, device) -> torch.Tensor:
+        """:meth:`allowed` as 0 / -inf, in float32 (what the fused kernel adds to the scores)."""
+        return torch.zeros(self.allowed(device).shape, device=device).masked_fill_(~self.allowed(device),
+                                                                                  float("-inf"))
+
+    @functools.cache  # noqa: B019 (one forward object per forward: the cache dies with it)
     def write_index(self, device) -> tuple[torch.Tensor, torch.Tensor]:
         rows = torch.arange(self.start, self.start + self.num_rows, device=device)
         return rows, torch.tensor(self.offsets, dtype=torch.long, device=device)
@@ -180,18 +188,6 @@ def slot_cache(num_layers: int) -> DynamicCache:
     return cache
 
 
-def _attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, allowed: torch.Tensor | None, scale: float):
-    """Softmax attention with its log-sum-exp: ``q [.., M, D]``, ``k``/``v`` ``[.., W, D]``. One
-    exponential pass: the weights are normalised after the product with ``v``."""
-    scores = torch.matmul(q, k.transpose(-1, -2)).mul_(scale)
-    if allowed is not None:
-        scores.masked_fill_(~allowed, float("-inf"))
-    top = scores.amax(dim=-1, keepdim=True)
-    weights = scores.sub_(top).exp_()
-    total = weights.sum(dim=-1, keepdim=True)
-    return torch.matmul(weights, v).div_(total), top.add_(total.log_())
-
-
 def _merge(o1: torch.Tensor, l1: torch.Tensor, o2: torch.Tensor, l2: torch.Tensor):
     top = torch.maximum(l1, l2)
     w1, w2 = torch.exp(l1 - top), torch.exp(l2 - top)
@@ -223,20 +219,22 @@ def _slot_attention(module, query, key, value, attention_mask, dropout: float = 
                                                                enable_gqa=groups > 1)
         return out.transpose(1, 2).contiguous(), None
     dtype = query.dtype
+    # the query axis holds groups x queries: a KV head's grouped query heads read it once
     q = query.float().reshape(rows, num_kv_heads, groups * num_queries, head_dim)
-    allowed = forward.allowed(query.device)  # [rows, 1, queries, width]: the query axis holds groups x queries
+    mask = forward.additive_mask(query.device)
     if num_queries > 1 and groups > 1:
-        allowed = allowed.repeat(1, 1, groups, 1)
-    out, lse = _attend(q, key.float(), value.float(), allowed, scale)
+        mask = mask.repeat(1, 1, groups, 1)
+    out, lse = attention_with_lse(q, key.float(), value.float(), mask, scale)
     for prefix, members in forward.prefix_groups:
         prefix_keys, prefix_values = prefix.layers[module.layer_idx]
         every_row = len(members) == rows  # the usual case: one family's rows only, in order
         mine = q if every_row else q[members]
         # every query of every member row against the prefix: one product per KV head
-        folded = mine.permute(1, 0, 2, 3).reshape(num_kv_heads, -1, head_dim)
-        o_prefix, l_prefix = _attend(folded, prefix_keys.float(), prefix_values.float(), None, scale)
-        o_prefix = o_prefix.reshape(num_kv_heads, len(members), -1, head_dim).permute(1, 0, 2, 3)
-        l_prefix = l_prefix.reshape(num_kv_heads, len(members), -1, 1).permute(1, 0, 2, 3)
+        folded = mine.permute(1, 0, 2, 3).reshape(1, num_kv_heads, -1, head_dim)
+        o_prefix, l_prefix = attention_with_lse(folded, prefix_keys.float()[None], prefix_values.float()[None],
+                                                None, scale)
+        o_prefix = o_prefix[0].reshape(num_kv_heads, len(members), -1, head_dim).permute(1, 0, 2, 3)
+        l_prefix = l_prefix[0].reshape(num_kv_heads, len(members), -1, 1).permute(1, 0, 2, 3)
         if every_row:
             out, lse = _merge(out, lse, o_prefix, l_prefix)
         else:
