@@ -215,7 +215,6 @@ class ContinuousGenerator:
         if not self.pending:
             return
         rows, staging = self.pending
-        todo = [r for r in rows if r.prefilled < len(r.own)]
         budget = max(self.chunk, SOLO_PREFILL_TOKENS)
         take = [min(len(r.own) - r.prefilled, budget) for r in rows]
         width = max(take)
@@ -240,7 +239,6 @@ class ContinuousGenerator:
             self.live.append(row)
             self._emit(row, token)
         self.pending = None
-        del todo
 
     # ---- decode ----------------------------------------------------------------------------
     def _decode_step(self, on_finished: Callable[[int, list[int]], None]) -> None:
