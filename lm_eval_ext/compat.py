@@ -146,7 +146,30 @@ UPSTREAM: tuple[UpstreamName, ...] = (
                  "open (accelerate has no public accessor)"),
     UpstreamName("accelerate.hooks:AlignDevicesHook.execution_device", "where an offloaded module computes",
                  "open (accelerate has no public accessor)"),
+    # torch: attention that also returns its log-sum-exp (the cascaded attention's merge needs it)
+    UpstreamName("torch:ops.aten._scaled_dot_product_flash_attention_for_cpu",
+                 "fused CPU attention with its log-sum-exp, for hf_ext's cascaded generation attention",
+                 "open (scaled_dot_product_attention does not return the log-sum-exp)"),
 )
+
+
+def attention_with_lse(query, key, value, additive_mask, scale: float):
+    """``(softmax(q k^T * scale + mask) v, logsumexp)`` for ``[batch, heads, queries, dim]`` inputs
+    (``lse``: ``[batch, heads, queries, 1]``). On CPU the fused kernel scaled_dot_product_attention
+    runs (one pass, no score matrix kept); elsewhere the same in plain products."""
+    import torch
+
+    if query.device.type == "cpu":
+        out, lse = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu(
+            query, key, value, 0.0, False, attn_mask=additive_mask, scale=scale)
+        return out, lse.unsqueeze(-1)
+    scores = torch.matmul(query, key.transpose(-1, -2)).mul_(scale)
+    if additive_mask is not None:
+        scores.add_(additive_mask)
+    top = scores.amax(dim=-1, keepdim=True)
+    weights = scores.sub_(top).exp_()
+    total = weights.sum(dim=-1, keepdim=True)
+    return torch.matmul(weights, value).div_(total), top.add_(total.log_())
 
 
 def dynamic_cache_for(config):

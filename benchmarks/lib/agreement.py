@@ -2,7 +2,7 @@
 
 A sample's raw responses (``resps``) are one list per request; we keep the first return of each:
 ``[loglikelihood, is_greedy]`` for multiple choice, ``loglikelihood`` for rolling, the generated
-text for generation. Two runs agree on a sample when every loglikelihood is within ``atol`` (the
+text for generation (every draw, for a request with ``repeats``). Two runs agree on a sample when every loglikelihood is within ``atol`` (the
 project's float32 bar, 1e-4), every ``is_greedy`` flag is equal and every generation is identical.
 """
 
@@ -19,6 +19,8 @@ MAX_EXAMPLES = 3
 
 
 def _first_return(response: Any) -> Any:
+    if isinstance(response, list) and len(response) > 1 and all(isinstance(r, str) for r in response):
+        return list(response)  # the repeats of one generation request (``repeats: N``): every draw
     value = response[0] if isinstance(response, (list, tuple)) and response else response
     if isinstance(value, tuple):
         return list(value)

@@ -28,6 +28,8 @@ STOCK_RESULT_KEYS = {
 COUNTER_KEYS = (
     "num_requests", "useful_tokens", "tokens_computed", "computed_tokens", "padded_tokens",
     "cache_hits", "cache_misses", "oom_retries", "wall_s",
+    # generation (continuous loop): prompt tokens prefilled, tokens decoded, decode steps and the rows in them
+    "prefill_tokens", "decode_tokens", "decode_steps", "live_row_steps",
 )
 
 _STATUS = Path("/proc/self/status")

@@ -10,7 +10,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-ALL_SCENARIOS = ("hf-suite", "data-parallel", "cache", "demo-cache", "gsm8k", "vllm", "planner", "compare-hf",
+ALL_SCENARIOS = ("hf-suite", "data-parallel", "cache", "demo-cache", "gsm8k", "generation", "generate-batch", "vllm",
+                 "planner", "compare-hf",
                  "compare-vllm", "real-tasks", "forward-ceiling", "engine-ceiling", "plan-latency",
                  "vllm-block-bound", "vllm-prefix-cache-cost")
 #: for suites with a time bound (cpu-quick: 10 minutes, gpu: one device call): compare-hf runs
@@ -58,12 +59,17 @@ SUITES: dict[str, Suite] = {
         name="cpu-quick", model="smollm2-135m", device="cpu", dtype="float32", batch_size=8,
         repetitions=3, warmup_limit=1,
         limits={"hf-suite": 3, "data-parallel": 4, "cache": 2, "gsm8k": 1, "vllm": 3, "planner": 4,
+                "generation-cot": 3, "generation-sc": 1,
                 "real-tasks-arc": 24, "real-tasks-mmlu": 8, "real-tasks-lambada": 24, "real-tasks-wikitext": 0,
                 "real-tasks-gsm8k": 0},
-        scenarios=("hf-suite", "data-parallel", "cache", "gsm8k", "vllm", "planner", "real-tasks"),
+        scenarios=("hf-suite", "data-parallel", "cache", "gsm8k", "generation", "vllm", "planner", "real-tasks"),
         alternate_launches=False,
         options={"real-tasks.mmlu_subjects": 1, "real-tasks.stock_sizes": "8,16", "real-tasks.mmlu_sizes": "1,8",
-                 "real-tasks.one_row": False},
+                 "real-tasks.one_row": False,
+                 # generation, short: gsm8k_cot on 3 documents against stock at 1, one question's 16
+                 # samples against stock at 16, no decode-rate figure
+                 "generation.tasks": "cot,sc", "generation.repeats": 16, "generation.decode_rows": "",
+                 "generation.sizes_cot": "1", "generation.sizes_sc": "16"},
         worker_timeout_s=900,
     ),
     "cpu-full": Suite(
@@ -76,10 +82,12 @@ SUITES: dict[str, Suite] = {
                 "real-tasks-arc": 100, "real-tasks-mmlu": 30, "real-tasks-lambada": 100, "real-tasks-wikitext": 8,
                 "real-tasks-gsm8k": 8, "engine-ceiling-arc": 100, "engine-ceiling-mmlu": 50,
                 "engine-ceiling-lambada": 100, "engine-ceiling-wikitext": 2, "vllm-block-bound-arc": 100,
-                "vllm-block-bound-mmlu": 20, "vllm-prefix-cache-cost": 20},
+                "vllm-block-bound-mmlu": 20, "vllm-prefix-cache-cost": 20,
+                "generation-gsm8k": 32, "generation-cot": 32, "generation-sc": 2},
         stock_data_parallel=True,
         options={"real-tasks.generation_sizes": "1,8,16,32"},
-        worker_timeout_s=1800,
+        # generation's worker runs stock GSM8K at two batch sizes, 32 documents, three times
+        worker_timeout_s=5400,
     ),
     "gpu": Suite(
         name="gpu", model="smollm2-135m", device="cuda", dtype="float32", batch_size=32,
@@ -97,8 +105,10 @@ SUITES: dict[str, Suite] = {
                 "real-tasks-arc": 4, "real-tasks-mmlu": 2, "real-tasks-lambada": 4, "real-tasks-wikitext": 1,
                 "real-tasks-gsm8k": 1, "engine-ceiling-arc": 4, "engine-ceiling-mmlu": 2,
                 "engine-ceiling-lambada": 4, "engine-ceiling-wikitext": 1, "vllm-block-bound-arc": 4, "vllm-block-bound-mmlu": 2,
-                "vllm-prefix-cache-cost": 4},
+                "vllm-prefix-cache-cost": 4, "generation-gsm8k": 1, "generation-cot": 2, "generation-sc": 1},
         options={"real-tasks.mmlu_subjects": 1, "engine-ceiling.mmlu_subjects": 1, "engine-ceiling.rounds": 1,
+                 "generation.repeats": 8, "generation.decode_rows": "1,4", "generation.sizes_gsm8k": "1",
+                 "generation.sizes_cot": "1", "generation.sizes_sc": "4",
                  "forward-ceiling.shapes": "2x16,2x16+8", "forward-ceiling.seconds": 0.2},
         worker_timeout_s=300,
     ),

@@ -30,7 +30,7 @@ class RequestType(str, enum.Enum):
 class ResultSink(Protocol):
     """Where results go as they arrive (the request cache's writer, lm-eval's hook)."""
 
-    def put(self, request: Any, value: Any) -> None: ...
+    def put(self, request: Any, keyed_args: tuple, value: Any) -> None: ...
 
     def flush(self) -> None: ...
 
@@ -40,6 +40,8 @@ class Progress(Protocol):
 
     def update(self, num_requests: int, computed_tokens: int) -> None: ...
 
+    def status(self, text: str) -> None: ...
+
     def close(self) -> None: ...
 
 
@@ -47,12 +49,15 @@ class NoProgress:
     def update(self, num_requests: int, computed_tokens: int) -> None:
         pass
 
+    def status(self, text: str) -> None:
+        pass
+
     def close(self) -> None:
         pass
 
 
 class NoSink:
-    def put(self, request: Any, value: Any) -> None:
+    def put(self, request: Any, keyed_args: tuple, value: Any) -> None:
         pass
 
     def flush(self) -> None:
@@ -75,6 +80,12 @@ class Call:
     budget_tokens: int | None = None
     #: requests per batch at most (stock batching by ``batch_size``), or None
     max_batch_requests: int | None = None
+    #: per request: which of the lm-eval call's identical requests it is (0 for the first)
+    occurrences: Sequence[int] = ()
+    #: per request: the seed its sample is drawn from (lm-eval's), or None (greedy, or not reproducible)
+    sample_seeds: Sequence[int | None] = ()
+    #: per request: its arguments as the request cache keys them (default: ``request.args``)
+    keyed_args: Sequence[tuple] = ()
     values: dict[int, Any] = field(default_factory=dict)
 
     def task_of(self, index: int) -> str:
@@ -91,12 +102,17 @@ class Call:
         if index in self.values:
             raise AssertionError(f"request {index} of this {self.request_type.value} call answered twice")
         self.values[index] = value
-        self.sink.put(self.requests[index], value)
+        request = self.requests[index]
+        self.sink.put(request, self.keyed_args[index] if self.keyed_args else tuple(request.args), value)
         self.progress.update(1, computed_tokens)
 
     def computed(self, num_tokens: int) -> None:
         """Tokens computed that no single result owns (a batch's forward): shown as tokens/s."""
         self.progress.update(0, num_tokens)
+
+    def status(self, text: str) -> None:
+        """What the computation is doing now, beside the bar's tokens/s (e.g. live rows)."""
+        self.progress.status(text)
 
     def batch_done(self) -> None:
         """An engine batch finished: what arrived is written now, in one transaction."""

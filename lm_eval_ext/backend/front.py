@@ -18,6 +18,7 @@ from typing import Any
 
 from lm_eval_ext import interrupts
 from lm_eval_ext.backend.call import Call, NoProgress, Progress, RequestType
+from lm_eval_ext.cache.keys import args_json, sample_identity
 from lm_eval_ext.cache.request_cache import MISSING, RequestCache, StoreWriter
 
 logger = logging.getLogger(__name__)
@@ -30,10 +31,10 @@ class _Sink:
         self.request_type, self.writer, self.lm_eval_hook = request_type, writer, lm_eval_hook
         self.num_put = 0
 
-    def put(self, request: Any, value: Any) -> None:
+    def put(self, request: Any, keyed_args: tuple, value: Any) -> None:
         self.num_put += 1
         if self.writer is not None:
-            self.writer.put(request, value)
+            self.writer.put(keyed_args, value)
         if self.lm_eval_hook is not None:  # lm-eval's --use_cache (CachingLM) keeps working
             self.lm_eval_hook.add_partial(self.request_type.value, request.args, value)
 
@@ -44,6 +45,18 @@ class _Sink:
     @property
     def num_stored(self) -> int:
         return len(self.writer.written) - len(self.writer.buffer) if self.writer is not None else 0
+
+
+def occurrence_indices(requests: list) -> list[int]:
+    """For each request, how many earlier requests of the list have equal arguments (lm-eval hands
+    a task with ``repeats: N`` the same request N times; each copy is its own draw)."""
+    seen: dict[str, int] = {}
+    found = []
+    for request in requests:
+        key = args_json(request.args) or repr(request.args)
+        found.append(seen.get(key, 0))
+        seen[key] = found[-1] + 1
+    return found
 
 
 def _no_progress(request_type: RequestType, num_requests: int, disabled: bool) -> Progress:
@@ -59,6 +72,8 @@ class RequestFront:
     ``is_collective(request_type)`` (the computation talks to other ranks) a rank without misses
     still computes an empty call if ``any_rank`` says another rank has misses, so collectives line
     up. ``rank`` is ``(rank, world_size)``, for the log line that says what this rank got.
+    ``sampling_seed(request)``: the seed a sampled request is drawn from when the backend draws it
+    reproducibly (then it is cached under that seed and its occurrence), else None.
     """
 
     def __init__(self, cache: RequestCache, compute: Mapping[RequestType, Callable[[Call], list | None]], *,
@@ -66,8 +81,10 @@ class RequestFront:
                  is_collective: Callable[[RequestType], bool] = lambda request_type: False,
                  any_rank: Callable[[bool], bool] = lambda flag: flag,
                  progress: Callable[[RequestType, int, bool], Progress] = _no_progress,
-                 rank: Callable[[], tuple[int, int]] = lambda: (0, 1)) -> None:
+                 rank: Callable[[], tuple[int, int]] = lambda: (0, 1),
+                 sampling_seed: Callable[[Any], int | None] = lambda request: None) -> None:
         self.cache = cache
+        self._sampling_seed = sampling_seed
         self._compute, self._prepare = dict(compute), prepare
         self._is_collective, self._any_rank, self._progress, self._rank = is_collective, any_rank, progress, rank
 
@@ -77,7 +94,11 @@ class RequestFront:
         rank, world_size = self._rank()
         logger.info("rank %d/%d: %s: %d requests over %d documents", rank, world_size, request_type.value,
                     len(requests), len({(r.task_name, r.doc_id) for r in requests}))
-        results = self.cache.lookup(request_type.value, requests)
+        occurrences = occurrence_indices(requests)
+        seeds = [self._sampling_seed(r) for r in requests] if request_type is RequestType.GENERATE else []
+        keyed = [sample_identity(tuple(r.args), base_seed=seed, occurrence=k) if seed is not None else tuple(r.args)
+                 for r, seed, k in zip(requests, seeds or [None] * len(requests), occurrences)]
+        results = self.cache.lookup(request_type.value, requests, keyed_args=keyed)
         misses = [i for i, value in enumerate(results) if value is MISSING]
         # every rank takes part in any_rank (a collective) or none does: a rank with misses skipping it
         # left the others' gather paired with its first collective inside the computation (a hang)
@@ -85,7 +106,9 @@ class RequestFront:
             todo = [requests[i] for i in misses]
             self._prepare()  # before the clock starts: loading weights is not compute
             sink = _Sink(request_type, self.cache.writer(request_type.value), lm_eval_hook)
-            call = Call(request_type, todo, sink=sink, progress=self._progress(request_type, len(todo), disable_tqdm))
+            call = Call(request_type, todo, sink=sink, progress=self._progress(request_type, len(todo), disable_tqdm),
+                        occurrences=[occurrences[i] for i in misses], keyed_args=[keyed[i] for i in misses],
+                        sample_seeds=[seeds[i] for i in misses] if seeds else [None] * len(misses))
             started_s = time.perf_counter()
             try:
                 returned = self._compute[request_type](call)

@@ -36,13 +36,31 @@ def is_sampled(gen_kwargs: dict) -> bool:
     return bool(do_sample)
 
 
+#: the key of the element :func:`sample_identity` appends to a sampled request's arguments
+SAMPLE_TAG = "lm_eval_ext_sample"
+
+
+def sample_identity(args: tuple, *, base_seed: int, occurrence: int) -> tuple:
+    """The arguments of a sampled generation that its backend draws reproducibly (hf_ext: each
+    request from its own generator), with what decides the draw appended: lm-eval's seed and which
+    of the call's identical requests this is (``repeats: 64`` gives 64 equal requests, 64 draws).
+
+    >>> sample_identity(("Q:", {"do_sample": True}), base_seed=1234, occurrence=2)[-1]
+    {'lm_eval_ext_sample': {'seed': 1234, 'occurrence': 2}}
+    """
+    return (*args, {SAMPLE_TAG: {"seed": int(base_seed), "occurrence": int(occurrence)}})
+
+
 def is_cacheable(request_type: str, args: tuple) -> bool:
-    """Sampled generations are cached only with an explicit integer ``seed`` in their gen_kwargs:
-    without it a second draw must differ, and replaying the first would silently bias repeats."""
+    """Sampled generations are cached only when their draw is pinned: an explicit integer ``seed``
+    in their gen_kwargs, or a :func:`sample_identity`. Otherwise a second draw must differ, and
+    replaying the first would silently bias repeats."""
     if request_type != "generate_until":
         return True
     gen_kwargs = args[1] if len(args) > 1 and isinstance(args[1], dict) else {}
     if not is_sampled(gen_kwargs):
+        return True
+    if len(args) > 2 and isinstance(args[-1], dict) and SAMPLE_TAG in args[-1]:
         return True
     seed = gen_kwargs.get("seed")
     return isinstance(seed, int) and not isinstance(seed, bool)

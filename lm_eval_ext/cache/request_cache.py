@@ -53,8 +53,8 @@ class StoreWriter:
         self.written: set[str] = set()
         self.last_flush_s = time.perf_counter()
 
-    def put(self, request: Any, value: Any) -> None:
-        args = request.args
+    def put(self, args: tuple, value: Any) -> None:
+        """``args``: the request's arguments as keyed (:meth:`RequestCache.keys`)."""
         key = request_key(self.fingerprint, self.request_type, tuple(args))
         if key is None or key in self.written:
             return
@@ -119,18 +119,21 @@ class RequestCache:
                         f", layout {layout.layout} ({layout.reason})" if layout else "")
         return self.store, self.fingerprint
 
-    def keys(self, request_type: str, requests: list) -> list[str | None]:
+    def keys(self, request_type: str, keyed_args: list[tuple]) -> list[str | None]:
         _, model_fingerprint = self.open()
-        return [request_key(model_fingerprint, request_type, tuple(r.args)) for r in requests]
+        return [request_key(model_fingerprint, request_type, args) for args in keyed_args]
 
-    def lookup(self, request_type: str, requests: list, *, all_or_nothing: bool = False) -> list | None:
+    def lookup(self, request_type: str, requests: list, *, keyed_args: list[tuple] | None = None,
+               all_or_nothing: bool = False) -> list | None:
         """Each request's cached value, or :data:`MISSING`; hits and misses are counted. A damaged
-        entry stops the run with the fix (it is never returned). ``all_or_nothing``: ``None``
-        (and nothing counted) unless every request is cached."""
+        entry stops the run with the fix (it is never returned). ``keyed_args``: each request's
+        arguments as keyed (default: ``request.args``; a reproducibly sampled request carries its
+        :func:`~lm_eval_ext.cache.keys.sample_identity`). ``all_or_nothing``: ``None`` (and nothing
+        counted) unless every request is cached."""
         if self.mode is CacheMode.OFF:
             return None if all_or_nothing else [MISSING] * len(requests)
         store, _ = self.open()
-        keys = self.keys(request_type, requests)
+        keys = self.keys(request_type, keyed_args or [tuple(r.args) for r in requests])
         found = store.get_many([k for k in keys if k is not None]) if store is not None and self.mode.reads else {}
         if all_or_nothing and any(key not in found for key in keys):
             return None

@@ -84,7 +84,8 @@ class HfExtLM(HFLM):
         ))
         self.front = RequestFront(cache, self._computations(), prepare=self.load_weights,
                                   is_collective=self._is_collective, any_rank=self._any_rank,
-                                  progress=self._progress_bar, rank=lambda: (self.rank, self.world_size))
+                                  progress=self._progress_bar, rank=lambda: (self.rank, self.world_size),
+                                  sampling_seed=functools.partial(hf_requests.sampling_seed, self))
         self._log_batching_once(config)
 
     @property

@@ -22,13 +22,22 @@ class CallProgress:
                          desc=f"hf_ext {request_type}")
         self._start_s = time.perf_counter()
         self._tokens = 0
+        self._status = ""
 
     def update(self, num_requests: int, computed_tokens: int) -> None:
         self._tokens += computed_tokens
-        elapsed_s = max(1e-9, time.perf_counter() - self._start_s)
-        self._bar.set_postfix_str(f"{self._tokens / elapsed_s:,.0f} tok/s", refresh=num_requests == 0)
+        self._show(refresh=num_requests == 0)
         if num_requests:
             self._bar.update(num_requests)
+
+    def status(self, text: str) -> None:
+        self._status = text
+        self._show(refresh=False)
+
+    def _show(self, *, refresh: bool) -> None:
+        elapsed_s = max(1e-9, time.perf_counter() - self._start_s)
+        rate = f"{self._tokens / elapsed_s:,.0f} tok/s"
+        self._bar.set_postfix_str(f"{rate}, {self._status}" if self._status else rate, refresh=refresh)
 
     def close(self) -> None:
         self._bar.close()

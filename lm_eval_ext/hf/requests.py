@@ -27,8 +27,10 @@ from typing import Any
 from lm_eval_ext.backend.call import Call
 from lm_eval_ext.backend.gen_kwargs import check_gen_kwargs
 from lm_eval_ext.backend.lm_requests import RollingDocuments, encode_pairs, rolling_windows
+from lm_eval_ext.cache.keys import args_json
 from lm_eval_ext.errors import UserError, did_you_mean
 from lm_eval_ext.hf.policy.batching import GenerationRequest, score_request
+from lm_eval_ext.hf.policy.sampling import request_seed, sampling_settings
 
 logger = logging.getLogger(__name__)
 
@@ -65,7 +67,10 @@ class _Generation:
     """what stock would hand ``model.generate`` besides length and stops (``do_sample``, ``temperature``...)"""
 
 
-def _prepare_generation(lm: Any, context: str, gen_kwargs: Any, eos: str) -> _Generation:
+def generation_options(lm: Any, gen_kwargs: Any, eos: str) -> tuple[dict, list[str], int]:
+    """``(options, stop sequences, max_gen_toks)`` of one request's ``gen_kwargs``, as stock's
+    ``generate_until`` and ``_model_generate`` read them (EOS added to the stops; temperature 0
+    without ``do_sample`` means greedy)."""
     from lm_eval.models.utils import handle_stop_sequences, normalize_gen_kwargs
 
     if not isinstance(gen_kwargs, dict):
@@ -74,6 +79,16 @@ def _prepare_generation(lm: Any, context: str, gen_kwargs: Any, eos: str) -> _Ge
     kwargs = normalize_gen_kwargs(dict(gen_kwargs), lm.max_gen_toks)
     until = handle_stop_sequences(kwargs.pop("until", None), eos=eos)
     max_gen_toks = kwargs.pop("max_gen_toks")
+    kwargs["temperature"] = kwargs.get("temperature", 0.0)
+    if kwargs["temperature"] == 0.0 and kwargs.get("do_sample") is None:
+        kwargs["do_sample"] = False
+    if kwargs.get("do_sample") is False and kwargs["temperature"] == 0.0:
+        kwargs.pop("temperature", None)
+    return kwargs, until, max_gen_toks
+
+
+def _prepare_generation(lm: Any, context: str, gen_kwargs: Any, eos: str) -> _Generation:
+    kwargs, until, max_gen_toks = generation_options(lm, gen_kwargs, eos)
     max_ctx_len = lm.max_length - max_gen_toks
     if max_ctx_len <= 0:  # stock raises a ValueError with a traceback here
         raise UserError(f"gen_kwargs max_gen_toks={max_gen_toks} leaves no room for the prompt in the model's "
@@ -84,12 +99,6 @@ def _prepare_generation(lm: Any, context: str, gen_kwargs: Any, eos: str) -> _Ge
     if "max_length" in kwargs:
         logger.warning("`max_length` in generation kwargs. Please use `max_gen_toks` instead.")
     max_new = kwargs.pop("max_length", len(prompt) + max_gen_toks) - len(prompt)
-    # stock's _model_generate: temperature 0 without do_sample means greedy
-    kwargs["temperature"] = kwargs.get("temperature", 0.0)
-    if kwargs["temperature"] == 0.0 and kwargs.get("do_sample") is None:
-        kwargs["do_sample"] = False
-    if kwargs.get("do_sample") is False and kwargs["temperature"] == 0.0:
-        kwargs.pop("temperature", None)
     _check_generate_options(kwargs)
     return _Generation(prompt, max_new, until, kwargs)
 
@@ -112,6 +121,40 @@ def _check_generate_options(options: dict) -> None:
                         "or use one of transformers' GenerationConfig fields (num_beams, top_p, repetition_penalty, ...)")
 
 
+def end_of_text(lm: Any) -> str:
+    return lm.tok_decode(lm.eot_token_id, skip_special_tokens=False)
+
+
+def sampling_seed(lm: Any, instance: Any) -> int | None:
+    """The seed a sampled request is drawn from when the engine samples it (reproducibly: its own
+    generator, see ``policy/sampling.py``): the request's own ``seed``, else lm-eval's torch seed.
+    None for greedy requests and for options that go to stock ``generate``."""
+    import torch
+
+    gen_kwargs = instance.args[1] if len(instance.args) > 1 else None
+    if not isinstance(gen_kwargs, dict):
+        return None
+    options, _, _ = generation_options(lm, gen_kwargs, end_of_text(lm))
+    if not options.get("do_sample") or not lm.engine.handles_generation(options):
+        return None
+    seed = options.get("seed")
+    return seed if isinstance(seed, int) and not isinstance(seed, bool) else torch.initial_seed()
+
+
+def _engine_request(lm: Any, call: Call, index: int, generation: _Generation) -> GenerationRequest:
+    sampling, seed = None, None
+    if generation.options.get("do_sample"):
+        config = lm.model.generation_config
+        sampling = sampling_settings(generation.options, {name: getattr(config, name, None)
+                                                          for name in ("top_k", "top_p", "min_p")})
+        base = call.sample_seeds[index] if call.sample_seeds else None
+        base = base if base is not None else sampling_seed(lm, call.requests[index])
+        seed = request_seed(base, args_json(call.requests[index].args) or "", call.occurrences[index]
+                            if call.occurrences else 0)
+    return GenerationRequest(index, tuple(generation.prompt), generation.max_new_tokens, tuple(generation.until),
+                             sampling=sampling, seed=seed)
+
+
 def generated_text(lm: Any, tokens: Sequence[int], until: list[str]) -> str:
     """Stock's decoding and post-processing of one generation (``tokens`` without the prompt)."""
     from lm_eval.models.utils import postprocess_generated_text
@@ -129,21 +172,21 @@ def generated_text(lm: Any, tokens: Sequence[int], until: list[str]) -> str:
 
 
 def generate_until(lm: Any, call: Call) -> None:
-    eos = lm.tok_decode(lm.eot_token_id, skip_special_tokens=False)
+    eos = end_of_text(lm)
     prepared = [_prepare_generation(lm, instance.args[0], instance.args[1], eos) for instance in call.requests]
     engine_requests, stock = [], []
     for index, generation in enumerate(prepared):
         if lm.engine.handles_generation(generation.options):
-            engine_requests.append(GenerationRequest(index, tuple(generation.prompt), generation.max_new_tokens,
-                                                     tuple(generation.until)))
+            engine_requests.append(_engine_request(lm, call, index, generation))
         else:
             stock.append(index)
 
     def on_generated(index: int, tokens: Sequence[int]) -> None:
         call.result(index, generated_text(lm, tokens, prepared[index].until))
 
-    lm.engine.generate(call, engine_requests, tasks=[call.task_of(r.index) for r in engine_requests],
-                       on_generated=on_generated)
+    unhandled = lm.engine.generate(call, engine_requests, tasks=[call.task_of(r.index) for r in engine_requests],
+                                   on_generated=on_generated)
+    stock = sorted(stock + [r.index for r in unhandled])
     if stock:
         logger.info("hf_ext: %d generate_until request(s) with options the engine does not handle (%s) go "
                     "through stock generate, one at a time", len(stock), sorted(prepared[stock[0]].options))

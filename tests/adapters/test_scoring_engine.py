@@ -96,7 +96,18 @@ def test_fake_out_of_memory_at_random_batches_changes_nothing(stock_results, ext
         return call
 
     monkeypatch.setattr(lm.engine, "score_batch", flaky(lm.engine.score_batch))
-    monkeypatch.setattr(lm.engine, "generate_batch", flaky(lm.engine.generate_batch))
+    # generation: the continuous loop's forwards of several rows fail the same way (rows wait again)
+    from lm_eval_ext.hf.compute.continuous import ContinuousGenerator
+
+    real_forward = ContinuousGenerator._forward
+
+    def flaky_forward(loop, ids, positions, forward):
+        if forward.num_rows > 1 and (len(raised) < 4 or rng.random() < 0.2):
+            raised.append(forward.num_rows)
+            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB (fake)")
+        return real_forward(loop, ids, positions, forward)
+
+    monkeypatch.setattr(ContinuousGenerator, "_forward", flaky_forward)
     got = evaluate(lm)
     assert len(raised) >= 3
     assert_same_samples(stock_results, got)

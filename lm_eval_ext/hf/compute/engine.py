@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import time
 from collections import Counter, deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -28,7 +29,9 @@ import torch
 
 from lm_eval_ext.backend.call import Call
 from lm_eval_ext.hf.compute.budget import Budgets
-from lm_eval_ext.hf.compute.generation import eos_token_ids, greedy_generate, is_plain_greedy
+from lm_eval_ext.hf.compute.continuous import ContinuousGenerator, RowSampler
+from lm_eval_ext.hf.compute.generation import eos_token_ids, greedy_generate, is_plain_greedy, is_plain_sampling
+from lm_eval_ext.hf.compute.slots import UnsupportedAttention, supports_slots
 from lm_eval_ext.hf.compute.oom import device_peaks_bytes, drain, reset_peaks
 from lm_eval_ext.hf.compute.prefix_kv import PrefixStore, supports_prefix
 from lm_eval_ext.hf.compute.probe import ProbeCache
@@ -39,7 +42,12 @@ from lm_eval_ext.hf.policy.batching import (
 )
 from lm_eval_ext.hf.policy.cost_report import CostReport
 from lm_eval_ext.hf.policy.families import Family, split_families
+from lm_eval_ext.hf.policy.gen_families import GenerationFamily, generation_families
+from lm_eval_ext.hf.policy.generation_rows import GenerationLedger, generation_rows
 from lm_eval_ext.hf.policy.prompt_lookup import DEFAULT_DRAFT_TOKENS
+
+#: see ``continuous.py``: a prompt this long is prefilled in pieces between decode steps
+DEFAULT_PREFILL_CHUNK_TOKENS = 2048
 
 logger = logging.getLogger(__name__)
 
@@ -56,6 +64,8 @@ class EngineSettings:
     """Draft tokens per greedy step from the prompt (0 = off)."""
     strategy: str = "single"
     """The layout that was built; part of the probe key (a model split fits other budgets)."""
+    prefill_chunk_tokens: int = DEFAULT_PREFILL_CHUNK_TOKENS
+    """Longest piece of one prompt prefilled between two decode steps of the continuous loop."""
 
 
 class ScoringEngine:
@@ -68,6 +78,7 @@ class ScoringEngine:
         self.prefixes = PrefixStore()
         self._prefix_tokens_accounted = 0
         self._parts: ModelParts | None = None
+        self._slots_refused: str | None = None
 
     @property
     def parts(self) -> ModelParts:
@@ -147,9 +158,19 @@ class ScoringEngine:
 
     # ---- generation ------------------------------------------------------------------------
     def handles_generation(self, options: dict) -> bool:
-        """Greedy decoding of a causal model with split parts; anything else stays stock."""
-        return (self.host.backend == "causal" and self.parts.split
-                and is_plain_greedy(self.host.model.generation_config, options))
+        """Greedy decoding, or sampling with temperature / top-k / top-p / min-p, of a causal model
+        with split parts (sampling needs the continuous loop); anything else stays stock."""
+        if self.host.backend != "causal" or not self.parts.split:
+            return False
+        config = self.host.model.generation_config
+        return is_plain_greedy(config, options) or (is_plain_sampling(config, options) and self.continuous)
+
+    @property
+    def continuous(self) -> bool:
+        """Whether this model generates through the continuous loop (``continuous.py``): slot
+        attention works for it and prompt-lookup drafts (the static path's) are off."""
+        return (self.settings.prompt_lookup_num_tokens == 0 and self._slots_refused is None
+                and supports_slots(self.parts))
 
     def generate_batch(self, batch: list[GenerationRequest]):
         """One generation batch (one ``max_new_tokens`` and stop list); the single place
@@ -165,14 +186,34 @@ class ScoringEngine:
             )
 
     def generate(self, call: Call, requests: Sequence[GenerationRequest], *, tasks: Sequence[str],
-                 on_generated: Callable[[int, list[int]], None]) -> None:
+                 on_generated: Callable[[int, list[int]], None]) -> list[GenerationRequest]:
         """Generate every request (``tasks[i]`` is ``requests[i]``'s task); each continuation's
-        tokens go to ``on_generated(request.index, tokens)`` as its batch finishes. Requests with
-        the same length limit and stops are batched together."""
+        tokens go to ``on_generated(request.index, tokens)`` as soon as it is finished. Returns the
+        requests it could not generate (sampled ones, when the model refuses slot attention)."""
         kind = call.request_type.value
         if not requests:
             self.budgets.join_agreement(kind)
-            return
+            return []
+        if self.continuous:
+            try:
+                self._generate_continuous(call, requests, tasks, on_generated)
+                return []
+            except UnsupportedAttention as exc:  # the model's attention wants what the slots do not do
+                self._slots_refused = str(exc)
+                logger.warning("hf_ext: generating through the static path from now on (%s)", exc)
+                kept = [(r, t) for r, t in zip(requests, tasks) if r.index not in call.values]
+                requests, tasks = [r for r, _ in kept], [t for _, t in kept]
+        unhandled = [r for r in requests if r.sampling is not None]
+        kept = [(r, t) for r, t in zip(requests, tasks) if r.sampling is None]
+        if kept:
+            self._generate_static(call, [r for r, _ in kept], [t for _, t in kept], on_generated)
+        return unhandled
+
+    def _generate_static(self, call: Call, requests: Sequence[GenerationRequest], tasks: Sequence[str],
+                         on_generated: Callable[[int, list[int]], None]) -> None:
+        """Greedy batches of one length limit and stop list each, the batch's shared prompt prefix
+        prefilled once (``generation.py``); with prompt-lookup drafts when they are on."""
+        kind = call.request_type.value
         task_of = {r.index: task for r, task in zip(requests, tasks, strict=True)}
         groups: dict[tuple, list[GenerationRequest]] = {}
         for request in requests:
@@ -187,6 +228,51 @@ class ScoringEngine:
                          on_done=functools.partial(self._generated, call, task_of, on_generated))
         self.cost_report.finish_call(kind, sorted(set(tasks)), budget_tokens=call.budget_tokens, oom_retries=num_ooms,
                                      peak_memory_bytes=device_peaks_bytes())
+
+    def _generate_continuous(self, call: Call, requests: Sequence[GenerationRequest], tasks: Sequence[str],
+                             on_generated: Callable[[int, list[int]], None]) -> None:
+        """Every request through one continuous loop (``continuous.py``) over a pool of rows sized
+        from the generation budget: ``rows = budget // columns`` (a row's columns: its prompt after
+        its family's prefix + ``max_new_tokens``), at most ``MAX_GENERATION_ROWS``."""
+        kind = call.request_type.value
+        families = [GenerationFamily(f.prefix, tuple(requests[m].index for m in f.members))
+                    for f in generation_families([r.prompt_tokens for r in requests])]
+        family_of = {index: f for f, family in enumerate(families) for index in family.members}
+        columns = max(len(r.prompt_tokens) - len(families[family_of[r.index]].prefix) + r.max_new_tokens
+                      for r in requests)
+        stats = {"width_tokens": columns, "scored_fraction": 1.0 / columns}
+        call.budget_tokens, call.max_batch_requests = self.budgets.limits(kind, stats, self.score_batch)
+        rows = generation_rows(call.budget_tokens, call.max_batch_requests, columns, len(requests))
+        loop = ContinuousGenerator(
+            self.parts, self.host.device, eos_ids=eos_token_ids(self.host.model.generation_config),
+            decode=self.host.tok_decode, max_rows=rows, columns=columns,
+            prefill_chunk_tokens=self.settings.prefill_chunk_tokens,
+            samplers=lambda r: RowSampler(r.sampling, r.seed) if r.sampling is not None else None,
+        )
+        ledger = GenerationLedger({r.index: t for r, t in zip(requests, tasks)},
+                                  {r.index: len(r.prompt_tokens) for r in requests}, family_of,
+                                  [len(f.prefix) for f in families])
+        reset_peaks()
+        started_s = time.perf_counter()
+        device_type = torch.device(self.host.device).type
+        dtype = self.host.mixed_precision_dtype
+
+        def finished(index: int, tokens: list[int]) -> None:
+            ledger.finished(index, len(tokens))
+            on_generated(index, tokens)
+
+        with torch.autocast(device_type=device_type, dtype=dtype, enabled=dtype is not None):
+            loop.run(requests, families, on_finished=finished, on_step=functools.partial(self._stepped, call))
+        ledger.report(self.cost_report, kind, wall_s=time.perf_counter() - started_s, stats=loop.stats)
+        self.cost_report.finish_call(kind, sorted(set(tasks)), budget_tokens=call.budget_tokens,
+                                     oom_retries=loop.stats.oom_retries, peak_memory_bytes=device_peaks_bytes())
+
+    @staticmethod
+    def _stepped(call: Call, tokens: int, stats) -> None:
+        call.computed(tokens)
+        call.status(f"{stats.mean_live_rows:.1f} rows, prefill {stats.prefill_tokens:,} + decode "
+                    f"{stats.decode_tokens:,} tok")
+        call.batch_done()  # what finished this step is stored now
 
     def _split_generation(self, call: Call, batch: list, queue: deque, exc: BaseException) -> None:
         if len(batch) == 1:

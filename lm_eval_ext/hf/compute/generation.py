@@ -26,6 +26,7 @@ import torch
 
 from lm_eval_ext.hf.policy.batching import common_prefix_tokens
 from lm_eval_ext.hf.compute.grouped_attention import grouped_query_attention
+from lm_eval_ext.hf.policy.sampling import SAMPLING_KEYS
 from lm_eval_ext.hf.compute.kv_cache import SPARE_COLUMNS, RowStack, clone_cache, growing_cache, plain_cache
 from lm_eval_ext.hf.policy.prompt_lookup import PromptLookup, StopStrings, accepted_tokens, clip_emitted, draft_room
 from lm_eval_ext.hf.compute.scoring import ModelParts, execution_device
@@ -40,12 +41,24 @@ _PROCESSOR_FIELDS = {
 }
 
 
+#: generation_config fields of samplers we do not reproduce; any non-default value -> stock generate
+_SAMPLER_FIELDS = {"typical_p": (None, 1.0), "epsilon_cutoff": (None, 0.0), "eta_cutoff": (None, 0.0)}
+
+
 def is_plain_greedy(generation_config, kwargs: dict) -> bool:
     if set(kwargs) - {"do_sample", "temperature"}:
         return False
     if kwargs.get("do_sample") or kwargs.get("temperature") not in (None, 0, 0.0):
         return False
     return all(getattr(generation_config, name, None) in ok for name, ok in _PROCESSOR_FIELDS.items())
+
+
+def is_plain_sampling(generation_config, kwargs: dict) -> bool:
+    """``do_sample`` with temperature, top-k, top-p, min-p (``policy/sampling.py``) and nothing else."""
+    if not kwargs.get("do_sample") or set(kwargs) - SAMPLING_KEYS:
+        return False
+    fields = {**_PROCESSOR_FIELDS, **_SAMPLER_FIELDS}
+    return all(getattr(generation_config, name, None) in ok for name, ok in fields.items())
 
 
 def eos_token_ids(generation_config) -> set[int]:

@@ -55,6 +55,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
+from lm_eval_ext.hf.policy.sampling import SamplingSettings
+
 #: Longest packed row we build on purpose (a single item longer than this gets its own row of
 #: its own length). Past ~1,000 tokens a masked row's attention grows faster than sharing saves
 #: (measured here: 758 tokens/s at 512, 647 at 1,024, 454 at 2,048 for the decoder with a 4D mask)
@@ -340,6 +342,10 @@ class GenerationRequest:
     max_new_tokens: int = 0
     stop: tuple[str, ...] = ()
     """stop strings: a row stops once its text holds one (lm-eval cuts the text there)"""
+    sampling: SamplingSettings | None = None
+    """how it samples; None: greedy"""
+    seed: int | None = None
+    """its own generator's seed (``policy/sampling.request_seed``), with ``sampling``"""
 
 
 def pack_generation(

@@ -19,12 +19,12 @@ from collections.abc import Callable
 #: On CPU the matmul throughput of a forward pass stops growing long before this many tokens
 #: per batch (see benchmarks/README.md, "peak forward"), while peak RSS keeps growing with it.
 CPU_MAX_BATCH_TOKENS = 4096
-#: Generation budgets count rows x (prompt + max_gen_toks): KV cache held, not tokens computed
-#: per forward (long prompts are prefilled one row at a time, decode steps compute one token per
-#: row). A decode step reads all weights whatever the rows, so more rows are nearly free: 8
-#: GSM8K rows of ~1,000 cached tokens took 14 ms per row-token on the 2-core CPU, 1 row 67-77 ms.
-#: The cap bounds the KV cache instead (SmolLM2-135M: 45 KiB per token, ~1.4 GiB at the cap).
-CPU_MAX_GENERATION_TOKENS = 32768
+#: Generation budgets count KV held, rows x columns (a row's prompt after its shared prefix +
+#: max_gen_toks: ``generation_rows.py``), not tokens per forward. A decode step reads every weight
+#: once whatever the rows, so more rows are nearly free in time; the cap bounds the memory instead:
+#: SmolLM2-135M holds 45 KiB per cached token, 0.7 GiB at the cap, next to 0.5 GiB of weights
+#: (peak RSS within 1.5x of stock's fastest setting, one row at a time). GSM8K 5-shot: 13 rows.
+CPU_MAX_GENERATION_TOKENS = 16384
 #: Share of the RAM reported available that one batch may use; the rest is headroom for the
 #: allocator, the tokenizer, lm-eval's own data, and other processes on the machine.
 CPU_RAM_FRACTION = 0.5
