@@ -27,6 +27,7 @@ from typing import Any
 import torch
 
 from lm_eval_ext.backend.call import Call
+from lm_eval_ext.backend.cost_report import CostReport
 from lm_eval_ext.hf.compute.budget import Budgets
 from lm_eval_ext.hf.compute.generation import eos_token_ids, greedy_generate, is_plain_greedy
 from lm_eval_ext.hf.compute.oom import device_peaks_bytes, drain, reset_peaks
@@ -37,7 +38,6 @@ from lm_eval_ext.hf.policy.batching import (
     DEFAULT_ROW_TOKENS, Batch, GenerationRequest, ScoreRequest, lowered_budget, pack_batches, pack_generation,
     pack_rows, split_batch,
 )
-from lm_eval_ext.hf.policy.cost_report import CostReport
 from lm_eval_ext.hf.policy.families import Family, split_families
 from lm_eval_ext.hf.policy.prompt_lookup import DEFAULT_DRAFT_TOKENS
 
