@@ -62,14 +62,18 @@ class EngineOutput:
 
 def compact_output(request_output: Any, scored_from: int = 0) -> EngineOutput:
     """vLLM ``RequestOutput`` -> :class:`EngineOutput` (floats instead of ``Logprob`` objects).
-    Prompt logprobs before position ``scored_from`` are dropped: nothing reads them, and a long
-    few-shot context would otherwise be copied (and sent from a replica) position by position."""
+    Prompt logprobs before position ``scored_from`` are dropped (vllm_ext's runner does not return
+    them; where vLLM's own does, nothing reads them, and a long few-shot context would otherwise be
+    copied, and sent from a replica, position by position)."""
+    from lm_eval_ext.vllm.prompt_logprobs import aligned_prompt_logprobs
+
     prompt_logprobs = None
     if request_output.prompt_logprobs is not None:
+        rows = aligned_prompt_logprobs(request_output.prompt_logprobs, len(request_output.prompt_token_ids))
         prompt_logprobs = [
             None if position is None or index <= scored_from
             else {token: float(lp.logprob) for token, lp in position.items()}
-            for index, position in enumerate(request_output.prompt_logprobs)
+            for index, position in enumerate(rows)
         ]
     first = request_output.outputs[0] if request_output.outputs else None
     sample_logprobs = None

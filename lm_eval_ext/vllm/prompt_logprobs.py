@@ -11,9 +11,11 @@ streams the whole LM-head matrix (113 MB) for a handful of rows.
 :func:`install` replaces that method on the model runner(s) of one engine (stock engines in the
 same process keep vLLM's own) with :func:`prompt_logprobs_from`: the same bookkeeping (chunked
 prefill, requests resumed after preemption, the output tensors vLLM's frontend reads), but rows
-before ``SamplingParams.extra_args[SCORED_FROM]`` are skipped (left NaN, as unread as the rows vLLM
-leaves unwritten for cached positions), and the rows of all requests go through the LM head,
-log-softmax and top-k together, :data:`CHUNK_ROWS` at a time. Same operations on the same hidden
+before ``SamplingParams.extra_args[SCORED_FROM]`` are skipped (neither computed nor returned: vLLM's
+frontend would turn each into a Python dict), and the rows of all requests go through the LM head,
+log-softmax and top-k together, :data:`CHUNK_ROWS` at a time. Rows past the cached tokens that a
+request's start row does not reach stay NaN, as unread as the rows vLLM leaves unwritten for
+cached positions. Same operations on the same hidden
 states, so the values equal vLLM's loop up to the matrix multiply's summation order (tested against
 stock ``vllm`` per sample).
 
@@ -47,7 +49,11 @@ def scored_from(sampling_params: Any) -> int:
 
 def prompt_logprobs_from(self: Any, hidden_states: Any, num_scheduled_tokens: dict[str, int]) -> dict[str, Any]:
     """``GPUModelRunner._get_prompt_logprobs_dict`` (vLLM 0.32) with a start row per request and
-    every request's rows in one LM-head pass; bound to a runner by :func:`install`."""
+    every request's rows in one LM-head pass; bound to a runner by :func:`install`.
+
+    A request with a start row ``s`` gets rows for positions ``s`` on only (the tensors vLLM's
+    frontend turns into one dict per row are that much shorter: a 400-token few-shot context
+    would cost 400 Python dicts per choice); :func:`aligned_prompt_logprobs` puts them back in place."""
     import torch
     from vllm.v1.outputs import LogprobsTensors
 
@@ -63,9 +69,10 @@ def prompt_logprobs_from(self: Any, hidden_states: Any, num_scheduled_tokens: di
         if num_tokens is None or request.prompt_token_ids is None:  # preempted in prefill; prompt embeddings
             continue
         prompt = request.prompt_token_ids
+        skipped = min(scored_from(request.sampling_params), len(prompt) - 1)
         tensors = request.in_progress_prompt_logprobs_cpu
-        if tensors is None:  # the whole prompt's rows; chunks of a long prefill are copied in step by step
-            tensors = LogprobsTensors.empty_cpu(len(prompt) - 1, num_logprobs + 1)
+        if tensors is None:  # rows from the start row on; chunks of a long prefill are copied in step by step
+            tensors = LogprobsTensors.empty_cpu(len(prompt) - 1 - skipped, num_logprobs + 1)
             tensors.logprob_token_ids.zero_()
             tensors.logprobs.fill_(float("nan"))
             tensors.selected_token_ranks.zero_()
@@ -75,17 +82,17 @@ def prompt_logprobs_from(self: Any, hidden_states: Any, num_scheduled_tokens: di
         num_rows = num_tokens if num_tokens <= remaining else remaining
         if num_tokens > remaining:  # the prompt's last chunk (vLLM returns the rows with it)
             finished[req_id] = tensors
-        first, end = max(start, scored_from(request.sampling_params)), start + num_rows
+        first, end = max(start, skipped), start + num_rows
         if first < end:
             offset = int(self.query_start_loc.np[self.input_batch.req_id_to_index[req_id]])
-            spans.setdefault(num_logprobs, []).append((tensors, first, end, offset + first - start))
+            spans.setdefault(num_logprobs, []).append((tensors, first - skipped, end - skipped, offset + first - start))
             targets.setdefault(num_logprobs, []).extend(prompt[first + 1:end + 1])
     for num_logprobs, group in spans.items():
-        rows = torch.cat([torch.arange(row, row + end - first) for _, first, end, row in group])
+        rows = torch.cat([torch.arange(row, row + end - first) for _, first, end, row in group])  # hidden-state rows
         target_ids = torch.tensor(targets[num_logprobs], dtype=torch.int64)
         token_ids, logprobs, ranks = _gather(self, hidden_states, rows, target_ids, num_logprobs)
         at = 0
-        for tensors, first, end, _ in group:
+        for tensors, first, end, _ in group:  # first, end: rows of the request's tensors
             count = end - first
             tensors.logprob_token_ids[first:end].copy_(token_ids[at:at + count], non_blocking=True)
             tensors.logprobs[first:end].copy_(logprobs[at:at + count], non_blocking=True)
@@ -114,6 +121,13 @@ def _gather(runner: Any, hidden_states: Any, rows: Any, target_ids: Any, num_log
             scores, num_logprobs, target_ids[at:at + CHUNK_ROWS].to(device, non_blocking=True))
         parts.append((token_ids, logprobs, ranks))
     return tuple(torch.cat(column) for column in zip(*parts))  # type: ignore[return-value]
+
+
+def aligned_prompt_logprobs(prompt_logprobs: list, num_prompt_tokens: int) -> list:
+    """vLLM's per-position list (``None`` first, then one entry per row it was given) with the rows
+    :func:`prompt_logprobs_from` skipped put back as None: index ``j`` holds prompt token ``j``'s."""
+    skipped = num_prompt_tokens - len(prompt_logprobs)
+    return prompt_logprobs if skipped <= 0 else [None] * (skipped + 1) + list(prompt_logprobs[1:])
 
 
 def runner_compatible(runner: Any) -> bool:

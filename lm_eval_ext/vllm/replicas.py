@@ -144,7 +144,7 @@ class ReplicaPool:
         context = multiprocessing.get_context("spawn")  # fork would copy this process's threads and locks
         for index, pinning in enumerate(pinnings):
             env = dict(pinning, TMPDIR=self._scratch_dir, VLLM_RPC_BASE_PATH=self._scratch_dir,
-                       TORCHINDUCTOR_CACHE_DIR=_inductor_cache_dir())
+                       TORCHINDUCTOR_CACHE_DIR=inductor_cache_dir())
             parent_end, child_end = context.Pipe()
             process = context.Process(
                 target=_replica_main, args=(child_end, index, env, kwargs, os.getpid()),
@@ -234,7 +234,7 @@ class ReplicaPool:
         atexit.unregister(self.close)
 
 
-def _inductor_cache_dir() -> str:
+def inductor_cache_dir() -> str:
     """The compile cache this process would use; replicas keep it although their TMPDIR is private,
     else every pool recompiles the kernels torch.compile builds for vLLM on CPU (g++, slow)."""
     if "TORCHINDUCTOR_CACHE_DIR" in os.environ:

@@ -148,7 +148,7 @@ def minimal_tokens(prompts: Sequence[Sequence[int]], context_lens: Sequence[int]
 def uncovered(context_len: int, cached_tokens: int) -> range:
     """Continuation token indices whose logprobs a request's own output lacks: those predicted by
     positions it read from the cache. Example: context 181, 192 cached -> 181..192 (12 indices)."""
-    return range(context_len, cached_tokens + 1)
+    return range(context_len, cached_tokens + 1) if cached_tokens >= max(context_len, 1) else range(0)
 
 
 def probe_lengths(context_len: int, cached_tokens: int, block_size: int) -> list[int]:
@@ -163,6 +163,37 @@ def probe_lengths(context_len: int, cached_tokens: int, block_size: int) -> list
     """
     first = -(-context_len // block_size)
     return [m * block_size for m in range(first, cached_tokens // block_size + 1)]
+
+
+#: vLLM 0.32's ``MAX_LOGPROB_TOKEN_IDS``: tokens one request may ask logprobs of at its generated position
+MAX_PROBE_TOKENS = 128
+
+
+@dataclass
+class ProbeRequest:
+    """One probe prompt, the tokens that follow it in the requests it repairs, and those requests."""
+
+    first: int
+    prompt: tuple[int, ...]
+    targets: list[int]
+    repairs: list[int]
+
+
+def probe_requests(needs: Sequence[tuple[int, Sequence[int], int]]) -> list[ProbeRequest]:
+    """``(request, probe prompt, token after it)`` -> one probe per distinct prompt, asking for every
+    distinct following token (at most :data:`MAX_PROBE_TOKENS` per probe). Choices that share the
+    block holding their context's end share its probe: on a block boundary, all of an item's."""
+    probes: dict[tuple[int, ...], list[ProbeRequest]] = {}
+    for index, prompt, target in needs:
+        same = probes.setdefault(tuple(prompt), [])
+        probe = next((p for p in same if target in p.targets), None)
+        if probe is None:
+            if not same or len(same[-1].targets) >= MAX_PROBE_TOKENS:
+                same.append(ProbeRequest(index, tuple(prompt), [], []))
+            probe = same[-1]
+            probe.targets.append(target)
+        probe.repairs.append(index)
+    return [probe for same in probes.values() for probe in same]
 
 
 @dataclass(frozen=True)

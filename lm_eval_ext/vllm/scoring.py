@@ -32,8 +32,9 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from lm_eval_ext.vllm.score_plan import (
-    Probe, WarmupCosts, first_scored_position, grouped_order, group_cost_tokens, head_row_tokens, merged_prompt_logprobs,
-    minimal_tokens, probe_lengths, reusable_blocks, truncate_for_scoring, uncovered, warm_prompt, warm_up_pays,
+    Probe, WarmupCosts, first_scored_position, group_cost_tokens, grouped_order, head_row_tokens,
+    merged_prompt_logprobs, minimal_tokens, probe_lengths, probe_requests, reusable_blocks, truncate_for_scoring,
+    uncovered, warm_prompt, warm_up_pays,
 )
 
 logger = logging.getLogger(__name__)
@@ -135,24 +136,20 @@ class ScoringRun:
                               warmup_tokens=len(prompt) - output.num_cached_tokens)
 
     def repair(self, gaps: list[int], own: dict[int, Any]) -> list[int]:
-        """Probes for the requests whose own output lacks scored positions (one per distinct probe
-        prompt, asking for every token that follows it in those requests); returns those still uncovered."""
-        wanted: dict[tuple[int, ...], tuple[int, list[int], list[int]]] = {}  # prompt -> (index, targets, requests)
-        for index in (i for i in gaps if self.reads_cache(i)):
-            tokens, context_len = self.prepared[index]
-            for length in probe_lengths(context_len, own[index].num_cached_tokens, self.block):
-                _, targets, asking = wanted.setdefault(tuple(tokens[:length]), (index, [], []))
-                if tokens[length] not in targets:
-                    targets.append(tokens[length])
-                asking.append(index)
-        calls = [(index, list(prompt), self.params(index, reads_cache=True, probe_tokens=tuple(targets)))
-                 for prompt, (index, targets, _) in wanted.items()]
+        """Probes for the requests whose own output lacks scored positions (:func:`probe_requests`);
+        returns those still uncovered."""
+        needs = [(index, self.prepared[index][0][:length], self.prepared[index][0][length])
+                 for index in gaps if self.reads_cache(index)
+                 for length in probe_lengths(self.prepared[index][1], own[index].num_cached_tokens, self.block)]
+        probes = probe_requests(needs)
+        calls = [(p.first, list(p.prompt), self.params(p.first, reads_cache=True, probe_tokens=tuple(p.targets)))
+                 for p in probes]
         found: dict[int, list[Probe]] = {}
-        for (index, prompt, _), output, (_, _, asking) in zip(calls, self.call("scoring", calls), wanted.values()):
-            for request in asking:
-                found.setdefault(request, []).append(Probe(len(prompt), output))
-            self.report.count(self.tasks[index], self.request_type, probe_requests=1,
-                              probe_tokens=len(prompt) - output.num_cached_tokens)
+        for probe, output in zip(probes, self.call("scoring", calls)):
+            for index in dict.fromkeys(probe.repairs):
+                found.setdefault(index, []).append(Probe(len(probe.prompt), output))
+            self.report.count(self.tasks[probe.first], self.request_type, probe_requests=1,
+                              probe_tokens=len(probe.prompt) - output.num_cached_tokens)
         return [index for index in gaps if not self.finish(index, own[index], found.get(index, ()))]
 
     def finish(self, index: int, output: Any, probes: Sequence[Probe] = ()) -> bool:

@@ -7,8 +7,9 @@ from __future__ import annotations
 from types import SimpleNamespace
 
 from lm_eval_ext.vllm.score_plan import (
-    BlockNames, Probe, WarmupCosts, group_cost_tokens, head_row_tokens, merged_prompt_logprobs, minimal_tokens,
-    probe_lengths, reusable_blocks, truncate_for_scoring, uncovered, warm_prompt, warm_up_pays,
+    MAX_PROBE_TOKENS, BlockNames, Probe, WarmupCosts, group_cost_tokens, head_row_tokens, merged_prompt_logprobs,
+    minimal_tokens, probe_lengths, probe_requests, reusable_blocks, truncate_for_scoring, uncovered, warm_prompt,
+    warm_up_pays,
 )
 
 SMOLLM2 = head_row_tokens(hidden_size=576, vocab_size=49152, num_layers=30, intermediate_size=1536, kv_size=192)
@@ -59,6 +60,18 @@ def test_probes_cover_the_positions_a_choice_read_from_the_cache():
     assert probe_lengths(181, 192, 32) == [192]
     assert probe_lengths(64, 64, 32) == [64]  # a context ending on a block boundary
     assert probe_lengths(181, 224, 32) == [192, 224]  # two blocks past the context's end
+
+
+def test_choices_sharing_a_probe_prompt_share_one_probe():
+    """On a block boundary every choice of an item needs the same probe: one request asks for all
+    their next tokens (vLLM takes at most 128 per request)."""
+    boundary = [(0, [1, 2], 7), (1, [1, 2], 8), (2, [1, 2], 7), (3, [1, 3], 9)]
+    probes = probe_requests(boundary)
+    assert [(p.first, p.prompt, p.targets, p.repairs) for p in probes] == [
+        (0, (1, 2), [7, 8], [0, 1, 2]), (3, (1, 3), [9], [3])]
+    many = probe_requests([(i, [1], i) for i in range(MAX_PROBE_TOKENS + 1)])
+    assert [len(p.targets) for p in many] == [MAX_PROBE_TOKENS, 1]
+    assert list(uncovered(0, 0)) == []  # a context cut away entirely (continuation longer than the window)
 
 
 def _output(prompt_logprobs, cached, sample=None):

@@ -1,5 +1,7 @@
 """Multiple choice through vLLM's prefix cache (score_with_prefix_cache): per-sample equal to stock
-``vllm``, in the same test, on real tasks; and the fallback for a context ending on a KV block boundary."""
+``vllm``, in the same test, on real tasks; the probe that repairs a context ending on a KV block
+boundary; the cost report's computed tokens against vLLM's own scheduled tokens; fallbacks counted with
+their cause; two replicas computing what one engine does; warm-ups where the runner is vLLM's own."""
 
 from __future__ import annotations
 
@@ -14,7 +16,7 @@ from tests.vllm.support import ENGINE_ARGS, ROOT, requires_vllm, scheduled_token
 pytestmark = [pytest.mark.vllm, requires_vllm]
 
 
-def _stock_and_ext(model_path, run, *, stock=None, probes=True, monkeypatch=None, **ext_args):
+def _stock_and_ext(model_path, run, *, stock=None, with_ext=True, probes=True, monkeypatch=None, **ext_args):
     """``run(lm)`` with stock ``vllm`` (prefix cache skipped for prompt logprobs, as shipped; or
     ``stock``, its results from before), then with ``vllm_ext`` (``probes=False``: no probe repairs)."""
     from lm_eval.models.vllm_causallms import VLLM
@@ -31,6 +33,8 @@ def _stock_and_ext(model_path, run, *, stock=None, probes=True, monkeypatch=None
         finally:
             stock_lm.model.llm_engine.engine_core.shutdown()
             del stock_lm.model
+    if not with_ext:
+        return expected, None, None
     if not probes:
         monkeypatch.setattr(scoring, "probe_lengths", lambda *args: [])
     ext = VllmExtLM(pretrained=model_path, cache="off", **ENGINE_ARGS, **ext_args)
@@ -57,7 +61,15 @@ def _assert_equal(expected, got):
         assert abs(want - have) <= LOGLIKELIHOOD_TOLERANCE and want_greedy == have_greedy
 
 
-def test_context_on_a_block_boundary_is_repaired_by_one_probe(tiny_vllm_model_path):
+@pytest.fixture(scope="module")
+def boundary_stock(tiny_vllm_model_path):
+    """Stock ``vllm``'s answers to :func:`_boundary_requests`, and the tokens its scheduler scheduled."""
+    with scheduled_tokens() as scheduled:
+        expected, _, _ = _stock_and_ext(tiny_vllm_model_path, _boundary_requests, with_ext=False)
+    return expected, scheduled["stock"]
+
+
+def test_context_on_a_block_boundary_is_repaired_by_one_probe(tiny_vllm_model_path, boundary_stock):
     """The second call's choices read both blocks (the first continuation token's logprob was never
     computed); one probe, the context alone (its second block computed), gives that logprob to all
     three. Equal to stock, nothing scored again, and every token the cost report says was computed is
@@ -70,26 +82,27 @@ def test_context_on_a_block_boundary_is_repaired_by_one_probe(tiny_vllm_model_pa
         return _boundary_requests(lm)
 
     with scheduled_tokens() as scheduled:
-        expected, got, ext = _stock_and_ext(tiny_vllm_model_path, run)
+        expected, got, ext = _stock_and_ext(tiny_vllm_model_path, run, stock=boundary_stock[0])
     assert block_sizes == [CPU_SCORING_BLOCK_TOKENS]
     _assert_equal(expected, got)
     report = ext.cost_report.as_dict()["unknown/loglikelihood"]
     assert report["probe_requests"] == 1 and report["probe_tokens"] == CPU_SCORING_BLOCK_TOKENS
     assert report["fallbacks"] == {} and report["num_requests"] == 6
     assert report["tokens_computed"] == scheduled["ext"]
+    assert report["stock_tokens"] == boundary_stock[1]  # what stock's scheduler scheduled: every prompt token
     # the first call computes its context once (two of its choices read 2 blocks), the second none of it
     assert report["cached_tokens"] == 2 * 2 * CPU_SCORING_BLOCK_TOKENS + 3 * 2 * CPU_SCORING_BLOCK_TOKENS + (
         CPU_SCORING_BLOCK_TOKENS)
 
 
-def test_a_fallback_is_counted_with_its_cause(tiny_vllm_model_path, monkeypatch):
+def test_a_fallback_is_counted_with_its_cause(tiny_vllm_model_path, boundary_stock, monkeypatch):
     """Without probes the boundary choices are scored again the stock way (cause
     ``continuation_cached``); with the prefix cache off every request with a reusable block is
     scored the stock way (cause ``prefix_cache_off``). Both equal stock."""
     from lm_eval_ext.vllm import scoring
 
-    expected, got, ext = _stock_and_ext(tiny_vllm_model_path, _boundary_requests, probes=False,
-                                        monkeypatch=monkeypatch)
+    expected, got, ext = _stock_and_ext(tiny_vllm_model_path, _boundary_requests, stock=boundary_stock[0],
+                                        probes=False, monkeypatch=monkeypatch)
     _assert_equal(expected, got)
     assert ext.cost_report.as_dict()["unknown/loglikelihood"]["fallbacks"] == {scoring.CONTINUATION_CACHED: 3}
     _, got_off, off = _stock_and_ext(tiny_vllm_model_path, _boundary_requests, stock=expected,
@@ -162,3 +175,27 @@ def test_data_parallel_2_keeps_an_item_on_one_replica_and_its_context_computed_o
         assert report["cached_tokens"] == reused and report["tokens_computed"] == report["minimal_tokens"]
         assert report["probe_requests"] == 0 and report["fallbacks"] == {}
     assert sorted(set(homes[1].values())) == [0, 1] and len(homes[1]) == 6
+
+
+def test_an_engine_computing_every_prompt_logprob_warms_contexts_first(tiny_vllm_model_path, monkeypatch):
+    """Where the runner patch is not installed (another vLLM), the first choice would run the LM head
+    over its whole context: the cost model warms each context's whole blocks first, in one engine
+    call, and the answers equal the patched engine's."""
+    from lm_eval_ext.vllm import prompt_logprobs
+    from lm_eval_ext.vllm.adapter import VllmExtLM
+
+    answers, reports = [], []
+    for patched in (True, False):
+        if not patched:
+            monkeypatch.setattr(prompt_logprobs, "install", lambda llm: False)
+        lm = VllmExtLM(pretrained=tiny_vllm_model_path, cache="off", **ENGINE_ARGS)
+        try:
+            assert lm.engine.scores_from_start is patched
+            answers.append(lm._loglikelihood_tokens(_items()))
+        finally:
+            lm.close()
+        reports.append(lm.cost_report.as_dict()["unknown/loglikelihood"])
+    _assert_equal(*answers)
+    assert reports[0]["warmup_requests"] == 0 and "warmup" not in reports[0]["phase_wall_s"]
+    assert reports[1]["warmup_requests"] == 6 and reports[1]["warmup_tokens"] == 6 * 3 * CPU_SCORING_BLOCK_TOKENS
+    assert reports[1]["tokens_computed"] == reports[0]["tokens_computed"]  # the same tokens, fewer head rows
