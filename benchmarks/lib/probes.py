@@ -28,6 +28,8 @@ STOCK_RESULT_KEYS = {
 COUNTER_KEYS = (
     "num_requests", "useful_tokens", "tokens_computed", "computed_tokens", "padded_tokens",
     "cache_hits", "cache_misses", "oom_retries", "wall_s",
+    # vllm_ext's prefix cache (lm_eval_ext/backend/cost_report.py)
+    "stock_tokens", "cached_tokens", "minimal_tokens", "warmup_requests", "probe_requests", "fallback_requests",
 )
 
 _STATUS = Path("/proc/self/status")

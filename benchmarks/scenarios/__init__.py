@@ -2,7 +2,8 @@
 
 One module per theme: ``hf`` (shipped tasks, data parallel, GSM8K, compare-hf), ``real`` (lm-eval's
 own real tasks), ``cache`` (cold vs warm), ``vllm``, ``ceiling`` (the decoder's forward ceiling),
-``planner``. The run order of a suite is its own list (:mod:`benchmarks.lib.suites`).
+``planner``, ``vllm_mc`` (vLLM multiple choice: stock vs ext with the token bound, the profile). The run
+order of a suite is its own list (:mod:`benchmarks.lib.suites`).
 """
 
-from benchmarks.scenarios import cache, ceiling, hf, planner, real, vllm  # noqa: F401  (registers them)
+from benchmarks.scenarios import cache, ceiling, hf, planner, real, vllm, vllm_mc  # noqa: F401  (registers them)

@@ -32,7 +32,7 @@ from dataclasses import asdict, dataclass, field, fields
 logger = logging.getLogger(__name__)
 
 #: keys of :meth:`CostEntry.as_dict` that are derived from the fields (not accepted back)
-DERIVED_KEYS = ("padding_fraction", "token_bound", "bound_reached")
+DERIVED_KEYS = ("padding_fraction", "token_bound", "bound_reached", "fallback_requests")
 
 
 @dataclass
@@ -44,7 +44,8 @@ class CostEntry:
     tokens_computed: float = 0.0
     """Tokens the engine computed (vLLM: prompt tokens not read from its cache, extra requests included)."""
     useful_tokens: int = 0
-    """Tokens the requests ask about (hf: every token of the requests; vLLM: the scored continuations)."""
+    """Tokens an unshared, unpadded layout computes for these requests (every token of each request;
+    generation: prompts and generated tokens)."""
     padded_tokens: float = 0.0
     budget_tokens: int | None = None
     oom_retries: int = 0
@@ -87,6 +88,7 @@ class CostEntry:
         out["padding_fraction"] = round(self.padding_fraction, 4)
         out["token_bound"] = None if self.token_bound is None else round(self.token_bound, 4)
         out["bound_reached"] = None if self.bound_reached is None else round(self.bound_reached, 4)
+        out["fallback_requests"] = sum(self.fallbacks.values())
         return out
 
     @classmethod

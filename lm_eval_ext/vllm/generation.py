@@ -72,5 +72,6 @@ def count_generation(lm: Any, call: Any, index: int, prompt: Sequence[int], outp
     """One generation's cost in the report; returns the tokens it computed."""
     computed = len(prompt) - output.num_cached_tokens + output.num_generated_tokens
     lm.cost_report.count(call.task_of(index), call.request_type.value, num_requests=1, tokens_computed=computed,
-                         stock_tokens=computed, cached_tokens=output.num_cached_tokens)
+                         stock_tokens=computed, cached_tokens=output.num_cached_tokens,
+                         useful_tokens=len(prompt) + output.num_generated_tokens)
     return computed

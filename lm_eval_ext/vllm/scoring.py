@@ -195,13 +195,14 @@ class ScoringRun:
         return outputs
 
     def count_requests(self, order: list[int]) -> None:
-        """Per task: requests, the tokens stock computes, the continuation tokens, and the minimum."""
+        """Per task: requests, the tokens stock computes (what unshared scoring computes: also the
+        ``useful_tokens`` of hf's report), and the minimum."""
         least = minimal_tokens([self.prepared[i][0] for i in order], [self.prepared[i][1] for i in order],
                                self.block)
         for index, minimum in zip(order, least):
             tokens, context_len = self.prepared[index]
             self.report.count(self.tasks[index], self.request_type, num_requests=1, stock_tokens=len(tokens),
-                              useful_tokens=len(tokens) - context_len, minimal_tokens=minimum)
+                              useful_tokens=len(tokens), minimal_tokens=minimum)
             if not self.shared and reusable_blocks(context_len, self.block) >= 1:
                 self.report.count_fallbacks(self.tasks[index], self.request_type, CACHE_OFF)
         for task in set(self.tasks):

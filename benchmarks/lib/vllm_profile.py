@@ -1,5 +1,6 @@
-"""Where a multiple-choice evaluation's scoring time goes, for stock ``vllm`` or ``vllm_ext``: CPU
-seconds of each part of the ``loglikelihood`` call, as proportions.
+"""EDGE (child side, started by :mod:`benchmarks.lib.launch` in the vLLM interpreter): where a
+multiple-choice evaluation's scoring time goes, for stock ``vllm`` or ``vllm_ext``: CPU seconds of
+each part of the ``loglikelihood`` call, as proportions (the ``vllm-profile`` scenario).
 
 One process, the engine in it (``VLLM_ENABLE_V1_MULTIPROCESSING=0``), one task shape of
 :mod:`benchmarks.lib.vllm_mc_shapes`. vLLM's internals are wrapped to count process CPU time
@@ -14,30 +15,20 @@ One process, the engine in it (``VLLM_ENABLE_V1_MULTIPROCESSING=0``), one task s
   handling, logprob parsing, the request cache).
 
 Also engine steps, the tokens the scheduler handed to the model, requests sent, and, with
-``--cprofile N``, the N functions with the most own time.
-
-    python benchmarks/vllm_profile.py --variant vllm_ext --shape arc5 --limit 20
+``top=N``, the N functions with the most own time.
 """
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import cProfile
 import functools
 import io
-import json
 import os
 import pstats
-import sys
-import tempfile
 import time
 from collections import Counter
 from pathlib import Path
-
-ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
 
 PARTS = ("forward", "prompt logprobs", "sampling", "vLLM engine, Python", "requests and parsing")
 
@@ -90,19 +81,22 @@ def instrument(clock: CpuClock, scheduled: Counter) -> None:
     clock.wrap(LLMEngine, "step", "step")
 
 
-def profile(variant: str, model: str, shape_name: str, limit: int, top: int = 0) -> dict:
+def profile(variant: str, model: str, shape_name: str, limit: int, data_dir: str, task_dir: str,
+            dtype: str = "float32", top: int = 0) -> dict:
+    """Child target: one evaluation of ``shape_name`` with ``variant``, its ``loglikelihood`` call's
+    CPU seconds by part (and ``lines``: :func:`format_profile`)."""
     import lm_eval
     import lm_eval_ext.registry
     from lm_eval.api.registry import get_model
     from lm_eval.tasks import TaskManager
 
-    from benchmarks.lib.vllm_mc_shapes import SHAPES, find_data, write_tasks
+    from benchmarks.lib.vllm_mc_shapes import SHAPES, write_tasks
 
     clock, scheduled = CpuClock(), Counter()
     instrument(clock, scheduled)
     lm_eval_ext.registry.register_models()
     started = time.perf_counter()
-    lm = get_model(variant).create_from_arg_string(f"pretrained={model},dtype=float32,enforce_eager=True"
+    lm = get_model(variant).create_from_arg_string(f"pretrained={model},dtype={dtype},enforce_eager=True"
                                                     + (",cache=off" if variant == "vllm_ext" else ""), {})
     if variant == "vllm_ext":
         lm.engine  # noqa: B018
@@ -111,7 +105,7 @@ def profile(variant: str, model: str, shape_name: str, limit: int, top: int = 0)
     clock.calls.clear()
     clock.wrap(lm, "loglikelihood", "loglikelihood")
     profiler = cProfile.Profile(time.process_time) if top else None
-    tasks_dir = write_tasks(find_data(ROOT), Path(tempfile.mkdtemp(prefix="vllm_profile_")))
+    tasks_dir = write_tasks(Path(data_dir), Path(task_dir))
     with profiler if profiler is not None else contextlib.nullcontext():
         lm_eval.simple_evaluate(model=lm, tasks=list(SHAPES[shape_name].tasks), limit=limit, bootstrap_iters=0,
                                 task_manager=TaskManager(include_path=str(tasks_dir), include_defaults=False))
@@ -132,6 +126,7 @@ def profile(variant: str, model: str, shape_name: str, limit: int, top: int = 0)
         text = io.StringIO()
         pstats.Stats(profiler, stream=text).sort_stats("tottime").print_stats(top)
         out["cprofile"] = text.getvalue()
+    out["lines"] = format_profile(out).splitlines()
     return out
 
 
@@ -142,31 +137,3 @@ def format_profile(result: dict) -> str:
     for part in PARTS:
         lines.append(f"  {part:<22} {100 * result['parts_share'][part]:5.1f} %")
     return "\n".join(lines)
-
-
-def main() -> int:
-    from benchmarks.lib.vllm_mc_shapes import SHAPES
-
-    for name, value in {"VLLM_CPU_KVCACHE_SPACE": "1", "VLLM_HOST_IP": "127.0.0.1", "VLLM_NO_USAGE_STATS": "1",
-                        "DO_NOT_TRACK": "1", "VLLM_ENABLE_V1_MULTIPROCESSING": "0", "HF_HUB_OFFLINE": "1",
-                        "HF_DATASETS_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}.items():
-        os.environ.setdefault(name, value)
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--variant", choices=("vllm", "vllm_ext"), default="vllm_ext")
-    parser.add_argument("--model", default=str(ROOT / ".models" / "smollm2-135m"))
-    parser.add_argument("--shape", choices=list(SHAPES), default="arc5")
-    parser.add_argument("--limit", type=int, default=20)
-    parser.add_argument("--cprofile", type=int, default=0, metavar="N", help="also the N functions with most own time")
-    parser.add_argument("--json-out", type=Path)
-    args = parser.parse_args()
-    result = profile(args.variant, args.model, args.shape, args.limit, args.cprofile)
-    if args.json_out:
-        args.json_out.write_text(json.dumps(result, indent=2))
-    print(format_profile(result))
-    if args.cprofile:
-        print(result["cprofile"])
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())
