@@ -110,7 +110,8 @@ def vllm_mc(ctx: Context) -> dict:
         rows.append(make_row(f"{title}: end to end", steps, **sides, labels=("stock vllm", "vllm_ext"),
                              timing=load_plus_eval_time, tasks=list(group.tasks), key=group.key))
         rows.append(make_row(f"{title}: scoring phase", steps, **sides, labels=("stock vllm", "vllm_ext"),
-                             timing=SCORING, tasks=list(group.tasks), check_agreement=False, key=f"{group.key}-scoring"))
+                             timing=SCORING, tasks=list(group.tasks), check_agreement=False,
+                             key=f"{group.key}-scoring"))
     figure = "\n".join([BOUND_HEADER, *(bound_line(group, steps) for group in groups),
                         *(f"{g.key}: {SHAPES[g.key].title}" for g in groups)])
     notes = ["time = engine start + evaluation, each run in a fresh process; scoring = the time inside loglikelihood",
@@ -120,8 +121,9 @@ def vllm_mc(ctx: Context) -> dict:
     return result(rows, {"vllm-mc": merged}, config, notes, figures={"bound": figure})
 
 
-@scenario("vllm-profile", "where a multiple-choice evaluation's scoring time goes, stock vllm and vllm_ext: CPU seconds "
-          "of forward, prompt logprobs, sampling, vLLM's Python and request handling", options=("tasks", "limit"))
+@scenario("vllm-profile", "where a multiple-choice evaluation's scoring time goes, stock vllm and vllm_ext: CPU "
+          "seconds of forward, prompt logprobs, sampling, vLLM's Python and request handling",
+          options=("tasks", "limit"))
 def vllm_profile(ctx: Context) -> dict:
     require_vllm()
     require_data(ctx)

@@ -65,8 +65,10 @@ def prompt_logprobs_from(self: Any, hidden_states: Any, num_scheduled_tokens: di
     targets: dict[int, list[int]] = {}
     for req_id, num_logprobs in wanted.items():
         num_tokens = num_scheduled_tokens.get(req_id)
+        if num_tokens is None:  # preempted in prefill
+            continue
         request = self.requests[req_id]
-        if num_tokens is None or request.prompt_token_ids is None:  # preempted in prefill; prompt embeddings
+        if request.prompt_token_ids is None:  # prompt embeddings: no prompt logprobs (as vLLM's loop)
             continue
         prompt = request.prompt_token_ids
         skipped = min(scored_from(request.sampling_params), len(prompt) - 1)
@@ -85,7 +87,8 @@ def prompt_logprobs_from(self: Any, hidden_states: Any, num_scheduled_tokens: di
         first, end = max(start, skipped), start + num_rows
         if first < end:
             offset = int(self.query_start_loc.np[self.input_batch.req_id_to_index[req_id]])
-            spans.setdefault(num_logprobs, []).append((tensors, first - skipped, end - skipped, offset + first - start))
+            rows = (tensors, first - skipped, end - skipped, offset + first - start)
+            spans.setdefault(num_logprobs, []).append(rows)
             targets.setdefault(num_logprobs, []).extend(prompt[first + 1:end + 1])
     for num_logprobs, group in spans.items():
         rows = torch.cat([torch.arange(row, row + end - first) for _, first, end, row in group])  # hidden-state rows
