@@ -41,7 +41,8 @@ os.environ.update({"HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "TRANSFORM
 #: run.py options a scenario may read (``Scenario.options``), with their help
 SCENARIO_OPTIONS = {
     "tasks": "tasks of the scenario: real-tasks task-name prefixes (arc_easy_local,mmlu), engine-ceiling task "
-             "names or 'mmlu', compare-hf task names, compare-vllm shipped|arc|mmlu|mc, vllm-block-bound arc,mmlu",
+             "names or 'mmlu', compare-hf task names, compare-vllm shipped|arc|mmlu|mc, vllm-block-bound arc,mmlu "
+             "(or a vllm-mc shape), vllm-mc and vllm-profile shapes arc0,arc5,mmlu5,mmlu0",
     "mmlu_subjects": "how many MMLU subjects (real-tasks, engine-ceiling)",
     "stock_sizes": "stock batch sizes on scoring tasks, e.g. 8,16,32 (real-tasks, compare-hf)",
     "generation_sizes": "stock batch sizes on generation tasks (real-tasks, compare-hf)",

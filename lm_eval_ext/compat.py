@@ -57,6 +57,9 @@ _VLLM = "lm_eval.models.vllm_causallms:VLLM"
 _OPEN_HOOK = "open (lm-eval 0.4.13 has no public hook for it)"
 _OPEN_VLLM = "open (vLLM 0.32 documents no public way)"
 _LLM_ENGINE = "vllm.v1.engine.llm_engine:LLMEngine"
+_RUNNER = "vllm.v1.worker.gpu_model_runner:GPUModelRunner"
+_REQUEST_STATE = "vllm.v1.worker.gpu_input_batch:CachedRequestState"
+_OPEN_RUNNER = "open (vLLM 0.32: prompt_logprob_start is honoured by the V2 runner only, with prompt_logprob_token_ids)"
 
 UPSTREAM: tuple[UpstreamName, ...] = (
     # lm-eval: what the adapters subclass and the narrow hooks they override
@@ -140,6 +143,33 @@ UPSTREAM: tuple[UpstreamName, ...] = (
     UpstreamName("vllm:CompletionOutput.text", "generated text parsed as stock does", _OPEN_VLLM),
     UpstreamName("vllm.logprobs:Logprob.logprob", "prompt logprobs as floats (picklable, as stock reads them)",
                  _OPEN_VLLM),
+    UpstreamName("vllm:CompletionOutput.logprobs", "a probe's logprob of the token after its prompt", _OPEN_VLLM),
+    UpstreamName("vllm:CompletionOutput.token_ids", "generated tokens, counted in the cost report", _OPEN_VLLM),
+    UpstreamName("vllm:SamplingParams.logprob_token_ids",
+                 "a probe asks for the logprobs of given tokens at its generated position", _OPEN_VLLM),
+    UpstreamName("vllm:SamplingParams.extra_args", "the first position scoring reads, for vllm_ext's runner method",
+                 _OPEN_RUNNER),
+    # vLLM's V1 model runner: prompt logprobs from the scored position on, all requests at once (prompt_logprobs.py)
+    UpstreamName(f"{_RUNNER}._get_prompt_logprobs_dict", "replaced on vllm_ext's engines by prompt_logprobs_from",
+                 _OPEN_RUNNER),
+    UpstreamName(f"{_RUNNER}._sync_device", "the non-blocking copies land before vLLM reads them", _OPEN_RUNNER),
+    UpstreamName(f"{_RUNNER}.num_prompt_logprobs", "requests that asked for prompt logprobs", _OPEN_RUNNER),
+    UpstreamName(f"{_RUNNER}.requests", "each request's prompt, progress and sampling parameters", _OPEN_RUNNER),
+    UpstreamName(f"{_RUNNER}.query_start_loc", "where a request's rows start in the step's hidden states", _OPEN_RUNNER),
+    UpstreamName(f"{_RUNNER}.input_batch", "a request's index in the step", _OPEN_RUNNER),
+    UpstreamName(f"{_RUNNER}.sampler", "vLLM's own log-softmax and top-k for prompt logprobs", _OPEN_RUNNER),
+    UpstreamName(f"{_RUNNER}.model_config", "the logprobs mode", _OPEN_RUNNER),
+    UpstreamName("vllm.v1.worker.gpu_input_batch:InputBatch.req_id_to_index", "a request's index in the step",
+                 _OPEN_RUNNER),
+    UpstreamName(f"{_REQUEST_STATE}.in_progress_prompt_logprobs_cpu", "rows of a prefill split over steps",
+                 _OPEN_RUNNER),
+    UpstreamName(f"{_REQUEST_STATE}.num_computed_tokens", "the first row this step computed", _OPEN_RUNNER),
+    UpstreamName(f"{_REQUEST_STATE}.prompt_token_ids", "the tokens the rows score", _OPEN_RUNNER),
+    UpstreamName("vllm.v1.sample.sampler:Sampler.compute_logprobs", "vLLM's own log-softmax", _OPEN_RUNNER),
+    UpstreamName("vllm.v1.sample.sampler:Sampler.gather_logprobs", "vLLM's own top-k and rank", _OPEN_RUNNER),
+    UpstreamName("vllm.config:ModelConfig.logprobs_mode", "raw logprobs or logits, as vLLM's loop", _OPEN_RUNNER),
+    UpstreamName("vllm.v1.outputs:LogprobsTensors", "the rows vLLM's frontend reads", _OPEN_RUNNER),
+    UpstreamName("vllm.v1.outputs:LogprobsTensors.empty_cpu", "the rows vLLM's frontend reads", _OPEN_RUNNER),
     # accelerate: where an offloaded module computes
     UpstreamName("accelerate.hooks:add_hook_to_module._hf_hook",
                  "an offloaded module's hook, read by getattr where accelerate puts it (scoring.execution_device)",

@@ -44,12 +44,11 @@ def cache_line(cache: dict) -> str:
 
 
 def cost_table(cost: dict) -> str:
-    from lm_eval_ext.hf.policy.cost_report import CostEntry, CostReport
+    from lm_eval_ext.backend.cost_report import CostEntry, CostReport
 
     report = CostReport()
     for row in cost.values():
-        fields = {k: v for k, v in row.items() if k != "padding_fraction"}
-        report.entries[(row["task"], row["request_type"])] = CostEntry(**fields)
+        report.entries[(row["task"], row["request_type"])] = CostEntry.from_dict(row)
     return report.format_table()
 
 

@@ -30,6 +30,8 @@ COUNTER_KEYS = (
     "cache_hits", "cache_misses", "oom_retries", "wall_s",
     # generation (continuous loop): prompt tokens prefilled, tokens decoded, decode steps and the rows in them
     "prefill_tokens", "decode_tokens", "decode_steps", "live_row_steps",
+    # vllm_ext's prefix cache (lm_eval_ext/backend/cost_report.py)
+    "stock_tokens", "cached_tokens", "minimal_tokens", "warmup_requests", "probe_requests", "fallback_requests",
 )
 
 _STATUS = Path("/proc/self/status")

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 ALL_SCENARIOS = ("hf-suite", "data-parallel", "cache", "demo-cache", "gsm8k", "generation", "generate-batch", "vllm",
                  "planner", "compare-hf",
                  "compare-vllm", "real-tasks", "forward-ceiling", "engine-ceiling", "plan-latency",
-                 "vllm-block-bound", "vllm-prefix-cache-cost")
+                 "vllm-block-bound", "vllm-prefix-cache-cost", "vllm-mc", "vllm-profile")
 #: for suites with a time bound (cpu-quick: 10 minutes, gpu: one device call): compare-hf runs
 #: stock at several batch sizes per task, three times each; compare-vllm restarts stock's Ray
 #: engines per request type (minutes per repetition); the ceiling, plan-latency and vLLM cost
@@ -83,7 +83,10 @@ SUITES: dict[str, Suite] = {
                 "real-tasks-gsm8k": 8, "engine-ceiling-arc": 100, "engine-ceiling-mmlu": 50,
                 "engine-ceiling-lambada": 100, "engine-ceiling-wikitext": 2, "vllm-block-bound-arc": 100,
                 "vllm-block-bound-mmlu": 20, "vllm-prefix-cache-cost": 20,
-                "generation-gsm8k": 32, "generation-cot": 32, "generation-sc": 2},
+                "generation-gsm8k": 32, "generation-cot": 32, "generation-sc": 2,
+                # vllm-mc: the issue-24 sizes (stock MMLU 5-shot takes ~5 min a run on the 2-core CPU)
+                "vllm-mc-arc0": 100, "vllm-mc-arc5": 40, "vllm-mc-mmlu5": 20, "vllm-mc-mmlu0": 25,
+                "vllm-profile-arc5": 20, "vllm-profile-mmlu0": 10},
         stock_data_parallel=True,
         options={"real-tasks.generation_sizes": "1,8,16,32"},
         # generation's worker runs stock GSM8K at two batch sizes, 32 documents, three times
@@ -105,7 +108,9 @@ SUITES: dict[str, Suite] = {
                 "real-tasks-arc": 4, "real-tasks-mmlu": 2, "real-tasks-lambada": 4, "real-tasks-wikitext": 1,
                 "real-tasks-gsm8k": 1, "engine-ceiling-arc": 4, "engine-ceiling-mmlu": 2,
                 "engine-ceiling-lambada": 4, "engine-ceiling-wikitext": 1, "vllm-block-bound-arc": 4, "vllm-block-bound-mmlu": 2,
-                "vllm-prefix-cache-cost": 4, "generation-gsm8k": 1, "generation-cot": 2, "generation-sc": 1},
+                "vllm-prefix-cache-cost": 4, "generation-gsm8k": 1, "generation-cot": 2, "generation-sc": 1,
+                "vllm-mc-arc0": 2, "vllm-mc-arc5": 2, "vllm-mc-mmlu5": 2,
+                "vllm-mc-mmlu0": 2, "vllm-profile-arc5": 2, "vllm-profile-mmlu0": 2},
         options={"real-tasks.mmlu_subjects": 1, "engine-ceiling.mmlu_subjects": 1, "engine-ceiling.rounds": 1,
                  "generation.repeats": 8, "generation.decode_rows": "1,4", "generation.sizes_gsm8k": "1",
                  "generation.sizes_cot": "1", "generation.sizes_sc": "4",

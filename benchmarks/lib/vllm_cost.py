@@ -3,14 +3,14 @@ prefix cache can save on multiple choice, by arithmetic and by measurement.
 
 - :func:`block_bound`: how much a KV block size lets ``vllm_ext``'s prefix-cache scoring save, as the
   prompt tokens vLLM computes. vLLM's prefix cache holds whole KV blocks only, and a scored position
-  can never come from it. The real requests of lm-eval's own ARC-Easy (0-shot) or MMLU (5-shot) over
-  ``../shared/data`` (tokenized as lm-eval pairs them) are counted per block size: stock ``vllm``
-  computes every prompt from scratch (prompt logprobs skip the cache), ``vllm_ext`` follows its own
-  :func:`~lm_eval_ext.vllm.scoring.worth_warming` rule, one warm-up per context
-  (:func:`~lm_eval_ext.vllm.scoring.warm_prompt`: its whole blocks), choices that hit whole cached
-  blocks, and a stock re-score where the cache would cover a scored position
-  (:func:`~lm_eval_ext.vllm.scoring.all_continuation_computed`). The cache is simulated sequentially
-  and never evicts, so the savings are an upper bound; ``stock / vllm_ext`` bounds the speedup.
+  can never come from it. The real requests of a task shape of :mod:`benchmarks.lib.vllm_mc_shapes`
+  (ARC-Easy 0-shot and 5-shot, MMLU 5-shot and 0-shot over ``../shared/data``; ``arc`` and ``mmlu``
+  name the 0-shot and 5-shot ones), tokenized as lm-eval pairs them, are counted per block size:
+  stock ``vllm`` computes every prompt from scratch (prompt logprobs skip the cache), and at least
+  :func:`~lm_eval_ext.vllm.score_plan.minimal_tokens` must be computed (each context's whole blocks
+  once, each request from its last reusable block on: what ``vllm_ext`` computes, a repaired choice's
+  probe included, unless vLLM evicts a block it needs). ``stock / minimal`` is the cost report's token
+  bound.
 - :func:`prefix_cache_cost`: the real requests of ``ext_arith_mc`` (5-shot contexts, 4 multi-token
   choices each) on one engine, twice: with prompt logprobs (how scoring must run) and without them
   with the prefix cache on (the compute scoring would need if vLLM cached shared contexts for it).
@@ -26,17 +26,20 @@ from types import SimpleNamespace
 ROOT = Path(__file__).resolve().parents[2]
 
 
+#: the earlier names of two shapes
+SHAPE_ALIASES = {"arc": "arc0", "mmlu": "mmlu5"}
+
+
 def scoring_requests(model: str, data_dir: str, suite: str, limit: int | None, task_dir: str):
     """(context tokens, continuation tokens) of every loglikelihood request, in lm-eval's order."""
     from lm_eval.api.model import TemplateLM
     from lm_eval.tasks import TaskManager, get_task_dict
     from transformers import AutoTokenizer
 
-    from benchmarks.lib import real_tasks
+    from benchmarks.lib.vllm_mc_shapes import SHAPES, write_tasks
 
-    subjects = real_tasks.VLLM_MMLU_SUBJECTS
-    names = [real_tasks.ARC] if suite == "arc" else [real_tasks.mmlu_task(s) for s in subjects]
-    include = real_tasks.write_tasks(Path(data_dir), Path(task_dir), subjects)
+    names = list(SHAPES[SHAPE_ALIASES.get(suite, suite)].tasks)
+    include = write_tasks(Path(data_dir), Path(task_dir))
     tasks = get_task_dict(names, TaskManager(include_path=str(include), include_defaults=False))
     tokenizer = AutoTokenizer.from_pretrained(model)
     # lm-eval's own pairing (trailing spaces move to the continuation), as vLLM's adapter encodes
@@ -52,60 +55,26 @@ def scoring_requests(model: str, data_dir: str, suite: str, limit: int | None, t
     return out
 
 
-class BlockCache:
-    """Whole blocks keyed by the tokens up to their end (vLLM chains block hashes the same way)."""
+def computed_tokens(requests, block_size: int) -> tuple[int, int]:
+    """(stock tokens, minimal tokens) at one block size."""
+    from lm_eval_ext.vllm.score_plan import minimal_tokens
 
-    def __init__(self, block_size: int) -> None:
-        self.block_size, self.blocks = block_size, set()
-
-    def hit_tokens(self, prompt: tuple[int, ...]) -> int:
-        """Cached leading tokens; vLLM computes at least the last prompt token."""
-        hit, size = 0, self.block_size
-        while hit + size <= len(prompt) - 1 and prompt[: hit + size] in self.blocks:
-            hit += size
-        return hit
-
-    def add(self, prompt: tuple[int, ...]) -> None:
-        for end in range(self.block_size, len(prompt) + 1, self.block_size):
-            self.blocks.add(prompt[:end])
-
-
-def computed_tokens(requests, block_size: int) -> tuple[int, int, int]:
-    """(stock tokens, vllm_ext tokens, requests re-scored the stock way) at one block size."""
-    from lm_eval_ext.vllm.scoring import all_continuation_computed, warm_prompt, worth_warming
-
-    keys = [context for context, _ in requests]
-    warm = worth_warming(keys, [len(c) for c in keys], block_size)
-    cache, ext, rescored = BlockCache(block_size), 0, 0
-    for context in dict.fromkeys(k for k in keys if warm[k]):  # the warm-ups run first
-        prompt = tuple(warm_prompt(context, block_size))
-        ext += len(prompt) - cache.hit_tokens(prompt)
-        cache.add(prompt)
-    for context, continuation in requests:
-        prompt = context + continuation
-        if not warm[context]:
-            ext += len(prompt)
-            continue
-        hit = cache.hit_tokens(prompt)
-        ext += len(prompt) - hit
-        if not all_continuation_computed(SimpleNamespace(num_cached_tokens=hit), len(context)):  # scored again
-            ext += len(prompt)
-            rescored += 1
-        cache.add(prompt)
-    return sum(len(c) + len(x) for c, x in requests), ext, rescored
+    prompts = [context + continuation for context, continuation in requests]
+    least = minimal_tokens(prompts, [len(context) for context, _ in requests], block_size)
+    return sum(len(p) for p in prompts), sum(least)
 
 
 def block_bound(model: str, data_dir: str, suite: str, limit: int | None, block_sizes: list[int],
                 task_dir: str) -> dict:
-    """Child target: the block table of one suite (``arc`` or ``mmlu``) as text lines."""
+    """Child target: the block table of one task shape as text lines."""
     requests = scoring_requests(model, data_dir, suite, limit, task_dir)
     contexts = {c for c, _ in requests}
     lines = [f"{suite}: {len(requests)} requests, {len(contexts)} contexts, mean context "
              f"{sum(map(len, contexts)) / len(contexts):.1f} tokens",
-             f"{'block':>5} {'stock tokens':>12} {'vllm_ext tokens':>15} {'re-scored':>9} {'stock/ext':>9}"]
+             f"{'block':>5} {'stock tokens':>12} {'minimal tokens':>14} {'bound':>7}"]
     for block_size in block_sizes:
-        stock, ext, rescored = computed_tokens(requests, block_size)
-        lines.append(f"{block_size:>5} {stock:>12} {ext:>15} {rescored:>9} {stock / ext:>8.2f}x")
+        stock, least = computed_tokens(requests, block_size)
+        lines.append(f"{block_size:>5} {stock:>12} {least:>14} {stock / least:>6.2f}x")
     return {"lines": lines}
 
 

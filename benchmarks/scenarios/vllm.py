@@ -16,6 +16,8 @@ from benchmarks.lib.compare import Comparison, Group
 from benchmarks.lib.rows import load_plus_eval_time, make_row
 from benchmarks.lib.scenarios import Context, Skip, module_available, result, scenario
 from benchmarks.lib.stats import speedup_verdict, summarize
+from benchmarks.lib.vllm_cost import SHAPE_ALIASES
+from benchmarks.lib.vllm_mc_shapes import SHAPES
 
 VLLM_ENV = {
     "VLLM_CPU_KVCACHE_SPACE": "1", "VLLM_HOST_IP": "127.0.0.1", "GLOO_SOCKET_IFNAME": "lo",
@@ -144,8 +146,9 @@ def compare_vllm(ctx: Context) -> dict:
     return result(rows, {"compare-vllm": merged}, config, notes)
 
 
-@scenario("vllm-block-bound", "vLLM prefix cache by arithmetic: prompt tokens stock vllm vs vllm_ext computes, "
-          "per KV block size (ARC-Easy, MMLU 5-shot)", options=("tasks", "limit", "block_sizes"))
+@scenario("vllm-block-bound", "vLLM prefix cache by arithmetic: prompt tokens stock vllm computes vs the fewest any "
+          "scorer computes, per KV block size (task shapes of vllm_mc_shapes; arc, mmlu: ARC-Easy 0-shot, MMLU 5-shot)",
+          options=("tasks", "limit", "block_sizes"))
 def vllm_block_bound(ctx: Context) -> dict:
     if ctx.data_dir is None or not real_tasks.has_multiple_choice(ctx.data_dir):
         raise Skip("needs ../shared/data (arc_easy/, mmlu/) or BENCH_DATA_DIR")
@@ -153,7 +156,7 @@ def vllm_block_bound(ctx: Context) -> dict:
     block_sizes = list(ctx.sizes("block_sizes", (128, 32, 16, 8)))
     figures, runs = {}, {}
     for suite in str(ctx.option("tasks", "arc,mmlu")).split(","):
-        limit = ctx.limit("vllm-block-bound", suite, default={"arc": 100}.get(suite, 20))
+        limit = ctx.limit("vllm-block-bound", suite, default=SHAPES[SHAPE_ALIASES.get(suite, suite)].default_limit)
         runs[suite] = ctx.run_function(f"vllm-block-bound-{suite}", "benchmarks.lib.vllm_cost:block_bound",
                                        {"model": str(ctx.model_path), "data_dir": str(ctx.data_dir), "suite": suite,
                                         "limit": limit, "block_sizes": block_sizes,

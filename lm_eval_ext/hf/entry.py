@@ -19,12 +19,12 @@ from typing import Any
 from lm_eval.api.model import LM
 
 from lm_eval_ext.backend.call import RequestType
+from lm_eval_ext.backend.cost_report import CostReport
 from lm_eval_ext.cache.fast_path import memo_key, read_memo
 from lm_eval_ext.cache.layout import store_exists
 from lm_eval_ext.cache.request_cache import RequestCache
 from lm_eval_ext.cache.store import default_cache_dir
 from lm_eval_ext.hf.config import HfExtConfig
-from lm_eval_ext.hf.policy.cost_report import CostReport
 from lm_eval_ext.lm_args import EvaluatorArgsChecked
 
 logger = logging.getLogger(__name__)

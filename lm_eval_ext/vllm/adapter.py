@@ -18,6 +18,7 @@ import weakref
 from typing import Any
 
 from lm_eval_ext.backend.call import Call, RequestType
+from lm_eval_ext.backend.cost_report import CostReport
 from lm_eval_ext.backend.front import RequestFront
 from lm_eval_ext.backend.lm_requests import encode_pairs
 from lm_eval_ext.cache.request_cache import RequestCache
@@ -85,7 +86,9 @@ class VllmExtLM(EvaluatorArgsChecked, VLLM):
             self._rank, self._world_size = self.node_shards.rank, self.node_shards.world_size
         self._config = read_hf_config(config)
         self._engine: Any = None
+        self.cost_report = CostReport()
         self._adopt_stock_attributes(config)
+        self._note_batch_size()
         if config.is_server_mode:  # no engine of ours to start; the identity needs the server's answer
             self._max_length = self._checked_max_length(self.engine.max_model_len)
         else:
@@ -150,6 +153,17 @@ class VllmExtLM(EvaluatorArgsChecked, VLLM):
         self.tokenizer = configure_pad_token(self.tokenizer, model_config=self._config)
         self.hf_chat_template = None  # the tokenizer's own template (stock asks vLLM, same result for HF tokenizers)
 
+    def _note_batch_size(self) -> None:
+        """Loglikelihood calls reach the engine whole (an item's choices must meet in one engine
+        call to share their context; vLLM batches by tokens): say so, a warning when the user chose
+        a batch_size (lm-eval passes 1 unless told otherwise)."""
+        if self.rank != 0:
+            return
+        log = logger.warning if self.batch_size not in (1, "auto") else logger.info
+        log("vllm_ext scores every loglikelihood request of a call in one engine call (vLLM's scheduler batches "
+            "them by tokens; max_batch_size caps its sequences); batch_size=%s is used for generation only",
+            self.batch_size)
+
     def _checked_max_length(self, engine_max_len: int) -> int:
         requested = self.sizes.max_model_len
         if requested is not None and requested > engine_max_len:
@@ -200,7 +214,7 @@ class VllmExtLM(EvaluatorArgsChecked, VLLM):
 
         pairs = encode_pairs(self, call.requests)
         score_requests(self, [(r.args, ctx, cont) for r, (ctx, cont) in zip(call.requests, pairs)],
-                       call.result, call.batch_done)
+                       call.result, call.batch_done, tasks=[call.task_of(i) for i in range(len(call.requests))])
 
     def _score_rolling(self, call: Call) -> None:
         from lm_eval_ext.vllm.scoring import rolling_loglikelihoods
@@ -231,9 +245,11 @@ class VllmExtLM(EvaluatorArgsChecked, VLLM):
             "engine_starts": self.num_engine_starts,
             "model_name": self.ext_config.pretrained,
             "request_cache": self.request_cache_report(),
+            "cost_report": self.cost_report.as_dict(),
         }
         if self.ext_config.base_url:
             info["base_url"] = self.ext_config.base_url
+        self.cost_report.log()
         return info
 
 

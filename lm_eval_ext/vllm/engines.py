@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Hashable, Iterator, Mapping, Sequence
+from collections.abc import Hashable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -48,25 +48,40 @@ class GeneratedText:
 
 @dataclass(frozen=True)
 class EngineOutput:
-    """``prompt_logprobs[i]``: ``{token_id: logprob}`` for prompt position i (None at 0, or when
-    not requested); ``outputs[0].text``: the generated text."""
+    """``prompt_logprobs[i]``: ``{token_id: logprob}`` for prompt position i (None at 0, where not
+    requested, and before the position scoring reads from); ``outputs[0].text``: the generated text."""
 
     prompt_logprobs: list[dict[int, float] | None] | None
     outputs: tuple[GeneratedText, ...] = field(default=(GeneratedText(""),))
     num_cached_tokens: int = 0
     """Prompt tokens vLLM read from its prefix cache instead of computing (a multiple of its block size)."""
+    sample_logprobs: dict[int, float] | None = None
+    """``{token_id: logprob}`` at the first generated position, when logprobs were asked for."""
+    num_generated_tokens: int = 0
 
 
-def compact_output(request_output: Any) -> EngineOutput:
-    """vLLM ``RequestOutput`` -> :class:`EngineOutput` (floats instead of ``Logprob`` objects)."""
+def compact_output(request_output: Any, scored_from: int = 0) -> EngineOutput:
+    """vLLM ``RequestOutput`` -> :class:`EngineOutput` (floats instead of ``Logprob`` objects).
+    Prompt logprobs before position ``scored_from`` are dropped (vllm_ext's runner does not return
+    them; where vLLM's own does, nothing reads them, and a long few-shot context would otherwise be
+    copied, and sent from a replica, position by position)."""
+    from lm_eval_ext.vllm.prompt_logprobs import aligned_prompt_logprobs
+
     prompt_logprobs = None
     if request_output.prompt_logprobs is not None:
+        rows = aligned_prompt_logprobs(request_output.prompt_logprobs, len(request_output.prompt_token_ids))
         prompt_logprobs = [
-            None if position is None else {token: float(lp.logprob) for token, lp in position.items()}
-            for position in request_output.prompt_logprobs
+            None if position is None or index <= scored_from
+            else {token: float(lp.logprob) for token, lp in position.items()}
+            for index, position in enumerate(rows)
         ]
+    first = request_output.outputs[0] if request_output.outputs else None
+    sample_logprobs = None
+    if first is not None and first.logprobs:
+        sample_logprobs = {token: float(lp.logprob) for token, lp in first.logprobs[0].items()}
     texts = tuple(GeneratedText(c.text or "") for c in request_output.outputs) or (GeneratedText(""),)
-    return EngineOutput(prompt_logprobs, texts, int(getattr(request_output, "num_cached_tokens", 0) or 0))
+    return EngineOutput(prompt_logprobs, texts, int(getattr(request_output, "num_cached_tokens", 0) or 0),
+                        sample_logprobs, len(first.token_ids) if first is not None else 0)
 
 
 def build_llm(kwargs: dict, where: str) -> Any:
@@ -94,32 +109,27 @@ def iter_finished(llm: Any, prompts: Sequence[list[int]], params: Sequence[Any])
     """
     from vllm import TokensPrompt
 
+    from lm_eval_ext.vllm.prompt_logprobs import scored_from
+
+    params = list(params)
     internal_ids = llm.enqueue(
-        [TokensPrompt(prompt_token_ids=list(p)) for p in prompts], sampling_params=list(params), use_tqdm=False
+        [TokensPrompt(prompt_token_ids=list(p)) for p in prompts], sampling_params=params, use_tqdm=False
     )
     # enqueue returns vLLM's internal ids, "<counter>-<8 random chars>"; outputs carry "<counter>"
     pending = {rid.split("-", 1)[0]: (index, rid) for index, rid in enumerate(internal_ids)}
     engine = llm.llm_engine
     try:
         while engine.has_unfinished_requests():
-            finished = [(pending.pop(o.request_id)[0], compact_output(o)) for o in engine.step() if o.finished]
+            finished = []
+            for output in engine.step():
+                if output.finished:
+                    index = pending.pop(output.request_id)[0]
+                    finished.append((index, compact_output(output, scored_from(params[index]))))
             if finished:
                 yield finished
     finally:
         if pending:
             engine.abort_request([rid for _, rid in pending.values()], internal=True)
-
-
-def warm_prefix_cache(llm: Any, prompts: Sequence[list[int]]) -> None:
-    """Compute ``prompts`` once (one generated token, no logprobs) so that their KV blocks sit in
-    vLLM's prefix cache for the requests that follow."""
-    if not prompts:
-        return
-    from vllm import SamplingParams
-
-    warm = SamplingParams(temperature=0, max_tokens=1, detokenize=False)
-    for _ in iter_finished(llm, prompts, [warm] * len(prompts)):
-        pass
 
 
 def collect(batches: Iterator[list[tuple[int, EngineOutput]]], num_prompts: int) -> list[EngineOutput]:
@@ -135,25 +145,28 @@ class InProcessEngine:
     """One ``vllm.LLM`` in this process (tensor parallel inside it when TP > 1)."""
 
     kind = "in_process"
-    #: ``iter_batches(..., warm=...)`` runs the warm prompts on the engine that scores their groups
-    supports_prefix_warmup = True
+    #: loglikelihoods may read vLLM's prefix cache (an item's choices reuse its context's blocks)
+    supports_prefix_scoring = True
 
     def __init__(self, engine_args: dict) -> None:
+        from lm_eval_ext.vllm.prompt_logprobs import install
+
         self._llm = build_llm(engine_args, where="in-process")
         self.num_engine_starts = 1
         self.max_model_len: int = self._llm.llm_engine.model_config.max_model_len
         self.block_size: int = self._llm.llm_engine.vllm_config.cache_config.block_size
+        #: prompt logprobs are computed only from each request's scored position on (prompt_logprobs.py)
+        self.scores_from_start: bool = install(self._llm)
 
     def iter_batches(
         self, prompts: Sequence[list[int]], params: Sequence[Any], group_keys: Sequence[Hashable] | None = None,
-        warm: Mapping[Hashable, list[int]] | None = None,
+        costs_tokens: Sequence[int] | None = None,
     ) -> Iterator[list[tuple[int, EngineOutput]]]:
-        """``warm``: a prompt per group key, computed first (see :func:`warm_prefix_cache`)."""
-        warm_prefix_cache(self._llm, list((warm or {}).values()))
+        """``group_keys`` and ``costs_tokens`` place requests on replicas (one engine here: unused)."""
         yield from iter_finished(self._llm, prompts, params)
 
-    def run(self, prompts, params, group_keys=None, warm=None) -> list[EngineOutput]:
-        return collect(self.iter_batches(prompts, params, group_keys, warm), len(prompts))
+    def run(self, prompts, params, group_keys=None) -> list[EngineOutput]:
+        return collect(self.iter_batches(prompts, params, group_keys), len(prompts))
 
     def close(self) -> None:
         if self._llm is not None:

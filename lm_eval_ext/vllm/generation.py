@@ -4,11 +4,15 @@ Same stop sequences, generation budget, context truncation, sampling parameters 
 post-processing as stock (its own helpers do each step), and the same engine-call order (longest
 context first, ``batch_size`` per call). What differs: each generation is reported as soon as the
 engine returns it, under the request's own arguments (stock hands lm-eval's hook its rewritten
-generation kwargs, under which no later lookup can find it).
+generation kwargs, under which no later lookup can find it). Its cost goes into the cost report:
+stock's generation reads the same prefix cache in the same order, so what stock computes is what
+``vllm_ext`` computes (prompt tokens not read from the cache, plus the generated ones).
 """
 
 from __future__ import annotations
 
+import time
+from collections import Counter
 from collections.abc import Sequence
 from typing import Any
 
@@ -61,9 +65,22 @@ def generate_texts(lm: Any, call: Any) -> None:
     order = sorted(range(len(requests)), key=lambda i: (-len(encodings[i]), contexts[i]))  # stock's Collator
     for chunk in chunked(order, lm.batch_size):
         prompts, params = [prepared[i][0] for i in chunk], [prepared[i][1] for i in chunk]
+        computed: Counter[str] = Counter()
+        started_s = time.perf_counter()
         for batch in lm.engine.iter_batches(prompts, params):
             for position, output in batch:
                 index = chunk[position]
                 call.result(index, postprocess_generated_text(output.outputs[0].text, prepared[index][2],
                                                               lm.think_end_token))
+                computed[call.task_of(index)] += count_generation(lm, call, index, prompts[position], output)
             call.batch_done()
+        lm.cost_report.add_phase(call.request_type.value, "generation", time.perf_counter() - started_s, computed)
+
+
+def count_generation(lm: Any, call: Any, index: int, prompt: Sequence[int], output: Any) -> int:
+    """One generation's cost in the report; returns the tokens it computed."""
+    computed = len(prompt) - output.num_cached_tokens + output.num_generated_tokens
+    lm.cost_report.count(call.task_of(index), call.request_type.value, num_requests=1, tokens_computed=computed,
+                         stock_tokens=computed, cached_tokens=output.num_cached_tokens,
+                         useful_tokens=len(prompt) + output.num_generated_tokens)
+    return computed

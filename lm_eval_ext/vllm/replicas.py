@@ -39,22 +39,29 @@ _PARENT_POLL_S = 1.0
 
 
 def split_by_tokens(
-    costs_tokens: Sequence[int], group_keys: Sequence[Hashable] | None, num_replicas: int
+    costs_tokens: Sequence[int], group_keys: Sequence[Hashable] | None, num_replicas: int,
+    homes: Mapping[Hashable, int] | None = None,
 ) -> list[list[int]]:
     """Request indices per replica so that the replicas' token totals are as equal as possible.
 
-    Requests with the same group key (e.g. the choices of one multiple-choice item) stay together.
-    Greedy longest-first: the costliest group goes to the least-loaded replica. Example: costs
-    [5, 3, 3, 1] without groups over 2 replicas -> [[0, 3], [1, 2]] (6 and 6 tokens).
+    Requests with the same group key (e.g. the choices of one multiple-choice item) stay together;
+    a group with a home (the replica that holds its cached blocks) goes there. The others: greedy
+    longest-first, the costliest group to the least-loaded replica. Example: costs [5, 3, 3, 1]
+    without groups over 2 replicas -> [[0, 3], [1, 2]] (6 and 6 tokens).
     """
     keys = list(group_keys) if group_keys is not None else list(range(len(costs_tokens)))
     groups: dict[Hashable, list[int]] = {}
     for index, key in enumerate(keys):
         groups.setdefault(key, []).append(index)
-    ordered = sorted(groups.values(), key=lambda members: (-sum(costs_tokens[i] for i in members), members[0]))
+    homes = homes if group_keys is not None and homes else {}
     loads_tokens = [0] * num_replicas
     shards: list[list[int]] = [[] for _ in range(num_replicas)]
-    for members in ordered:
+    placed = {key for key in groups if homes.get(key, num_replicas) < num_replicas}
+    for key in placed:
+        shards[homes[key]].extend(groups[key])
+        loads_tokens[homes[key]] += sum(costs_tokens[i] for i in groups[key])
+    rest = [members for key, members in groups.items() if key not in placed]
+    for members in sorted(rest, key=lambda members: (-sum(costs_tokens[i] for i in members), members[0])):
         target = min(range(num_replicas), key=lambda r: (loads_tokens[r], r))
         shards[target].extend(members)
         loads_tokens[target] += sum(costs_tokens[i] for i in members)
@@ -69,20 +76,21 @@ def _exit_when_orphaned(parent_pid: int) -> None:
 
 
 def _replica_main(conn: Any, index: int, env: dict[str, str], kwargs: dict, parent_pid: int) -> None:
-    """Worker process: build one engine, then answer ("run", prompts, params, warm_prompts) until ("close",):
+    """Worker process: build one engine, then answer ("run", prompts, params) until ("close",):
     one ("part", [(index, output), ...]) per engine step that finished requests, then ("done", None)."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     os.setpgid(0, 0)
     os.environ.update(env)
     threading.Thread(target=_exit_when_orphaned, args=(parent_pid,), daemon=True).start()
-    from lm_eval_ext.vllm.engines import iter_finished, shutdown_llm, warm_prefix_cache
+    from lm_eval_ext.vllm.engines import iter_finished, shutdown_llm
+    from lm_eval_ext.vllm.prompt_logprobs import install
 
     try:
         from vllm import LLM
 
         llm = LLM(**kwargs)
         conn.send(("ready", (llm.llm_engine.model_config.max_model_len,
-                             llm.llm_engine.vllm_config.cache_config.block_size)))
+                             llm.llm_engine.vllm_config.cache_config.block_size, install(llm))))
     except BaseException:
         conn.send(("error", traceback.format_exc()))
         return
@@ -92,7 +100,6 @@ def _replica_main(conn: Any, index: int, env: dict[str, str], kwargs: dict, pare
             if message[0] == "close":
                 break
             try:
-                warm_prefix_cache(llm, message[3])
                 for batch in iter_finished(llm, message[1], message[2]):
                     conn.send(("part", batch))
                 conn.send(("done", None))
@@ -106,10 +113,12 @@ def _replica_main(conn: Any, index: int, env: dict[str, str], kwargs: dict, pare
 
 
 class ReplicaPool:
-    """N persistent replicas; ``iter_batches`` splits one call's requests over all of them."""
+    """N persistent replicas; ``iter_batches`` splits one call's requests over all of them, the
+    requests of one group (an item's choices) on one replica, and a group seen in the previous call
+    (its warm-up, or the probes that repair it) on the replica that holds its cached blocks."""
 
     kind = "data_parallel"
-    supports_prefix_warmup = True
+    supports_prefix_scoring = True
 
     def __init__(self, kwargs: dict, pinnings: Sequence[dict[str, str]]) -> None:
         self._scratch_dir = tempfile.mkdtemp(prefix="lm_eval_ext_vllm_")
@@ -118,6 +127,8 @@ class ReplicaPool:
         self.num_engine_starts = 0
         self.max_model_len = 0
         self.block_size = 0
+        self.scores_from_start = True
+        self._last_homes: dict[Hashable, int] = {}  # group key -> replica, in the previous call
         atexit.register(self.close)
         try:
             self._start(kwargs, pinnings)
@@ -133,7 +144,7 @@ class ReplicaPool:
         context = multiprocessing.get_context("spawn")  # fork would copy this process's threads and locks
         for index, pinning in enumerate(pinnings):
             env = dict(pinning, TMPDIR=self._scratch_dir, VLLM_RPC_BASE_PATH=self._scratch_dir,
-                       TORCHINDUCTOR_CACHE_DIR=_inductor_cache_dir())
+                       TORCHINDUCTOR_CACHE_DIR=inductor_cache_dir())
             parent_end, child_end = context.Pipe()
             process = context.Process(
                 target=_replica_main, args=(child_end, index, env, kwargs, os.getpid()),
@@ -148,7 +159,8 @@ class ReplicaPool:
             status, payload = self._receive(index, conn)
             if status != "ready":
                 raise RuntimeError(f"vllm_ext replica {index} failed to start:\n{payload}")
-            self.max_model_len, self.block_size = payload
+            self.max_model_len, self.block_size, installed = payload
+            self.scores_from_start = self.scores_from_start and installed
             self.num_engine_starts += 1
             count_engine_start(f"replica {index}, pid {self._processes[index].pid}")
 
@@ -161,22 +173,24 @@ class ReplicaPool:
 
     def iter_batches(
         self, prompts: Sequence[list[int]], params: Sequence[Any], group_keys: Sequence[Hashable] | None = None,
-        warm: Mapping[Hashable, list[int]] | None = None,
+        costs_tokens: Sequence[int] | None = None,
     ) -> Iterator[list[tuple[int, EngineOutput]]]:
         """Yield ``[(index, output), ...]`` as replicas finish requests; the pool is closed if the
         caller fails or is interrupted meanwhile (replicas would otherwise answer a dead request).
-        ``warm``: a prompt per group key, computed first on the replica that gets the group."""
+        ``costs_tokens``: what each request will compute (default: its prompt and generation budget),
+        which the replicas are balanced by."""
         if not self._processes:
             raise RuntimeError("vllm_ext replica pool is closed (a request failed or the run was interrupted)")
-        costs_tokens = [len(p) + (getattr(sp, "max_tokens", 1) or 1) for p, sp in zip(prompts, params)]
-        shards = split_by_tokens(costs_tokens, group_keys, self.num_replicas)
+        if costs_tokens is None:
+            costs_tokens = [len(p) + (getattr(sp, "max_tokens", 1) or 1) for p, sp in zip(prompts, params)]
+        shards = split_by_tokens(costs_tokens, group_keys, self.num_replicas, self._last_homes)
+        if group_keys is not None:
+            self._last_homes = {group_keys[i]: replica for replica, shard in enumerate(shards) for i in shard}
         pending = {}
         try:
             for conn, shard in zip(self._connections, shards):
                 if shard:
-                    keys = dict.fromkeys(group_keys[i] for i in shard) if warm and group_keys is not None else {}
-                    conn.send(("run", [prompts[i] for i in shard], [params[i] for i in shard],
-                               [warm[k] for k in keys if k in warm]))
+                    conn.send(("run", [prompts[i] for i in shard], [params[i] for i in shard]))
                     pending[conn] = shard
             while pending:
                 for conn in wait_for_connections(list(pending)):
@@ -192,8 +206,8 @@ class ReplicaPool:
             self.close(graceful=False)  # busy replicas would finish the abandoned work first
             raise
 
-    def run(self, prompts, params, group_keys=None, warm=None) -> list[EngineOutput]:
-        return collect(self.iter_batches(prompts, params, group_keys, warm), len(prompts))
+    def run(self, prompts, params, group_keys=None) -> list[EngineOutput]:
+        return collect(self.iter_batches(prompts, params, group_keys), len(prompts))
 
     def close(self, graceful: bool = True) -> None:
         """Ask every replica to exit (``graceful``: wait up to :data:`REPLICA_EXIT_GRACE_S`), then
@@ -220,7 +234,7 @@ class ReplicaPool:
         atexit.unregister(self.close)
 
 
-def _inductor_cache_dir() -> str:
+def inductor_cache_dir() -> str:
     """The compile cache this process would use; replicas keep it although their TMPDIR is private,
     else every pool recompiles the kernels torch.compile builds for vLLM on CPU (g++, slow)."""
     if "TORCHINDUCTOR_CACHE_DIR" in os.environ:

@@ -209,12 +209,10 @@ class ServerEngine:
 
     def iter_batches(
         self, prompts: Sequence[list[int]], params: Sequence[Any], group_keys: Sequence[Hashable] | None = None,
-        warm: Any = None,
+        costs_tokens: Sequence[int] | None = None,
     ) -> Iterator[list[tuple[int, EngineOutput]]]:
         """Yield one ``[(index, output), ...]`` per HTTP response, in completion order, with at most
-        ``num_concurrent`` calls in flight. ``warm`` must be None: no prefix warm-up over HTTP
-        (``supports_prefix_warmup`` is False)."""
-        assert not warm, "server mode cannot read vLLM's prefix cache for prompt logprobs"
+        ``num_concurrent`` calls in flight (``group_keys`` and ``costs_tokens``: one server, unused)."""
         fields = [request_fields(p) for p in params]
         keys = [json.dumps(f, sort_keys=True) for f in fields]
         batches = pack_by_tokens(prompts, keys, self.tokens_per_request)
@@ -229,7 +227,10 @@ class ServerEngine:
         finally:
             pool.shutdown(wait=False, cancel_futures=True)
 
-    supports_prefix_warmup = False
+    #: the completions endpoint cannot ask vLLM to read its prefix cache for prompt logprobs
+    supports_prefix_scoring = False
+    scores_from_start = False
+    block_size = 0
 
     def run(self, prompts, params, group_keys=None) -> list[EngineOutput]:
         return collect(self.iter_batches(prompts, params, group_keys), len(prompts))

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from lm_eval_ext.hf.policy.cost_report import CostReport
+from lm_eval_ext.backend.cost_report import CostReport
 
 
 def test_batch_cost_is_apportioned_by_useful_tokens():

@@ -7,6 +7,7 @@ CPU"); values already set by the caller win.
 from __future__ import annotations
 
 import atexit
+import contextlib
 import getpass
 import importlib.util
 import os
@@ -101,3 +102,46 @@ def is_running(pid: int) -> bool:
     except ProcessLookupError:
         return False
     return True
+
+
+class ScheduledTokens:
+    """Tokens vLLM's scheduler handed to the model, per label: what vLLM itself computed.
+
+    ``with scheduled_tokens() as counts:`` wraps the in-process executor's ``execute_model`` for the
+    block (``VLLM_ENABLE_V1_MULTIPROCESSING=0``: the engine runs in this process), and
+    ``with scheduled_tokens.counting("ext"):`` names the engine work that follows; each step's
+    ``total_num_scheduled_tokens`` is added to ``counts[label]``. A scoring request (one generated
+    token, no decode step) is scheduled exactly the prompt tokens it does not read from the cache.
+    """
+
+    def __init__(self) -> None:
+        self.label: str | None = None
+
+    @contextlib.contextmanager
+    def __call__(self):
+        from vllm.v1.executor import uniproc_executor
+
+        original = uniproc_executor.UniProcExecutor.execute_model
+        counts: dict[str, int] = {}
+
+        def execute_model(executor, scheduler_output, *args, **kwargs):
+            if self.label is not None:
+                counts[self.label] = counts.get(self.label, 0) + scheduler_output.total_num_scheduled_tokens
+            return original(executor, scheduler_output, *args, **kwargs)
+
+        uniproc_executor.UniProcExecutor.execute_model = execute_model
+        try:
+            yield counts
+        finally:
+            uniproc_executor.UniProcExecutor.execute_model = original
+
+    @contextlib.contextmanager
+    def counting(self, label: str):
+        self.label = label
+        try:
+            yield
+        finally:
+            self.label = None
+
+
+scheduled_tokens = ScheduledTokens()

@@ -8,7 +8,7 @@ import os
 import pytest
 
 from tests.vllm.support import ENGINE_ARGS, is_running, requires_vllm
-from tests.vllm.evaluation import differences, evaluate_samples
+from tests.vllm.evaluation import SUITE_LIMIT, differences, evaluate_samples
 
 pytestmark = [pytest.mark.vllm, requires_vllm]
 
@@ -42,6 +42,15 @@ def test_in_process_tp1_equals_stock_and_builds_what_was_asked(stock_samples, ti
     assert info["vllm_sizes"]["tensor_parallel_size"] == 1 and info["vllm_sizes"]["data_parallel_size"] == 1
     assert info["lm_eval_ext_plan"]["strategy"] == "single" and info["lm_eval_ext_plan"]["device"] == "cpu"
     assert lm.num_engine_starts == 1
+    cost = info["cost_report"]  # lm-eval copies get_model_info into the results JSON
+    assert set(cost) == {"ext_arith_mc/loglikelihood", "ext_copy_gen/generate_until",
+                         "ext_prose_rolling/loglikelihood_rolling"}
+    mc = cost["ext_arith_mc/loglikelihood"]  # 5-shot first_n: one few-shot block for every item
+    assert mc["num_requests"] == 4 * SUITE_LIMIT and mc["fallbacks"] == {} and mc["block_size"] == 32
+    assert mc["tokens_computed"] < mc["stock_tokens"] / 4 and mc["tokens_computed"] <= 1.1 * mc["minimal_tokens"]
+    rolling = cost["ext_prose_rolling/loglikelihood_rolling"]  # one-token contexts: nothing to reuse
+    assert rolling["tokens_computed"] == rolling["stock_tokens"] == rolling["minimal_tokens"]
+    assert cost["ext_copy_gen/generate_until"]["num_requests"] == SUITE_LIMIT
 
 
 @pytest.mark.parametrize(

@@ -55,6 +55,12 @@ def test_split_by_tokens_balances_and_keeps_groups_together():
     assert split_by_tokens([7], None, 3) == [[0], [], []]
 
 
+def test_a_group_goes_back_to_the_replica_that_holds_its_blocks():
+    """Probes and warm-ups of a group in a later call land where its choices were (its cached blocks)."""
+    assert split_by_tokens([9, 1], ["a", "b"], 2, homes={"a": 1}) == [[1], [0]]
+    assert split_by_tokens([9, 1], ["a", "b"], 2, homes={"a": 5}) == [[0], [1]]  # a replica that is gone
+
+
 def test_pack_by_tokens_respects_budget_and_parameters():
     prompts = [[1] * 3, [1] * 3, [1] * 3, [1] * 9, [1] * 2]
     keys = ["ll", "ll", "ll", "ll", "gen"]
@@ -82,30 +88,3 @@ def test_prefix_cache_scoring_is_on_by_default_where_vllm_allows_it():
     assert not config(enable_prefix_caching=False).scores_with_prefix_cache
     assert not config(base_url="http://127.0.0.1:8000/v1").scores_with_prefix_cache
     assert not config(score_with_prefix_cache=False).scores_with_prefix_cache
-
-
-def test_continuation_positions_must_not_come_from_the_prefix_cache():
-    from lm_eval_ext.vllm.engines import EngineOutput
-    from lm_eval_ext.vllm.scoring import all_continuation_computed
-
-    cached = lambda n: EngineOutput(None, num_cached_tokens=n)  # noqa: E731
-    assert all_continuation_computed(cached(128), context_len=138)
-    assert all_continuation_computed(cached(128), context_len=129)  # position 128 predicts token 129: computed
-    assert not all_continuation_computed(cached(128), context_len=128)  # block boundary: fall back
-
-
-def test_only_contexts_with_a_reusable_block_and_several_choices_are_warmed():
-    from lm_eval_ext.vllm.scoring import worth_warming
-
-    keys = ["long", "long", "short", "short", "alone"]
-    assert worth_warming(keys, [600, 600, 79, 79, 600], 128) == {"long": True, "short": False, "alone": False}
-    assert worth_warming(["edge", "edge"], [128, 128], 128) == {"edge": False}  # position 127 must be computed
-
-
-def test_a_warm_up_computes_only_the_whole_blocks_a_choice_may_reuse():
-    from lm_eval_ext.vllm.scoring import warm_prompt
-
-    assert warm_prompt(list(range(70)), 32) == list(range(64))
-    assert warm_prompt(list(range(64)), 32) == list(range(32))  # position 63 predicts a continuation
-    assert warm_prompt(list(range(33)), 32) == list(range(32))
-    assert warm_prompt(list(range(32)), 32) == []

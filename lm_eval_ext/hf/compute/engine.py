@@ -28,6 +28,7 @@ from typing import Any
 import torch
 
 from lm_eval_ext.backend.call import Call
+from lm_eval_ext.backend.cost_report import CostReport
 from lm_eval_ext.hf.compute.budget import Budgets
 from lm_eval_ext.hf.compute.continuous import ContinuousGenerator, RowSampler
 from lm_eval_ext.hf.compute.generation import eos_token_ids, greedy_generate, is_plain_greedy, is_plain_sampling
@@ -40,7 +41,6 @@ from lm_eval_ext.hf.policy.batching import (
     DEFAULT_ROW_TOKENS, Batch, GenerationRequest, ScoreRequest, lowered_budget, pack_batches, pack_generation,
     pack_rows, split_batch,
 )
-from lm_eval_ext.hf.policy.cost_report import CostReport
 from lm_eval_ext.hf.policy.families import Family, split_families
 from lm_eval_ext.hf.policy.gen_families import GenerationFamily, generation_families
 from lm_eval_ext.hf.policy.generation_rows import GenerationLedger, generation_rows
