@@ -52,7 +52,7 @@ def loglikelihood_rolling(lm: Any, call: Call) -> None:
 
 
 @dataclass(frozen=True)
-class _Generation:
+class Generation:
     """One request's generation settings, read the way stock ``HFLM.generate_until`` reads them."""
 
     prompt: list[int]
@@ -62,7 +62,7 @@ class _Generation:
     """what stock would hand ``model.generate`` besides length and stops (``do_sample``, ``temperature``...)"""
 
 
-def _prepare_generation(lm: Any, context: str, gen_kwargs: Any, eos: str) -> _Generation:
+def prepare_generation(lm: Any, context: str, gen_kwargs: Any, eos: str) -> Generation:
     from lm_eval.models.utils import handle_stop_sequences, normalize_gen_kwargs
 
     if not isinstance(gen_kwargs, dict):
@@ -85,7 +85,7 @@ def _prepare_generation(lm: Any, context: str, gen_kwargs: Any, eos: str) -> _Ge
         kwargs["do_sample"] = False
     if kwargs.get("do_sample") is False and kwargs["temperature"] == 0.0:
         kwargs.pop("temperature", None)
-    return _Generation(prompt, max_new, until, kwargs)
+    return Generation(prompt, max_new, until, kwargs)
 
 
 def generated_text(lm: Any, tokens: Sequence[int], until: list[str]) -> str:
@@ -106,7 +106,7 @@ def generated_text(lm: Any, tokens: Sequence[int], until: list[str]) -> str:
 
 def generate_until(lm: Any, call: Call) -> None:
     eos = lm.tok_decode(lm.eot_token_id, skip_special_tokens=False)
-    prepared = [_prepare_generation(lm, instance.args[0], instance.args[1], eos) for instance in call.requests]
+    prepared = [prepare_generation(lm, instance.args[0], instance.args[1], eos) for instance in call.requests]
     engine_requests, stock = [], []
     for index, generation in enumerate(prepared):
         if lm.engine.handles_generation(generation.options):
@@ -128,7 +128,7 @@ def generate_until(lm: Any, call: Call) -> None:
         call.batch_done()
 
 
-def _stock_generate(lm: Any, generation: _Generation) -> list[int]:
+def _stock_generate(lm: Any, generation: Generation) -> list[int]:
     """Stock ``HFLM._model_generate`` on one prompt (stock at ``batch_size=1``)."""
     import torch
     from lm_eval.models.huggingface import HFLM

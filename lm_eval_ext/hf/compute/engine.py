@@ -35,10 +35,10 @@ from lm_eval_ext.hf.compute.probe import ProbeCache
 from lm_eval_ext.hf.compute.scoring import ModelParts, score_batch, split_model
 from lm_eval_ext.hf.policy.batching import (
     DEFAULT_ROW_TOKENS, Batch, GenerationRequest, ScoreRequest, lowered_budget, pack_batches, pack_generation,
-    pack_rows, split_batch,
+    split_batch,
 )
 from lm_eval_ext.hf.policy.cost_report import CostReport
-from lm_eval_ext.hf.policy.families import Family, split_families
+from lm_eval_ext.hf.policy.token_count import prefix_tokens_by_task, row_tokens_by_task, scoring_layout
 from lm_eval_ext.hf.policy.prompt_lookup import DEFAULT_DRAFT_TOKENS
 
 logger = logging.getLogger(__name__)
@@ -67,6 +67,7 @@ class ScoringEngine:
         self.cost_report = CostReport()
         self.prefixes = PrefixStore()
         self._prefix_tokens_accounted = 0
+        self._prefix_by_task: dict[tuple[int, ...], dict[str, float]] = {}
         self._parts: ModelParts | None = None
 
     @property
@@ -89,11 +90,10 @@ class ScoringEngine:
         if not requests:  # under data parallel an empty-handed rank still joins the budget agreement
             self.budgets.join_agreement(kind)
             return
-        share = self.settings.share_contexts and self.parts.supports_tree_mask
-        families = (split_families(requests) if share and supports_prefix(self.parts)
-                    else [Family((), tuple(requests))])
-        packed = [(f.prefix, pack_rows(f.requests, row_tokens=self.settings.row_tokens, share=share))
-                  for f in families]
+        share, families = self.sharing()
+        packed = scoring_layout(requests, share=share, families=families, row_tokens=self.settings.row_tokens)
+        self._prefix_by_task = {prefix: prefix_tokens_by_task(prefix, family_rows, tasks)
+                                for prefix, family_rows in packed if prefix}
         rows = [row for _, family_rows in packed for row in family_rows]
         scored = sum(len(r.continuation_tokens) for r in requests)
         widest = max(packed, key=lambda entry: max(len(r) for r in entry[1]))
@@ -111,6 +111,12 @@ class ScoringEngine:
             self.prefixes.clear()  # a prefix's KV lives for its call only
         self.cost_report.finish_call(kind, sorted(set(tasks)), budget_tokens=call.budget_tokens,
                                      oom_retries=num_ooms, peak_memory_bytes=device_peaks_bytes())
+
+    def sharing(self) -> tuple[bool, bool]:
+        """(prefix-tree rows, few-shot families): what this model's scoring shares (``token_count``
+        counts a call with the same two flags)."""
+        share = self.settings.share_contexts and self.parts.supports_tree_mask
+        return share, share and supports_prefix(self.parts)
 
     def _split_scoring(self, call: Call, share: bool, batch: Batch, queue: deque, exc: BaseException) -> None:
         """Split the failed batch, lower the budget for the rest of the run, re-pack the rest."""
@@ -135,13 +141,19 @@ class ScoringEngine:
             on_scored(index, answer)
         prefix_tokens = self.prefixes.computed_tokens - self._prefix_tokens_accounted  # this batch's prefix, if it paid
         self._prefix_tokens_accounted = self.prefixes.computed_tokens
-        useful, counts = Counter(), Counter()
+        useful, counts, computed = Counter(), Counter(), Counter()
         for request in batch.requests():
             useful[tasks[request.index]] += request.useful_tokens
             counts[tasks[request.index]] += 1
+        for row in batch.rows:  # rows and prefixes attributed as token_count counts them
+            computed.update(row_tokens_by_task(row, tasks))
+        if prefix_tokens:
+            share = self._prefix_by_task.get(batch.prefix, {})
+            computed.update({task: tokens * prefix_tokens / max(1, len(batch.prefix)) for task, tokens in share.items()})
         self.cost_report.add_batch(call.request_type.value, useful, wall_s=wall_s,
                                    computed_tokens=batch.computed_tokens + prefix_tokens,
-                                   padded_tokens=batch.padded_tokens + prefix_tokens, requests_by_task=counts)
+                                   padded_tokens=batch.padded_tokens + prefix_tokens, requests_by_task=counts,
+                                   computed_by_task=computed)
         call.computed(batch.computed_tokens + prefix_tokens)
         call.batch_done()
 

@@ -1,7 +1,10 @@
 """PURE: the cost report: what each task and request type cost, attached to lm-eval's results.
 
-Batches mix tasks, so wall time and computed tokens of a batch are apportioned to its requests
-by their useful tokens; request and useful-token counts per task are exact.
+Batches mix tasks, so wall time of a batch is apportioned to its requests by their useful tokens;
+request and useful-token counts per task are exact, and so are computed tokens when the engine
+attributes them itself (``computed_by_task``: its rows and prefixes, as ``token_count`` counts them).
+Each entry also carries the estimate the run started from (``estimated_*``, see
+:mod:`lm_eval_ext.estimate.ledger`), next to what it measured.
 Reached through ``HfExtLM.get_model_info()["cost_report"]``, which lm-eval copies into
 ``results["config"]`` after evaluation.
 """
@@ -29,6 +32,9 @@ class CostEntry:
     budget_tokens: int | None = None
     oom_retries: int = 0
     peak_memory_bytes: dict[str, int] = field(default_factory=dict)
+    estimated_tokens: float | None = None
+    estimated_s: float | None = None
+    estimate_source: str | None = None
 
     @property
     def padding_fraction(self) -> float:
@@ -40,6 +46,8 @@ class CostEntry:
         out["padded_tokens"] = round(self.padded_tokens)
         out["wall_s"] = round(self.wall_s, 4)
         out["padding_fraction"] = round(self.padding_fraction, 4)
+        for key in ("estimated_tokens", "estimated_s"):
+            out[key] = None if out[key] is None else round(out[key], 2)
         return out
 
 
@@ -64,8 +72,10 @@ class CostReport:
         computed_tokens: int,
         padded_tokens: int,
         requests_by_task: Mapping[str, int],
+        computed_by_task: Mapping[str, float] | None = None,
     ) -> None:
-        """Apportion one batch's cost to its tasks by their share of its useful tokens."""
+        """Apportion one batch's cost to its tasks by their share of its useful tokens
+        (computed tokens as ``computed_by_task`` says, when given)."""
         total_useful = sum(useful_by_task.values()) or 1
         for task, useful in useful_by_task.items():
             share = useful / total_useful
@@ -73,8 +83,18 @@ class CostReport:
             entry.num_requests += requests_by_task.get(task, 0)
             entry.useful_tokens += useful
             entry.wall_s += wall_s * share
-            entry.tokens_computed += computed_tokens * share
-            entry.padded_tokens += padded_tokens * share
+            if computed_by_task is None:
+                entry.tokens_computed += computed_tokens * share
+                entry.padded_tokens += padded_tokens * share
+            else:  # the padding (never negative) by useful tokens, on top of the task's own computed tokens
+                entry.tokens_computed += computed_by_task.get(task, 0.0)
+                entry.padded_tokens += computed_by_task.get(task, 0.0) + (padded_tokens - computed_tokens) * share
+
+    def set_estimate(self, task: str, request_type: str, *, tokens: float, seconds: float | None,
+                     source: str | None) -> None:
+        """The estimate this (task, request type) started from."""
+        entry = self.entry(task, request_type)
+        entry.estimated_tokens, entry.estimated_s, entry.estimate_source = tokens, seconds, source
 
     def finish_call(
         self, request_type: str, tasks: list[str], *, budget_tokens: int | None,

@@ -1,0 +1,248 @@
+"""EDGE: a recorded workload (:mod:`lm_eval_ext.estimate.workload`) in one backend's tokens.
+
+The backend's own lm-eval model is built without weights (``hf_ext``: weights deferred behind the
+request cache; ``vllm_ext``: no engine started), so every request is tokenised by the code a run
+uses (``backend/lm_requests.py``, ``hf/requests.py``, ``vllm/generation.py``: stock's encoding,
+truncation, rolling windows, generation settings) and counted by the backend's policy
+(:mod:`lm_eval_ext.hf.policy.token_count`, :mod:`lm_eval_ext.vllm.token_count`). The same model
+gives the request cache's fingerprint (the history's key) and the entries the cache already holds;
+only the misses are counted as work, as a run computes only those.
+
+A generation's length is unknown before the run: the central guess is the reference answer lm-eval
+logs (``target``) followed by the task's first stop sequence, tokenised, unless the history knows
+this model's mean length on the task.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from collections import defaultdict
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from lm_eval_ext.errors import UserError
+from lm_eval_ext.estimate.workload import Workload
+from lm_eval_ext.hf.policy.token_count import TokenCount
+
+logger = logging.getLogger(__name__)
+
+#: model_args that decide the layout, not the tokens: the counting model is built on this CPU as one process
+_LAYOUT_KEYS = ("strategy", "parallelize", "device", "max_memory_per_gpu", "max_cpu_memory", "offload_folder",
+                "tensor_parallel_size", "data_parallel_size", "pipeline_parallel_size", "gpu_memory_utilization")
+
+
+@dataclass
+class CountedWork:
+    """Per ``(task, request type)``: the work a run would compute, and what the cache already answers."""
+
+    counts: dict[tuple[str, str], TokenCount]
+    cache_hits: dict[tuple[str, str], int] = field(default_factory=dict)
+    num_documents: dict[str, int] = field(default_factory=dict)
+    fingerprint: str | None = None
+    """the request cache's fingerprint of the model (the history's model key)"""
+
+
+def count_work(backend: str, model_args: Mapping[str, str], workload: Workload, *,
+               generated_per_request: Mapping[str, float] | None = None) -> CountedWork:
+    """``backend``: ``hf`` or ``vllm``; ``generated_per_request``: task -> mean tokens generated
+    (the history's), replacing the reference-answer guess for those tasks."""
+    lm = _counting_model(backend, model_args)
+    reads = str(model_args.get("cache", "readwrite")) in ("read", "readwrite")
+    counted = CountedWork({}, num_documents={t: workload.num_documents(t) for t in workload.tasks},
+                          fingerprint=_fingerprint(lm))
+    for request_type, instances in workload.calls.items():
+        misses, hits = _split_cached(lm, request_type, instances) if reads else (list(instances), {})
+        for task, num_hits in hits.items():
+            counted.cache_hits[(task, request_type)] = num_hits
+        counter = _COUNTERS[(backend, request_type)]
+        for task, count in counter(lm, misses, workload, generated_per_request or {}).items():
+            counted.counts[(task, request_type)] = count
+        for task in {r.task_name for r in instances} - {r.task_name for r in misses}:
+            counted.counts[(task, request_type)] = TokenCount()  # all cached: nothing to compute
+    return counted
+
+
+def _counting_model(backend: str, model_args: Mapping[str, str]) -> Any:
+    args = {k: v for k, v in model_args.items() if k not in _LAYOUT_KEYS}
+    args["cache"] = "read"  # deferred weights (hf) / no engine (vllm); lookups only, nothing written
+    try:
+        if backend == "vllm":
+            from lm_eval_ext.vllm.adapter import VllmExtLM
+            from lm_eval_ext.vllm.config import VllmExtConfig
+
+            known = {f.name for f in dataclasses.fields(VllmExtConfig)}
+            return VllmExtLM(**{k: v for k, v in args.items() if k in known})
+        from lm_eval_ext.hf.adapter import HfExtLM
+        from lm_eval_ext.hf.config import HfExtConfig
+
+        known = {f.name for f in dataclasses.fields(HfExtConfig)}
+        return HfExtLM(**{k: v for k, v in args.items() if k in known}, device="cpu", strategy="single")
+    except (OSError, ValueError, TypeError) as exc:
+        if isinstance(exc, UserError) or "token" not in str(exc).lower():
+            raise
+        raise UserError(f"pretrained={model_args.get('pretrained')} has no tokenizer that loads "
+                        f"({type(exc).__name__}); counting tokens needs one: pass tokenizer=PATH_OR_ID "
+                        "in --model_args, or leave --tasks out for the layout alone") from None
+
+
+def _fingerprint(lm: Any) -> str | None:
+    from lm_eval_ext.cache.fingerprint import fingerprint
+
+    try:
+        return fingerprint(lm.request_cache.identity())
+    except Exception as exc:  # noqa: BLE001 (a model without a checkable identity has no history)
+        logger.warning("no model fingerprint (%s): the run history cannot be used", exc)
+        return None
+
+
+def _split_cached(lm: Any, request_type: str, instances: list) -> tuple[list, dict[str, int]]:
+    from lm_eval_ext.cache.request_cache import MISSING
+
+    cache = lm.request_cache
+    if not (cache.dir / "requests.sqlite").exists():
+        return list(instances), {}
+    values = cache.lookup(request_type, instances)
+    hits: dict[str, int] = defaultdict(int)
+    misses = []
+    for instance, value in zip(instances, values):
+        if value is MISSING:
+            misses.append(instance)
+        else:
+            hits[instance.task_name] += 1
+    return misses, dict(hits)
+
+
+# ---- hf_ext ----------------------------------------------------------------------------------
+
+def _hf_flags(lm: Any) -> tuple[bool, bool]:
+    """(prefix-tree rows, few-shot families) as ``ScoringEngine.sharing`` will find them once the
+    model is loaded, read from its config: rows need an attention that takes 4D masks (the
+    implementation transformers picks for a causal LM unless told: sdpa), families also a split
+    decoder and a cache of plain layers."""
+    from lm_eval_ext.hf.compute.kv_cache import growing_cache
+    from lm_eval_ext.hf.compute.scoring import _LOGIT_POSTPROCESSING
+
+    impl = lm.ext_config.attn_implementation or "sdpa"
+    share = lm.ext_config.share_contexts and impl in ("eager", "sdpa")
+    config = lm._config
+    plain_logits = all(getattr(config, name, None) in (None, 1, 1.0) for name in _LOGIT_POSTPROCESSING)
+    return share, share and plain_logits and growing_cache(config) is not None
+
+
+def _hf_layout(lm: Any, requests: list) -> list:
+    from lm_eval_ext.hf.policy.token_count import scoring_layout
+
+    share, families = _hf_flags(lm)
+    return scoring_layout(requests, share=share, families=families, row_tokens=lm.engine.settings.row_tokens)
+
+
+def _hf_loglikelihood(lm: Any, instances: list, workload: Workload, generated: Mapping) -> dict[str, TokenCount]:
+    from lm_eval_ext.backend.lm_requests import encode_pairs
+    from lm_eval_ext.hf.policy.batching import score_request
+    from lm_eval_ext.hf.policy.token_count import count_scoring
+
+    pairs = encode_pairs(lm, instances)
+    requests = [score_request(i, ctx, cont, lm.max_length) for i, (ctx, cont) in enumerate(pairs)]
+    return count_scoring(requests, [r.task_name for r in instances], _hf_layout(lm, requests))
+
+
+def _hf_rolling(lm: Any, instances: list, workload: Workload, generated: Mapping) -> dict[str, TokenCount]:
+    from lm_eval_ext.backend.lm_requests import RollingDocuments, rolling_windows
+    from lm_eval_ext.hf.policy.batching import score_request
+    from lm_eval_ext.hf.policy.token_count import count_scoring
+
+    documents = RollingDocuments([rolling_windows(lm, i.args[0], lm.max_length) for i in instances],
+                                 on_total=lambda doc, total: None)
+    requests = [score_request(i, ctx, cont, lm.max_length) for i, (ctx, cont) in enumerate(documents.windows)]
+    counts = count_scoring(requests, [instances[d].task_name for d in documents.owner], _hf_layout(lm, requests))
+    return _documents_as_requests(counts, instances)
+
+
+def _documents_as_requests(counts: dict[str, TokenCount], instances: list) -> dict[str, TokenCount]:
+    """A rolling request is a document, however many windows it has."""
+    per_task: dict[str, int] = defaultdict(int)
+    for instance in instances:
+        per_task[instance.task_name] += 1
+    for task, count in counts.items():
+        count.num_requests = per_task[task]
+    return counts
+
+
+def _hf_generation(lm: Any, instances: list, workload: Workload, generated: Mapping) -> dict[str, TokenCount]:
+    from lm_eval_ext.hf.policy.token_count import count_generation
+    from lm_eval_ext.hf.requests import prepare_generation
+
+    eos = lm.tok_decode(lm.eot_token_id, skip_special_tokens=False)
+    prepared = [prepare_generation(lm, i.args[0], i.args[1], eos) for i in instances]
+    lengths = [_central_length(lm.tok_encode, instance, g.until, workload, generated)
+               for instance, g in zip(instances, prepared)]
+    return count_generation([g.prompt for g in prepared], [g.max_new_tokens for g in prepared],
+                            [i.task_name for i in instances], lengths)
+
+
+def _central_length(encode, instance: Any, until: list[str], workload: Workload, generated: Mapping) -> float:
+    if instance.task_name in generated:
+        return float(generated[instance.task_name])
+    target = workload.targets.get((instance.task_name, instance.doc_id))
+    if target is None:
+        return float("inf")  # no reference: the budget (clipped by the counter)
+    stop = f"\n\n{until[0]}" if until else ""
+    return float(len(encode(target + stop)))
+
+
+# ---- vllm_ext --------------------------------------------------------------------------------
+
+def _vllm_loglikelihood(lm: Any, instances: list, workload: Workload, generated: Mapping) -> dict[str, TokenCount]:
+    from lm_eval_ext.backend.lm_requests import encode_pairs
+    from lm_eval_ext.vllm.token_count import count_vllm_scoring
+
+    pairs = encode_pairs(lm, instances)
+    return count_vllm_scoring(pairs, [i.task_name for i in instances], max_length=lm.max_length,
+                              **_vllm_settings(lm))
+
+
+def _vllm_rolling(lm: Any, instances: list, workload: Workload, generated: Mapping) -> dict[str, TokenCount]:
+    from lm_eval_ext.backend.lm_requests import rolling_windows
+    from lm_eval_ext.vllm.token_count import count_vllm_scoring
+
+    windows, tasks = [], []
+    for instance in instances:
+        for window in rolling_windows(lm, instance.args[0], lm.max_length - 2):
+            windows.append(window)
+            tasks.append(instance.task_name)
+    counts = count_vllm_scoring(windows, tasks, max_length=lm.max_length, **_vllm_settings(lm))
+    return _documents_as_requests(counts, instances)
+
+
+def _vllm_generation(lm: Any, instances: list, workload: Workload, generated: Mapping) -> dict[str, TokenCount]:
+    from lm_eval_ext.vllm.generation import end_of_text, prepare_generation
+    from lm_eval_ext.vllm.token_count import count_vllm_generation
+
+    contexts = [i.args[0] for i in instances]
+    encodings = lm.tok_encode(contexts) if contexts else []
+    eos = end_of_text(lm)
+    prepared = [prepare_generation(lm, enc, i.args[1], eos) for enc, i in zip(encodings, instances)]
+    lengths = [_central_length(lm.tok_encode, i, until, workload, generated) for i, (_, _, until) in
+               zip(instances, prepared)]
+    settings = _vllm_settings(lm)
+    return count_vllm_generation([p[0] for p in prepared], [p[1].max_tokens for p in prepared],
+                                 [i.task_name for i in instances], lengths, block_size=settings["block_size"],
+                                 prefix_caching=lm.ext_config.enable_prefix_caching)
+
+
+def _vllm_settings(lm: Any) -> dict[str, Any]:
+    from lm_eval_ext.vllm.token_count import DEFAULT_BLOCK_TOKENS
+
+    block = getattr(lm.sizes, "block_size", None) or DEFAULT_BLOCK_TOKENS
+    return {"block_size": int(block), "batch_size": lm.batch_size,
+            "prefix_cache_scoring": lm.ext_config.scores_with_prefix_cache and not lm.ext_config.is_server_mode}
+
+
+_COUNTERS = {
+    ("hf", "loglikelihood"): _hf_loglikelihood, ("hf", "loglikelihood_rolling"): _hf_rolling,
+    ("hf", "generate_until"): _hf_generation,
+    ("vllm", "loglikelihood"): _vllm_loglikelihood, ("vllm", "loglikelihood_rolling"): _vllm_rolling,
+    ("vllm", "generate_until"): _vllm_generation,
+}
