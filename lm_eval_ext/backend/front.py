@@ -58,6 +58,7 @@ class RequestFront:
     ``is_collective(request_type)`` (the computation talks to other ranks) a rank without misses
     still computes an empty call if ``any_rank`` says another rank has misses, so collectives line
     up. ``rank`` is ``(rank, world_size)``, for the log line that says what this rank got.
+    ``on_call_done(request_type, wall_s)`` hears each finished computation's seconds.
     """
 
     def __init__(self, cache: RequestCache, compute: Mapping[RequestType, Callable[[Call], list | None]], *,
@@ -65,9 +66,10 @@ class RequestFront:
                  is_collective: Callable[[RequestType], bool] = lambda request_type: False,
                  any_rank: Callable[[bool], bool] = lambda flag: flag,
                  progress: Callable[[RequestType, int, bool], Progress] = _no_progress,
-                 rank: Callable[[], tuple[int, int]] = lambda: (0, 1)) -> None:
+                 rank: Callable[[], tuple[int, int]] = lambda: (0, 1),
+                 on_call_done: Callable[[RequestType, float], None] = lambda request_type, wall_s: None) -> None:
         self.cache = cache
-        self._compute, self._prepare = dict(compute), prepare
+        self._compute, self._prepare, self._on_call_done = dict(compute), prepare, on_call_done
         self._is_collective, self._any_rank, self._progress, self._rank = is_collective, any_rank, progress, rank
 
     def answer(self, request_type: RequestType | str, requests: list, *, disable_tqdm: bool = False,
@@ -99,7 +101,9 @@ class RequestFront:
             finally:
                 sink.flush()  # results that arrived before an exception are kept
                 call.progress.close()
-            self.cache.stats.add_computed(todo, request_type.value, time.perf_counter() - started_s)
+            wall_s = time.perf_counter() - started_s
+            self.cache.stats.add_computed(todo, request_type.value, wall_s)
+            self._on_call_done(request_type, wall_s)
             for index, value in zip(misses, values, strict=True):
                 results[index] = value
         if self.cache.mode.reads:

@@ -1,8 +1,8 @@
-"""The bill before the run: what a set of tasks costs on a planned layout, and afterwards what it did cost.
+"""What a run costs, priced and remembered; every backend composes it.
 
-``workload`` (lm-eval builds the requests, no model), ``count`` (the backend's own tokenisation and
-token counting policy, no weights), ``time_model`` (PURE: tokens -> seconds from measured, remembered
-or paper rates), ``measure`` (times real batches), ``history`` (the rates of finished runs, by model
-and hardware), ``ledger`` (PURE: a run's estimate against what it measured), ``bill`` (what
-``lm-eval-ext plan --tasks`` prints).
+``time_model`` (PURE: counted tokens -> seconds from measured, remembered or paper rates),
+``ledger`` (PURE: a run's estimate against what it measured, and the rates it leaves),
+``history`` (the rates of finished runs, by model and hardware), ``run_record`` (a backend's ledger,
+started from the history and remembered at the end). The bill before a run, which builds the
+backends' models to count, is :mod:`lm_eval_ext.bill`.
 """

@@ -9,7 +9,7 @@ generation kwargs, under which no later lookup can find it).
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from lm_eval_ext.vllm.scoring import chunked
@@ -41,7 +41,8 @@ def prepare_generation(lm: Any, encoding: list[int], gen_kwargs: dict, eos: str)
     return tokens, SamplingParams(max_tokens=max_gen_toks, stop=stop, **kwargs), until
 
 
-def generate_texts(lm: Any, call: Any) -> None:
+def generate_texts(lm: Any, call: Any, on_prepared: Callable[[list], None] | None = None) -> None:
+    """``on_prepared`` sees each request's ``(prompt tokens, SamplingParams, stops)`` before the engine runs."""
     from lm_eval.models.utils import postprocess_generated_text
 
     requests = call.requests
@@ -49,6 +50,8 @@ def generate_texts(lm: Any, call: Any) -> None:
     encodings = lm.tok_encode(contexts) if contexts else []
     eos = end_of_text(lm)
     prepared = [prepare_generation(lm, enc, request.args[1], eos) for enc, request in zip(encodings, requests)]
+    if on_prepared is not None:
+        on_prepared(prepared)
     order = sorted(range(len(requests)), key=lambda i: (-len(encodings[i]), contexts[i]))  # stock's Collator
     for chunk in chunked(order, lm.batch_size):
         prompts, params = [prepared[i][0] for i in chunk], [prepared[i][1] for i in chunk]

@@ -25,7 +25,7 @@ from collections import defaultdict
 from collections.abc import Sequence
 from typing import Any
 
-from lm_eval_ext.hf.policy.token_count import TokenCount
+from lm_eval_ext.backend.work import TokenCount
 from lm_eval_ext.vllm.scoring import chunked, grouped_order, truncate_for_scoring, warm_prompt, worth_warming
 
 #: vLLM's KV block on GPUs when ``block_size`` is not set
@@ -132,3 +132,22 @@ def count_vllm_generation(prompts: Sequence[Sequence[int]], max_new_tokens: Sequ
         count.computed_low_tokens = count.prefill_tokens
         count.computed_high_tokens += count.prefill_tokens
     return dict(counts)
+
+
+def scoring_settings(lm: Any) -> dict[str, Any]:
+    """What ``score_requests`` decides with, read from a ``VllmExtLM`` (its planned block size, else
+    vLLM's default; its ``batch_size``; whether choices read the prefix cache)."""
+    block = getattr(lm.sizes, "block_size", None) or DEFAULT_BLOCK_TOKENS
+    return {"block_size": int(block), "batch_size": lm.batch_size,
+            "prefix_cache_scoring": lm.ext_config.scores_with_prefix_cache and not lm.ext_config.is_server_mode}
+
+
+def documents_as_requests(counts: dict[str, TokenCount], call_or_instances: Any) -> dict[str, TokenCount]:
+    """A rolling request is a document, however many windows it has (``requests``: a Call or Instances)."""
+    instances = getattr(call_or_instances, "requests", call_or_instances)
+    per_task: dict[str, int] = defaultdict(int)
+    for instance in instances:
+        per_task[getattr(instance, "task_name", None) or "unknown"] += 1
+    for task, count in counts.items():
+        count.num_requests = per_task[task]
+    return counts

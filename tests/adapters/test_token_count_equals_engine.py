@@ -1,5 +1,5 @@
 """``lm-eval-ext plan --tasks`` counts what ``hf_ext`` then computes: the counted tokens per task and
-request type (:mod:`lm_eval_ext.estimate.count`, no weights) equal the engine's cost report after a
+request type (:mod:`lm_eval_ext.bill.count`, no weights) equal the engine's cost report after a
 real run of the same tasks, on the shipped tasks and on lm-eval's own ARC-Easy, MMLU 5-shot,
 LAMBADA and WikiText-2 over ../shared/data (skipped where that data is not).
 
@@ -28,8 +28,8 @@ REAL = [real_tasks.ARC, real_tasks.mmlu_task("anatomy"), real_tasks.LAMBADA, rea
 def run_and_count(model_path: str, tasks: list[str], limit: int, include: list[str]):
     from lm_eval import simple_evaluate
 
-    from lm_eval_ext.estimate.count import count_work
-    from lm_eval_ext.estimate.workload import record_workload, task_manager
+    from lm_eval_ext.bill.count import count_work
+    from lm_eval_ext.bill.workload import record_workload, task_manager
     from lm_eval_ext.hf.adapter import HfExtLM
 
     counted = count_work("hf", {"pretrained": model_path, "cache": "off"},

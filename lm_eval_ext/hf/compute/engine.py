@@ -27,6 +27,7 @@ from typing import Any
 import torch
 
 from lm_eval_ext.backend.call import Call
+from lm_eval_ext.backend.work import TokenCount
 from lm_eval_ext.hf.compute.budget import Budgets
 from lm_eval_ext.hf.compute.generation import eos_token_ids, greedy_generate, is_plain_greedy
 from lm_eval_ext.hf.compute.oom import device_peaks_bytes, drain, reset_peaks
@@ -38,7 +39,9 @@ from lm_eval_ext.hf.policy.batching import (
     split_batch,
 )
 from lm_eval_ext.hf.policy.cost_report import CostReport
-from lm_eval_ext.hf.policy.token_count import prefix_tokens_by_task, row_tokens_by_task, scoring_layout
+from lm_eval_ext.hf.policy.token_count import (
+    count_generation, count_scoring, prefix_tokens_by_task, row_tokens_by_task, scoring_layout,
+)
 from lm_eval_ext.hf.policy.prompt_lookup import DEFAULT_DRAFT_TOKENS
 
 logger = logging.getLogger(__name__)
@@ -68,6 +71,10 @@ class ScoringEngine:
         self.prefixes = PrefixStore()
         self._prefix_tokens_accounted = 0
         self._prefix_by_task: dict[tuple[int, ...], dict[str, float]] = {}
+        #: told each call's counted work before it is computed (the run's estimate, ``estimate/ledger.py``)
+        self.on_counted: Callable[[str, dict[str, TokenCount]], None] = lambda kind, counts: None
+        #: a task's expected generation length for that count (the run history's, else half the budget)
+        self.expected_generated: Callable[[str, int], float] = lambda task, budget: budget / 2
         self._parts: ModelParts | None = None
 
     @property
@@ -90,19 +97,9 @@ class ScoringEngine:
         if not requests:  # under data parallel an empty-handed rank still joins the budget agreement
             self.budgets.join_agreement(kind)
             return
-        share, families = self.sharing()
-        packed = scoring_layout(requests, share=share, families=families, row_tokens=self.settings.row_tokens)
-        self._prefix_by_task = {prefix: prefix_tokens_by_task(prefix, family_rows, tasks)
-                                for prefix, family_rows in packed if prefix}
-        rows = [row for _, family_rows in packed for row in family_rows]
-        scored = sum(len(r.continuation_tokens) for r in requests)
-        widest = max(packed, key=lambda entry: max(len(r) for r in entry[1]))
-        stats = {"rows": widest[1], "prefix": widest[0], "row_tokens": max(len(r) for r in rows),
-                 "scored_fraction": scored / max(1, sum(len(r) for r in rows))}
-        call.budget_tokens, call.max_batch_requests = self.budgets.limits(kind, stats, self.score_batch)
-        queue = deque(batch for prefix, family_rows in packed
-                      for batch in pack_batches(family_rows, max_batch_tokens=call.budget_tokens,
-                                                max_batch_requests=call.max_batch_requests, prefix=prefix))
+        share = self.sharing()[0]
+        batches, call.budget_tokens, call.max_batch_requests = self.pack_call(kind, requests, tasks)
+        queue = deque(batches)
         reset_peaks()
         try:
             num_ooms = drain(queue, self.score_batch, on_oom=functools.partial(self._split_scoring, call, share),
@@ -111,6 +108,25 @@ class ScoringEngine:
             self.prefixes.clear()  # a prefix's KV lives for its call only
         self.cost_report.finish_call(kind, sorted(set(tasks)), budget_tokens=call.budget_tokens,
                                      oom_retries=num_ooms, peak_memory_bytes=device_peaks_bytes())
+
+    def pack_call(self, kind: str, requests: Sequence[ScoreRequest], tasks: Sequence[str]
+                  ) -> tuple[list[Batch], int | None, int | None]:
+        """The call's batches, token budget and request cap; the call's count goes to ``on_counted``."""
+        share, families = self.sharing()
+        packed = scoring_layout(requests, share=share, families=families, row_tokens=self.settings.row_tokens)
+        self._prefix_by_task = {prefix: prefix_tokens_by_task(prefix, family_rows, tasks)
+                                for prefix, family_rows in packed if prefix}
+        self.on_counted(kind, count_scoring(requests, tasks, packed))
+        rows = [row for _, family_rows in packed for row in family_rows]
+        scored = sum(len(r.continuation_tokens) for r in requests)
+        widest = max(packed, key=lambda entry: max(len(r) for r in entry[1]))
+        stats = {"rows": widest[1], "prefix": widest[0], "row_tokens": max(len(r) for r in rows),
+                 "scored_fraction": scored / max(1, sum(len(r) for r in rows))}
+        budget, cap = self.budgets.limits(kind, stats, self.score_batch)
+        batches = [batch for prefix, family_rows in packed
+                   for batch in pack_batches(family_rows, max_batch_tokens=budget, max_batch_requests=cap,
+                                             prefix=prefix)]
+        return batches, budget, cap
 
     def sharing(self) -> tuple[bool, bool]:
         """(prefix-tree rows, few-shot families): what this model's scoring shares (``token_count``
@@ -189,6 +205,9 @@ class ScoringEngine:
         groups: dict[tuple, list[GenerationRequest]] = {}
         for request in requests:
             groups.setdefault((request.max_new_tokens, request.stop), []).append(request)
+        self.on_counted(kind, count_generation(
+            [r.prompt_tokens for r in requests], [r.max_new_tokens for r in requests], tasks,
+            [self.expected_generated(task, r.max_new_tokens) for r, task in zip(requests, tasks, strict=True)]))
         widest = max(len(r.prompt_tokens) + r.max_new_tokens for r in requests)
         stats = {"width_tokens": widest, "scored_fraction": 1.0 / widest}
         call.budget_tokens, call.max_batch_requests = self.budgets.limits(kind, stats, self.score_batch)

@@ -30,48 +30,11 @@ from __future__ import annotations
 
 from collections import defaultdict
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass, fields
 
+from lm_eval_ext.backend.work import TokenCount
 from lm_eval_ext.hf.policy.batching import Row, ScoreRequest, pack_rows
 from lm_eval_ext.hf.policy.families import Family, split_families
 from lm_eval_ext.hf.policy.gen_families import GenerationFamily, generation_families
-
-
-@dataclass
-class TokenCount:
-    """One task's work in one request type. Token fields are floats where shared work is split."""
-
-    num_requests: int = 0
-    context_tokens: int = 0
-    """scoring: input tokens before the continuation; generation: prompt tokens"""
-    continuation_tokens: int = 0
-    """scoring: tokens scored; generation: 0"""
-    generation_budget_tokens: int = 0
-    """generation: the sum of ``max_new_tokens``"""
-    generated_tokens: float = 0.0
-    """generation: the central estimate of the tokens generated"""
-    stock_tokens: float = 0.0
-    """what the unshared, unpadded layout computes (generation: at the central length)"""
-    computed_tokens: float = 0.0
-    """what ``hf_ext`` computes after sharing (generation: at the central length)"""
-    computed_low_tokens: float = 0.0
-    """generation: one token generated per request; scoring: equal to ``computed_tokens``"""
-    computed_high_tokens: float = 0.0
-    """generation: ``max_new_tokens`` generated per request; scoring: equal to ``computed_tokens``"""
-    prefill_tokens: float = 0.0
-    """tokens of prompt/context forwards (scoring: all of ``computed_tokens``)"""
-    decode_tokens: float = 0.0
-    """generation: one-token decode steps' tokens, at the central length"""
-    shared_prefix_tokens: float = 0.0
-    """the part of ``computed_tokens`` that is family prefixes, computed once per call (and so once
-    per process under data parallel)"""
-
-    def add(self, other: TokenCount) -> None:
-        for f in fields(self):
-            setattr(self, f.name, getattr(self, f.name) + getattr(other, f.name))
-
-    def as_dict(self) -> dict:
-        return {k: round(v, 1) if isinstance(v, float) else v for k, v in asdict(self).items()}
 
 
 def scoring_layout(requests: Sequence[ScoreRequest], *, share: bool, families: bool,

@@ -1,4 +1,4 @@
-"""EDGE: a recorded workload (:mod:`lm_eval_ext.estimate.workload`) in one backend's tokens.
+"""EDGE: a recorded workload (:mod:`lm_eval_ext.bill.workload`) in one backend's tokens.
 
 The backend's own lm-eval model is built without weights (``hf_ext``: weights deferred behind the
 request cache; ``vllm_ext``: no engine started), so every request is tokenised by the code a run
@@ -23,8 +23,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from lm_eval_ext.errors import UserError
-from lm_eval_ext.estimate.workload import Workload
-from lm_eval_ext.hf.policy.token_count import TokenCount
+from lm_eval_ext.bill.workload import Workload
+from lm_eval_ext.backend.work import TokenCount
+from lm_eval_ext.vllm.token_count import documents_as_requests, scoring_settings
 
 logger = logging.getLogger(__name__)
 
@@ -40,28 +41,44 @@ class CountedWork:
     counts: dict[tuple[str, str], TokenCount]
     cache_hits: dict[tuple[str, str], int] = field(default_factory=dict)
     num_documents: dict[str, int] = field(default_factory=dict)
-    fingerprint: str | None = None
-    """the request cache's fingerprint of the model (the history's model key)"""
+    inputs: dict[str, Any] = field(default_factory=dict)
+    """request type -> what the backend's engine would be handed (``bill/measure.py`` times it)"""
+
+
+class WorkCounter:
+    """The backend's lm-eval model without weights (``backend``: ``hf`` or ``vllm``), and what it counts."""
+
+    def __init__(self, backend: str, model_args: Mapping[str, str]) -> None:
+        self.backend = backend
+        self.lm = _counting_model(backend, model_args)
+        self.reads = str(model_args.get("cache", "readwrite")) in ("read", "readwrite")
+
+    @property
+    def fingerprint(self) -> str | None:
+        """The request cache's fingerprint of the model: the history's model key."""
+        return _fingerprint(self.lm)
+
+    def count(self, workload: Workload, generated_per_request: Mapping[str, float] | None = None) -> CountedWork:
+        """``generated_per_request``: task -> mean tokens generated (the history's), replacing the
+        reference-answer guess for those tasks."""
+        counted = CountedWork({}, num_documents={t: workload.num_documents(t) for t in workload.tasks})
+        for request_type, instances in workload.calls.items():
+            misses, hits = _split_cached(self.lm, request_type, instances) if self.reads else (list(instances), {})
+            for task, num_hits in hits.items():
+                counted.cache_hits[(task, request_type)] = num_hits
+            counter = _COUNTERS[(self.backend, request_type)]
+            counts, counted.inputs[request_type] = counter(self.lm, misses, workload, generated_per_request or {})
+            for task, count in counts.items():
+                counted.counts[(task, request_type)] = count
+            for task in {r.task_name for r in instances} - {r.task_name for r in misses}:
+                counted.counts[(task, request_type)] = TokenCount()  # all cached: nothing to compute
+        return counted
 
 
 def count_work(backend: str, model_args: Mapping[str, str], workload: Workload, *,
                generated_per_request: Mapping[str, float] | None = None) -> CountedWork:
-    """``backend``: ``hf`` or ``vllm``; ``generated_per_request``: task -> mean tokens generated
-    (the history's), replacing the reference-answer guess for those tasks."""
-    lm = _counting_model(backend, model_args)
-    reads = str(model_args.get("cache", "readwrite")) in ("read", "readwrite")
-    counted = CountedWork({}, num_documents={t: workload.num_documents(t) for t in workload.tasks},
-                          fingerprint=_fingerprint(lm))
-    for request_type, instances in workload.calls.items():
-        misses, hits = _split_cached(lm, request_type, instances) if reads else (list(instances), {})
-        for task, num_hits in hits.items():
-            counted.cache_hits[(task, request_type)] = num_hits
-        counter = _COUNTERS[(backend, request_type)]
-        for task, count in counter(lm, misses, workload, generated_per_request or {}).items():
-            counted.counts[(task, request_type)] = count
-        for task in {r.task_name for r in instances} - {r.task_name for r in misses}:
-            counted.counts[(task, request_type)] = TokenCount()  # all cached: nothing to compute
-    return counted
+    """One-shot :class:`WorkCounter` (tests)."""
+    return WorkCounter(backend, model_args).count(workload, generated_per_request)
 
 
 def _counting_model(backend: str, model_args: Mapping[str, str]) -> Any:
@@ -138,17 +155,18 @@ def _hf_layout(lm: Any, requests: list) -> list:
     return scoring_layout(requests, share=share, families=families, row_tokens=lm.engine.settings.row_tokens)
 
 
-def _hf_loglikelihood(lm: Any, instances: list, workload: Workload, generated: Mapping) -> dict[str, TokenCount]:
+def _hf_loglikelihood(lm: Any, instances: list, workload: Workload, generated: Mapping) -> tuple:
     from lm_eval_ext.backend.lm_requests import encode_pairs
     from lm_eval_ext.hf.policy.batching import score_request
     from lm_eval_ext.hf.policy.token_count import count_scoring
 
     pairs = encode_pairs(lm, instances)
     requests = [score_request(i, ctx, cont, lm.max_length) for i, (ctx, cont) in enumerate(pairs)]
-    return count_scoring(requests, [r.task_name for r in instances], _hf_layout(lm, requests))
+    tasks = [r.task_name for r in instances]
+    return count_scoring(requests, tasks, _hf_layout(lm, requests)), (requests, tasks)
 
 
-def _hf_rolling(lm: Any, instances: list, workload: Workload, generated: Mapping) -> dict[str, TokenCount]:
+def _hf_rolling(lm: Any, instances: list, workload: Workload, generated: Mapping) -> tuple:
     from lm_eval_ext.backend.lm_requests import RollingDocuments, rolling_windows
     from lm_eval_ext.hf.policy.batching import score_request
     from lm_eval_ext.hf.policy.token_count import count_scoring
@@ -156,21 +174,12 @@ def _hf_rolling(lm: Any, instances: list, workload: Workload, generated: Mapping
     documents = RollingDocuments([rolling_windows(lm, i.args[0], lm.max_length) for i in instances],
                                  on_total=lambda doc, total: None)
     requests = [score_request(i, ctx, cont, lm.max_length) for i, (ctx, cont) in enumerate(documents.windows)]
-    counts = count_scoring(requests, [instances[d].task_name for d in documents.owner], _hf_layout(lm, requests))
-    return _documents_as_requests(counts, instances)
+    tasks = [instances[d].task_name for d in documents.owner]
+    counts = count_scoring(requests, tasks, _hf_layout(lm, requests))
+    return documents_as_requests(counts, instances), (requests, tasks)
 
 
-def _documents_as_requests(counts: dict[str, TokenCount], instances: list) -> dict[str, TokenCount]:
-    """A rolling request is a document, however many windows it has."""
-    per_task: dict[str, int] = defaultdict(int)
-    for instance in instances:
-        per_task[instance.task_name] += 1
-    for task, count in counts.items():
-        count.num_requests = per_task[task]
-    return counts
-
-
-def _hf_generation(lm: Any, instances: list, workload: Workload, generated: Mapping) -> dict[str, TokenCount]:
+def _hf_generation(lm: Any, instances: list, workload: Workload, generated: Mapping) -> tuple:
     from lm_eval_ext.hf.policy.token_count import count_generation
     from lm_eval_ext.hf.requests import prepare_generation
 
@@ -178,8 +187,9 @@ def _hf_generation(lm: Any, instances: list, workload: Workload, generated: Mapp
     prepared = [prepare_generation(lm, i.args[0], i.args[1], eos) for i in instances]
     lengths = [_central_length(lm.tok_encode, instance, g.until, workload, generated)
                for instance, g in zip(instances, prepared)]
-    return count_generation([g.prompt for g in prepared], [g.max_new_tokens for g in prepared],
-                            [i.task_name for i in instances], lengths)
+    prompts, budgets, tasks = [g.prompt for g in prepared], [g.max_new_tokens for g in prepared], \
+        [i.task_name for i in instances]
+    return count_generation(prompts, budgets, tasks, lengths), (prompts, budgets, tasks, lengths)
 
 
 def _central_length(encode, instance: Any, until: list[str], workload: Workload, generated: Mapping) -> float:
@@ -194,16 +204,16 @@ def _central_length(encode, instance: Any, until: list[str], workload: Workload,
 
 # ---- vllm_ext --------------------------------------------------------------------------------
 
-def _vllm_loglikelihood(lm: Any, instances: list, workload: Workload, generated: Mapping) -> dict[str, TokenCount]:
+def _vllm_loglikelihood(lm: Any, instances: list, workload: Workload, generated: Mapping) -> tuple:
     from lm_eval_ext.backend.lm_requests import encode_pairs
     from lm_eval_ext.vllm.token_count import count_vllm_scoring
 
     pairs = encode_pairs(lm, instances)
     return count_vllm_scoring(pairs, [i.task_name for i in instances], max_length=lm.max_length,
-                              **_vllm_settings(lm))
+                              **scoring_settings(lm)), None
 
 
-def _vllm_rolling(lm: Any, instances: list, workload: Workload, generated: Mapping) -> dict[str, TokenCount]:
+def _vllm_rolling(lm: Any, instances: list, workload: Workload, generated: Mapping) -> tuple:
     from lm_eval_ext.backend.lm_requests import rolling_windows
     from lm_eval_ext.vllm.token_count import count_vllm_scoring
 
@@ -212,11 +222,11 @@ def _vllm_rolling(lm: Any, instances: list, workload: Workload, generated: Mappi
         for window in rolling_windows(lm, instance.args[0], lm.max_length - 2):
             windows.append(window)
             tasks.append(instance.task_name)
-    counts = count_vllm_scoring(windows, tasks, max_length=lm.max_length, **_vllm_settings(lm))
-    return _documents_as_requests(counts, instances)
+    counts = count_vllm_scoring(windows, tasks, max_length=lm.max_length, **scoring_settings(lm))
+    return documents_as_requests(counts, instances), None
 
 
-def _vllm_generation(lm: Any, instances: list, workload: Workload, generated: Mapping) -> dict[str, TokenCount]:
+def _vllm_generation(lm: Any, instances: list, workload: Workload, generated: Mapping) -> tuple:
     from lm_eval_ext.vllm.generation import end_of_text, prepare_generation
     from lm_eval_ext.vllm.token_count import count_vllm_generation
 
@@ -226,18 +236,10 @@ def _vllm_generation(lm: Any, instances: list, workload: Workload, generated: Ma
     prepared = [prepare_generation(lm, enc, i.args[1], eos) for enc, i in zip(encodings, instances)]
     lengths = [_central_length(lm.tok_encode, i, until, workload, generated) for i, (_, _, until) in
                zip(instances, prepared)]
-    settings = _vllm_settings(lm)
+    settings = scoring_settings(lm)
     return count_vllm_generation([p[0] for p in prepared], [p[1].max_tokens for p in prepared],
                                  [i.task_name for i in instances], lengths, block_size=settings["block_size"],
-                                 prefix_caching=lm.ext_config.enable_prefix_caching)
-
-
-def _vllm_settings(lm: Any) -> dict[str, Any]:
-    from lm_eval_ext.vllm.token_count import DEFAULT_BLOCK_TOKENS
-
-    block = getattr(lm.sizes, "block_size", None) or DEFAULT_BLOCK_TOKENS
-    return {"block_size": int(block), "batch_size": lm.batch_size,
-            "prefix_cache_scoring": lm.ext_config.scores_with_prefix_cache and not lm.ext_config.is_server_mode}
+                                 prefix_caching=lm.ext_config.enable_prefix_caching), None
 
 
 _COUNTERS = {
