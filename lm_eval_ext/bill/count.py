@@ -25,6 +25,7 @@ from typing import Any
 from lm_eval_ext.errors import UserError
 from lm_eval_ext.bill.workload import Workload
 from lm_eval_ext.backend.work import TokenCount
+from lm_eval_ext.plan.hardware import Hardware, describe_hardware
 from lm_eval_ext.vllm.token_count import documents_as_requests, scoring_settings
 
 logger = logging.getLogger(__name__)
@@ -48,9 +49,10 @@ class CountedWork:
 class WorkCounter:
     """The backend's lm-eval model without weights (``backend``: ``hf`` or ``vllm``), and what it counts."""
 
-    def __init__(self, backend: str, model_args: Mapping[str, str]) -> None:
+    def __init__(self, backend: str, model_args: Mapping[str, str], *, dtype: str | None = None,
+                 hardware: Hardware | None = None) -> None:
         self.backend = backend
-        self.lm = _counting_model(backend, model_args)
+        self.lm = _counting_model(backend, model_args, dtype, hardware or describe_hardware("", cpu_ram_bytes=2**50))
         self.reads = str(model_args.get("cache", "readwrite")) in ("read", "readwrite")
 
     @property
@@ -81,27 +83,44 @@ def count_work(backend: str, model_args: Mapping[str, str], workload: Workload, 
     return WorkCounter(backend, model_args).count(workload, generated_per_request)
 
 
-def _counting_model(backend: str, model_args: Mapping[str, str]) -> Any:
+def _counting_model(backend: str, model_args: Mapping[str, str], dtype: str | None, hardware: Hardware) -> Any:
+    """The backend's lm-eval model, its tokenizer loaded, no weights and no engine: ``hf_ext`` planned
+    on a described CPU (tokenisation does not depend on the layout), ``vllm_ext`` on the plan's
+    machine (its context length does). ``dtype``: the plan's, so the fingerprint is the run's."""
+    _require_tokenizer(model_args)
     args = {k: v for k, v in model_args.items() if k not in _LAYOUT_KEYS}
     args["cache"] = "read"  # deferred weights (hf) / no engine (vllm); lookups only, nothing written
+    if dtype is not None and str(args.get("dtype", "auto")) == "auto":
+        args["dtype"] = dtype
+    if backend == "vllm":
+        from lm_eval_ext.vllm.adapter import VllmExtLM
+        from lm_eval_ext.vllm.config import VllmExtConfig
+
+        known = {f.name for f in dataclasses.fields(VllmExtConfig)}
+        counting = type("CountingVllmExtLM", (VllmExtLM,), {"plan_hardware": hardware})
+        return counting(**{k: v for k, v in args.items() if k in known})
+    from lm_eval_ext.hf.adapter import HfExtLM
+    from lm_eval_ext.hf.config import HfExtConfig
+
+    known = {f.name for f in dataclasses.fields(HfExtConfig)}
+    counting = type("CountingHfExtLM", (HfExtLM,), {"plan_hardware": describe_hardware("", cpu_ram_bytes=2**50)})
+    return counting(**{k: v for k, v in args.items() if k in known}, device="cpu", strategy="single")
+
+
+def _require_tokenizer(model_args: Mapping[str, str]) -> None:
+    """One line when the tokenizer does not load (a bare config, a model without tokenizer files)."""
+    from transformers import AutoTokenizer
+
+    source = model_args.get("tokenizer") or model_args["pretrained"]
+    trust = str(model_args.get("trust_remote_code", "false")).lower() in ("true", "1", "yes")
     try:
-        if backend == "vllm":
-            from lm_eval_ext.vllm.adapter import VllmExtLM
-            from lm_eval_ext.vllm.config import VllmExtConfig
-
-            known = {f.name for f in dataclasses.fields(VllmExtConfig)}
-            return VllmExtLM(**{k: v for k, v in args.items() if k in known})
-        from lm_eval_ext.hf.adapter import HfExtLM
-        from lm_eval_ext.hf.config import HfExtConfig
-
-        known = {f.name for f in dataclasses.fields(HfExtConfig)}
-        return HfExtLM(**{k: v for k, v in args.items() if k in known}, device="cpu", strategy="single")
-    except (OSError, ValueError, TypeError) as exc:
-        if isinstance(exc, UserError) or "token" not in str(exc).lower():
-            raise
-        raise UserError(f"pretrained={model_args.get('pretrained')} has no tokenizer that loads "
-                        f"({type(exc).__name__}); counting tokens needs one: pass tokenizer=PATH_OR_ID "
-                        "in --model_args, or leave --tasks out for the layout alone") from None
+        AutoTokenizer.from_pretrained(source, revision=model_args.get("revision") or "main",
+                                      subfolder=model_args.get("subfolder", "") if not model_args.get("tokenizer")
+                                      else "", trust_remote_code=trust)
+    except Exception as exc:  # noqa: BLE001 (transformers raises OSError, ValueError, TypeError... here)
+        raise UserError(f"pretrained={model_args['pretrained']} has no tokenizer that loads ({type(exc).__name__}); "
+                        "counting tokens needs one: pass tokenizer=PATH_OR_ID in --model_args, or leave --tasks out "
+                        "for the layout alone") from None
 
 
 def _fingerprint(lm: Any) -> str | None:

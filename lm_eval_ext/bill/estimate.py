@@ -21,7 +21,7 @@ from lm_eval_ext.estimate import history
 from lm_eval_ext.bill.count import CountedWork, WorkCounter
 from lm_eval_ext.estimate.ledger import rates_from_history
 from lm_eval_ext.estimate.time_model import Rates, TaskEstimate, estimate_seconds, gpu_peak, paper_rates
-from lm_eval_ext.bill.workload import record_workload
+from lm_eval_ext.bill.workload import record_workload, task_manager
 from lm_eval_ext.hf.policy.token_budget import cpu_budget_tokens
 from lm_eval_ext.backend.work import TokenCount
 from lm_eval_ext.plan.facts import ModelFacts
@@ -40,6 +40,7 @@ class BillRequest:
     tasks: tuple[str, ...]
     limit: int | float | None = None
     num_fewshot: int | None = None
+    fewshot_seed: int | None = None
     include_paths: tuple[str, ...] = ()
     measure: bool = False
     time_limit_s: float | None = None
@@ -49,9 +50,10 @@ class BillRequest:
 def make_bill(request: BillRequest, *, model_args: Mapping[str, str], facts: ModelFacts, hardware: Hardware,
               plan: Plan) -> dict[str, Any]:
     """The ``estimate`` object of ``plan --json`` (see docs/planner.md for its fields)."""
+    manager = task_manager(request.tasks, request.include_paths)  # unknown names, then no tokenizer: one line each
+    counter = WorkCounter(plan.backend, model_args, dtype=plan.dtype, hardware=hardware)
     workload = record_workload(request.tasks, limit=request.limit, num_fewshot=request.num_fewshot,
-                               include_paths=request.include_paths)
-    counter = WorkCounter(plan.backend, model_args)
+                               fewshot_seed=request.fewshot_seed, manager=manager)
     key, remembered = _history(counter, hardware, plan)
     generated = {task: kinds["generate_until"]["generated_per_request"]
                  for task, kinds in (remembered or {}).get("tasks", {}).items()
@@ -71,8 +73,8 @@ def make_bill(request: BillRequest, *, model_args: Mapping[str, str], facts: Mod
     bill["by_source"] = {"paper": _total(_price(counted, paper, plan, facts, hardware, request.activation_tokens))}
     bill["history_key"] = key
     if request.time_limit_s is not None:
-        bill.update(_time_limit(request.time_limit_s, bill["total_seconds"], bill["total_seconds_high"],
-                                counted, chosen, facts, hardware, plan))
+        bill.update(_time_limit(request.time_limit_s, sum(p.seconds for p in priced.values()),
+                                sum(p.seconds_high for p in priced.values()), counted, chosen, facts, hardware, plan))
     return bill
 
 

@@ -74,6 +74,8 @@ def task_manager(tasks: Sequence[str], include_paths: Sequence[str] = ()):
     """A TaskManager that knows every name in ``tasks``; one line naming the unknown one otherwise."""
     from lm_eval.tasks import TaskManager
 
+    if not tasks:
+        raise UserError("--tasks is empty; name one or more lm-eval tasks, e.g. --tasks arc_easy,gsm8k")
     paths = [*map(str, include_paths), str(shipped_tasks_dir())]
     manager = TaskManager(include_path=paths, include_defaults=False)
     if not _unknown(manager, tasks):
@@ -93,14 +95,15 @@ def _unknown(manager: Any, tasks: Sequence[str]) -> list[str]:
 
 
 def record_workload(tasks: Sequence[str], *, limit: int | float | None = None, num_fewshot: int | None = None,
-                    include_paths: Sequence[str] = ()) -> Workload:
-    """The requests of ``tasks`` as lm-eval would send them (one process, every document)."""
+                    fewshot_seed: int | None = None, include_paths: Sequence[str] = (), manager: Any = None
+                    ) -> Workload:
+    """The requests of ``tasks`` as lm-eval would send them (one process, every document);
+    ``fewshot_seed`` None is lm-eval's default; ``manager``: a :func:`task_manager` already made."""
     from lm_eval import evaluator
 
-    if not tasks:
-        raise UserError("--tasks is empty; name one or more lm-eval tasks, e.g. --tasks arc_easy,gsm8k")
-    manager = task_manager(tasks, include_paths)
+    manager = manager or task_manager(tasks, include_paths)
     recorder = _recording_lm_class()()
+    seed = {} if fewshot_seed is None else {"fewshot_random_seed": fewshot_seed}
     quiet = [logging.getLogger(name) for name in ("lm_eval", "lm-eval")]
     levels = [log.level for log in quiet]
     for log in quiet:
@@ -108,7 +111,7 @@ def record_workload(tasks: Sequence[str], *, limit: int | float | None = None, n
     try:
         out = evaluator.simple_evaluate(model=recorder, tasks=list(tasks), task_manager=manager, limit=limit,
                                         num_fewshot=num_fewshot, bootstrap_iters=0, log_samples=True,
-                                        verbosity="ERROR")
+                                        verbosity="ERROR", **seed)
     except Exception as exc:  # noqa: BLE001 (after the calls only the metrics of neutral answers remain)
         if not recorder.calls:
             raise

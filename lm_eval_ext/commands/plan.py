@@ -57,6 +57,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="lm-eval tasks, comma-separated: also estimate their requests, tokens, time and memory")
     parser.add_argument("--limit", default=None, help="documents per task (as lm_eval --limit; <1: a fraction)")
     parser.add_argument("--num_fewshot", type=int, default=None, help="few-shot examples (as lm_eval --num_fewshot)")
+    parser.add_argument("--fewshot_seed", type=int, default=None,
+                        help="few-shot sampler seed (as the fourth value of lm_eval --seed; default lm-eval's 1234)")
     parser.add_argument("--include_path", action="append", default=None,
                         help="a folder of task YAMLs (repeat the flag for several)")
     parser.add_argument("--measure", action="store_true",
@@ -169,13 +171,15 @@ def main(args: argparse.Namespace) -> int:
 
 
 def build_bill_request(args: argparse.Namespace):
-    """The bill's request from ``--tasks`` and its companions, checked before anything loads; None without ``--tasks``."""
+    """The bill's request from ``--tasks`` and its companions, checked before anything loads (None
+    without ``--tasks``)."""
     from lm_eval_ext.units import parse_duration
 
     time_limit_s = parse_duration(args.time_limit) if args.time_limit is not None else None
     if not args.tasks:
         given = [flag for flag, value in (("--measure", args.measure), ("--time-limit", args.time_limit),
-                                           ("--limit", args.limit), ("--num_fewshot", args.num_fewshot)) if value]
+                                           ("--limit", args.limit), ("--num_fewshot", args.num_fewshot),
+                                           ("--fewshot_seed", args.fewshot_seed is not None)) if value]
         if given:
             raise UserError(f"{given[0]} estimates a workload: add --tasks TASK[,TASK...]")
         return None
@@ -183,8 +187,8 @@ def build_bill_request(args: argparse.Namespace):
 
     tasks = tuple(t.strip() for t in args.tasks.split(",") if t.strip())
     return BillRequest(tasks=tasks, limit=_limit(args.limit), num_fewshot=args.num_fewshot,
-                       include_paths=tuple(args.include_path or ()), measure=args.measure,
-                       time_limit_s=time_limit_s, activation_tokens=args.activation_tokens)
+                       fewshot_seed=args.fewshot_seed, include_paths=tuple(args.include_path or ()),
+                       measure=args.measure, time_limit_s=time_limit_s, activation_tokens=args.activation_tokens)
 
 
 def _limit(text: str | None) -> int | float | None:

@@ -24,6 +24,7 @@ from lm_eval_ext.estimate.run_record import RunEstimate
 from lm_eval_ext.hf.config import HfExtConfig
 from lm_eval_ext.hf.dist import prefer_cpu_collectives, release_process_group_at_exit
 from lm_eval_ext.logs import share_lm_eval_handlers
+from lm_eval_ext.plan.hardware import Hardware
 from lm_eval_ext.plan.layout import build_layout
 
 torch = require("torch", "hf")
@@ -60,6 +61,10 @@ class ModelState(enum.Enum):
 class HfExtLM(HFLM):
     """Transformers backend for lm-eval-ext; a drop-in for ``hf`` (same model_args spellings)."""
 
+    #: the machine the layout is planned on; None: this one (``plan --tasks`` counts with a subclass
+    #: planned on a described CPU, so a model sized for GPUs elsewhere still tokenises here)
+    plan_hardware: Hardware | None = None
+
     def __init__(self, **model_args: Any) -> None:
         self._init_model_args = dict(model_args)  # as given: the fast path's memo key is made of them
         share_lm_eval_handlers()
@@ -72,7 +77,7 @@ class HfExtLM(HFLM):
         self._create_kwargs: dict = {}
         self._deferred_load: tuple[tuple, dict] | None = None
         self._cache_mode = cache.mode
-        self._layout = build_layout(config)  # the build description (plan.build); a dry run stops here
+        self._layout = build_layout(config, hardware=self.plan_hardware)  # the build description (plan.build); a dry run stops here
         if self._layout.launch is not None:  # hand-started ranks: a bounded, announced rendezvous
             join_process_group(self._layout.launch)
         super().__init__(**self._layout.hflm_kwargs)

@@ -27,6 +27,7 @@ from lm_eval_ext.errors import ConfigError
 from lm_eval_ext.estimate.run_record import RunEstimate
 from lm_eval_ext.vllm.request_cache import vllm_identity, vllm_label
 from lm_eval_ext.lm_args import EvaluatorArgsChecked
+from lm_eval_ext.plan.hardware import Hardware
 from lm_eval_ext.plan.launch_env import read_launch_env
 from lm_eval_ext.vllm.build import VllmBuild
 from lm_eval_ext.vllm.config import AUTO, VllmExtConfig
@@ -69,6 +70,10 @@ class VllmExtLM(EvaluatorArgsChecked, VLLM):
     cache first; with a cache to read, the engine starts on the first miss, so a fully cached run
     starts none."""
 
+    #: the machine the sizes are planned on; None: this one (``plan --tasks`` counts with a subclass
+    #: planned on the plan's machine, described or detected, without starting an engine)
+    plan_hardware: Hardware | None = None
+
     def __init__(self, **model_args: Any) -> None:
         config = VllmExtConfig.from_model_args(model_args)
         cache = RequestCache(config.cache, config.cache_dir, identity=lambda: vllm_identity(self),
@@ -82,7 +87,7 @@ class VllmExtLM(EvaluatorArgsChecked, VLLM):
         if config.is_server_mode:
             self.sizes = _server_sizes(config)
         else:
-            self.build = plan_build(config)
+            self.build = plan_build(config, hardware=self.plan_hardware)
             self.sizes = self.build.sizes  # a dry run has stopped in plan_build, the description complete
             check_buildable_here(self.build)
         self.node_shards = NodeShards.join(read_launch_env())  # one lm_eval process per node
