@@ -39,6 +39,30 @@ class TokenCount:
     """the part of ``computed_tokens`` that is family prefixes, computed once per call (and so once
     per process under data parallel)"""
 
+    def add_generation(self, prompt_tokens: int, prefill_tokens: float, budget: int, generated: float) -> None:
+        """One generation request: its prompt, the part of it prefilled, its ``max_new_tokens`` and its
+        expected length (clipped to ``1 .. budget``). The first token comes from the prefill's last
+        position, each further one is a decode token."""
+        budget = max(1, budget)
+        length = min(max(1.0, float(generated)), budget)
+        self.num_requests += 1
+        self.context_tokens += prompt_tokens
+        self.generation_budget_tokens += budget
+        self.generated_tokens += length
+        self.prefill_tokens += prefill_tokens
+        self.decode_tokens += length - 1
+        self.computed_high_tokens += budget - 1
+        self.stock_tokens += prompt_tokens + length - 1
+
+    def close(self) -> None:
+        """Totals once every request is in: scoring computes only prefill; generation spans its length."""
+        if self.generation_budget_tokens:
+            self.computed_tokens = self.prefill_tokens + self.decode_tokens
+            self.computed_low_tokens = self.prefill_tokens
+            self.computed_high_tokens += self.prefill_tokens
+        else:
+            self.computed_low_tokens = self.computed_high_tokens = self.prefill_tokens = self.computed_tokens
+
     def add(self, other: TokenCount) -> None:
         for f in fields(self):
             setattr(self, f.name, getattr(self, f.name) + getattr(other, f.name))

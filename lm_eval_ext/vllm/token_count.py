@@ -103,7 +103,7 @@ def count_vllm_scoring(pairs: Sequence[tuple[Sequence[int], Sequence[int]]], tas
         for i in (i for i in chunk if reusing[keys[i]]):
             counts[tasks[i]].computed_tokens += computed(i, read=True)
     for count in counts.values():
-        count.computed_low_tokens = count.computed_high_tokens = count.prefill_tokens = count.computed_tokens
+        count.close()
     return dict(counts)
 
 
@@ -116,21 +116,10 @@ def count_vllm_generation(prompts: Sequence[Sequence[int]], max_new_tokens: Sequ
     cache = PrefixCache(block_size)
     order = sorted(range(len(prompts)), key=lambda i: -len(prompts[i]))  # stock's Collator: longest first
     for i in order:
-        count, budget = counts[tasks[i]], max(1, max_new_tokens[i])
-        length = min(max(1.0, float(generated[i])), budget)
-        own, cached = cache.compute(prompts[i], read=prefix_caching)
-        count.num_requests += 1
-        count.context_tokens += len(prompts[i])
-        count.generation_budget_tokens += budget
-        count.generated_tokens += length
-        count.prefill_tokens += own
-        count.decode_tokens += length - 1
-        count.computed_high_tokens += budget - 1
-        count.stock_tokens += len(prompts[i]) + length - 1
+        own, _ = cache.compute(prompts[i], read=prefix_caching)
+        counts[tasks[i]].add_generation(len(prompts[i]), own, max_new_tokens[i], generated[i])
     for count in counts.values():
-        count.computed_tokens = count.prefill_tokens + count.decode_tokens
-        count.computed_low_tokens = count.prefill_tokens
-        count.computed_high_tokens += count.prefill_tokens
+        count.close()
     return dict(counts)
 
 

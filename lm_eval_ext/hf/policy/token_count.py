@@ -88,7 +88,7 @@ def count_scoring(requests: Sequence[ScoreRequest], tasks: Sequence[str],
             for task, tokens in row_tokens_by_task(row, tasks).items():
                 counts[task].computed_tokens += tokens
     for count in counts.values():
-        count.computed_low_tokens = count.computed_high_tokens = count.prefill_tokens = count.computed_tokens
+        count.close()
     return dict(counts)
 
 
@@ -112,18 +112,8 @@ def count_generation(prompts: Sequence[Sequence[int]], max_new_tokens: Sequence[
             counts[task].prefill_tokens += tokens
             counts[task].shared_prefix_tokens += tokens
         for index in family.members:
-            count, budget = counts[tasks[index]], max(1, max_new_tokens[index])
-            length = min(max(1.0, float(generated[index])), budget)
-            count.num_requests += 1
-            count.context_tokens += len(prompts[index])
-            count.generation_budget_tokens += budget
-            count.generated_tokens += length
-            count.prefill_tokens += len(prompts[index]) - len(family.prefix)
-            count.decode_tokens += length - 1
-            count.computed_high_tokens += budget - 1
-            count.stock_tokens += len(prompts[index]) + length - 1
+            counts[tasks[index]].add_generation(len(prompts[index]), len(prompts[index]) - len(family.prefix),
+                                                max_new_tokens[index], generated[index])
     for count in counts.values():
-        count.computed_tokens = count.prefill_tokens + count.decode_tokens
-        count.computed_low_tokens = count.prefill_tokens
-        count.computed_high_tokens += count.prefill_tokens
+        count.close()
     return dict(counts)
