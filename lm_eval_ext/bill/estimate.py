@@ -14,7 +14,7 @@ from __future__ import annotations
 import logging
 from collections import defaultdict
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from lm_eval_ext.estimate import history
@@ -25,9 +25,10 @@ from lm_eval_ext.bill.workload import record_workload, task_manager
 from lm_eval_ext.hf.policy.token_budget import cpu_budget_tokens
 from lm_eval_ext.backend.work import TokenCount
 from lm_eval_ext.plan.facts import ModelFacts
-from lm_eval_ext.plan.hardware import Hardware
+from lm_eval_ext.plan.hardware import Gpu, Hardware
 from lm_eval_ext.plan.token_bytes import bytes_per_token
 from lm_eval_ext.plan.types import Plan
+from lm_eval_ext.units import format_duration
 
 logger = logging.getLogger(__name__)
 
@@ -59,18 +60,19 @@ def make_bill(request: BillRequest, *, model_args: Mapping[str, str], facts: Mod
                  for task, kinds in (remembered or {}).get("tasks", {}).items()
                  if kinds.get("generate_until", {}).get("generated_per_request")}
     counted = counter.count(workload, generated)
-    paper = {kind: _paper_rates(facts, hardware, plan, kind, counted) for kind in workload.calls}
+    sources = {"paper": {kind: _paper_rates(facts, hardware, plan, kind, counted) for kind in workload.calls}}
+    if remembered is not None:
+        sources["history"] = {kind: rates_from_history(remembered, kind) or sources["paper"][kind]
+                              for kind in workload.calls}
     if request.measure:
         from lm_eval_ext.bill.measure import measure_rates
 
-        chosen = {**paper, **measure_rates(counter, counted)}
-    elif remembered is not None:
-        chosen = {kind: rates_from_history(remembered, kind) or paper[kind] for kind in workload.calls}
-    else:
-        chosen = paper
+        sources["measured"] = {**sources["paper"], **measure_rates(counter, counted)}
+    chosen = sources.get("measured") or sources.get("history") or sources["paper"]
     priced = _price(counted, chosen, plan, facts, hardware, request.activation_tokens)
     bill = _bill_json(counted, priced, chosen, plan)
-    bill["by_source"] = {"paper": _total(_price(counted, paper, plan, facts, hardware, request.activation_tokens))}
+    bill["by_source"] = {source: _total(_price(counted, rates, plan, facts, hardware, request.activation_tokens))
+                         for source, rates in sources.items()}  # the total each source gives
     bill["history_key"] = key
     if request.time_limit_s is not None:
         bill.update(_time_limit(request.time_limit_s, sum(p.seconds for p in priced.values()),
@@ -226,17 +228,18 @@ def suggest_layouts(limit_s: float, counted: CountedWork, rates: Mapping[str, Ra
         replicas, seconds = found
         gpus = replicas * max(1, plan.gpus_per_replica)
         return [f"data parallel over {replicas} replicas ({gpus} GPUs of {size / 2**30:.0f} GiB, "
-                f"--gpus {gpus}x{size / 2**30:.0f}GiB): about {_hours(seconds)}"]
+                f"--gpus {gpus}x{size / 2**30:.0f}GiB): about {format_duration(seconds)}"]
     suggestions = []
     for gib in (80, 141):
-        gpu = Hardware(gpus=(_described_gpu(gib),), cpu_ram_bytes=hardware.cpu_ram_bytes, described=True)
-        one = replace_device(plan)
-        paper = {kind: _paper_rates(facts, gpu, one, kind, counted) for kind in rates}
+        card = Gpu("GPU", gib * 2**30, gib * 2**30)
+        gpu = Hardware(gpus=(card,), cpu_ram_bytes=hardware.cpu_ram_bytes, described=True)
+        on_one = replace(plan, device="cuda", gpus_per_replica=1, num_replicas=1)
+        paper = {kind: _paper_rates(facts, gpu, on_one, kind, counted) for kind in rates}
         found = _fewest_replicas(lambda n: _seconds_on(counted, paper, n), limit_s, 1)
         if found is not None:
             replicas, seconds = found
-            suggestions.append(f"{replicas} x {gib} GiB GPU ({paper[next(iter(paper))].note.split(':')[0]}, "
-                               f"--gpus {replicas}x{gib}GiB): about {_hours(seconds)} on paper")
+            suggestions.append(f"{replicas} x {gib} GiB GPU ({gpu_peak(card.name, card.total_bytes).name}, "
+                               f"--gpus {replicas}x{gib}GiB): about {format_duration(seconds)} on paper")
     return suggestions or ["no GPU layout up to 64 cards fits on paper; split the tasks over several jobs"]
 
 
@@ -246,22 +249,3 @@ def _fewest_replicas(seconds_with: Callable[[int], float], limit_s: float, start
         if seconds <= limit_s:
             return replicas, seconds
     return None
-
-
-def _described_gpu(gib: int):
-    from lm_eval_ext.plan.hardware import Gpu
-
-    return Gpu("GPU", gib * 2**30, gib * 2**30)
-
-
-def replace_device(plan: Plan) -> Plan:
-    """The plan's model on one described GPU per replica (what the suggestions price)."""
-    from dataclasses import replace
-
-    return replace(plan, device="cuda", gpus_per_replica=1, num_replicas=1)
-
-
-def _hours(seconds: float) -> str:
-    from lm_eval_ext.units import format_duration
-
-    return format_duration(seconds)
