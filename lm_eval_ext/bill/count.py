@@ -52,7 +52,7 @@ class WorkCounter:
     def __init__(self, backend: str, model_args: Mapping[str, str], *, dtype: str | None = None,
                  hardware: Hardware | None = None) -> None:
         self.backend = backend
-        self.lm = _counting_model(backend, model_args, dtype, hardware or describe_hardware("", cpu_ram_bytes=2**50))
+        self.lm = _counting_model(backend, model_args, dtype, hardware or counting_cpu())
         self.reads = str(model_args.get("cache", "readwrite")) in ("read", "readwrite")
 
     @property
@@ -103,8 +103,17 @@ def _counting_model(backend: str, model_args: Mapping[str, str], dtype: str | No
     from lm_eval_ext.hf.config import HfExtConfig
 
     known = {f.name for f in dataclasses.fields(HfExtConfig)}
-    counting = type("CountingHfExtLM", (HfExtLM,), {"plan_hardware": describe_hardware("", cpu_ram_bytes=2**50)})
+    counting = type("CountingHfExtLM", (HfExtLM,), {"plan_hardware": counting_cpu()})
     return counting(**{k: v for k, v in args.items() if k in known}, device="cpu", strategy="single")
+
+
+def counting_cpu() -> Hardware:
+    """This CPU with room for any model: the counting model's layout always fits, and the threads
+    it sets when ``OMP_NUM_THREADS`` is unset are this machine's (as a run's), so ``--measure`` times
+    what a run would."""
+    from lm_eval_ext.plan.detect import num_cpu_cores
+
+    return describe_hardware("", cpu_ram_bytes=2**50, num_cpu_cores=num_cpu_cores())
 
 
 def _require_tokenizer(model_args: Mapping[str, str]) -> None:
