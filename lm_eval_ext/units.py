@@ -1,4 +1,5 @@
 """PURE: memory sizes: ``"20GiB"``, ``"24GB"``, ``"80G"`` <-> bytes. Bytes are ints everywhere inside.
+Durations: ``"2h"``, ``"1h30m"``, ``"90m"``, ``"02:00:00"`` (SLURM's spelling) <-> seconds.
 
 Binary units (KiB, MiB, GiB, TiB) are powers of 1024; decimal units (KB, MB, GB, TB) powers of
 1000, as vendors label cards. A bare letter (``"80G"``) follows accelerate's ``max_memory``
@@ -66,3 +67,38 @@ def format_bytes(num_bytes: int) -> str:
             value = num_bytes / factor
             return f"{value:.1f} {unit}" if value < 100 else f"{value:.0f} {unit}"
     return f"{num_bytes} B"
+
+
+_DURATION_UNITS = {"d": 86400, "h": 3600, "m": 60, "s": 1}
+_DURATION = re.compile(r"^(?:(\d+(?:\.\d*)?)\s*([dhms]))+$")
+_DURATION_PART = re.compile(r"(\d+(?:\.\d*)?)\s*([dhms])")
+_CLOCK = re.compile(r"^(?:(\d+)-)?(\d+)(?::(\d{1,2}))?(?::(\d{1,2}))?$")
+
+
+def parse_duration(text: str, *, what: str = "--time-limit") -> float:
+    """``"2h"`` -> 7200.0; also ``1h30m``, ``90m``, ``45s``, a bare number of seconds, and SLURM's
+    ``MM:SS``, ``HH:MM:SS``, ``D-HH[:MM[:SS]]``. Raises :class:`UserError` naming ``what`` on anything else."""
+    spelled = str(text).strip().lower().replace(" ", "")
+    seconds: float | None = None
+    if re.fullmatch(r"\d+(?:\.\d*)?", spelled):
+        seconds = float(spelled)
+    elif _DURATION.match(spelled):
+        seconds = sum(float(n) * _DURATION_UNITS[u] for n, u in _DURATION_PART.findall(spelled))
+    elif (clock := _CLOCK.match(spelled)) is not None and (":" in spelled or "-" in spelled):
+        days, first, second, third = clock.groups()
+        if days is None and third is None:  # SLURM: MM:SS
+            seconds = int(first) * 60 + int(second)
+        else:  # HH:MM:SS, or after D-: HH[:MM[:SS]]
+            seconds = int(days or 0) * 86400 + int(first) * 3600 + int(second or 0) * 60 + int(third or 0)
+    if seconds is None or seconds <= 0:
+        raise UserError(f"{what} {text!r} is not a duration; write e.g. 2h, 1h30m, 90m, 3600 (seconds) or 02:00:00")
+    return seconds
+
+
+def format_duration(seconds: float) -> str:
+    """Seconds -> ``4.2 s``, ``12 min``, ``3.5 h``: the unit a person reads a bill in."""
+    if seconds < 60:
+        return f"{seconds:.1f} s"
+    if seconds < 3600:
+        return f"{seconds / 60:.1f} min"
+    return f"{seconds / 3600:.1f} h"

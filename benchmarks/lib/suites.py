@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 ALL_SCENARIOS = ("hf-suite", "data-parallel", "cache", "demo-cache", "gsm8k", "generation", "generate-batch", "vllm",
                  "planner", "compare-hf",
                  "compare-vllm", "real-tasks", "forward-ceiling", "engine-ceiling", "plan-latency",
-                 "vllm-block-bound", "vllm-prefix-cache-cost", "vllm-mc", "vllm-profile")
+                 "vllm-block-bound", "vllm-prefix-cache-cost", "vllm-mc", "vllm-profile", "estimate")
 #: for suites with a time bound (cpu-quick: 10 minutes, gpu: one device call): compare-hf runs
 #: stock at several batch sizes per task, three times each; compare-vllm restarts stock's Ray
 #: engines per request type (minutes per repetition); the ceiling, plan-latency and vLLM cost

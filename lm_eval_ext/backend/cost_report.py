@@ -16,7 +16,10 @@ with 4-token answers. Stock computes 4 x 185 = 740 prompt tokens; at least 160 (
 + 4 x 25 (each choice from token 160 on) = 260 must be computed, so the bound is 740 / 260 = 2.85x.
 
 Engine calls mix tasks, so their wall time is apportioned to tasks by a weight per task (hf: useful
-tokens; vLLM: computed tokens); request and token counts per task are exact.
+tokens; vLLM: computed tokens); request and token counts per task are exact, and so are hf's
+computed tokens, which its engine attributes itself (``computed_by_task``: its rows and prefixes, as
+``token_count`` counts them). Each entry also carries the estimate the run started from
+(``estimated_*``, see :mod:`lm_eval_ext.estimate.ledger`), next to what it measured.
 Reached through each adapter's ``get_model_info()["cost_report"]``, which lm-eval copies into
 ``results["config"]`` after evaluation.
 """
@@ -71,6 +74,9 @@ class CostEntry:
     decode_tokens: float = 0.0
     decode_steps: int = 0
     live_row_steps: int = 0
+    estimated_tokens: float | None = None
+    estimated_s: float | None = None
+    estimate_source: str | None = None
 
     @property
     def mean_live_rows(self) -> float:
@@ -105,6 +111,8 @@ class CostEntry:
         out["bound_reached"] = None if self.bound_reached is None else round(self.bound_reached, 4)
         out["fallback_requests"] = sum(self.fallbacks.values())
         out["tokens_per_s"] = round(self.tokens_per_s, 1)
+        for key in ("estimated_tokens", "estimated_s"):
+            out[key] = None if out[key] is None else round(out[key], 2)
         if self.decode_steps:
             out["prefill_tokens"], out["decode_tokens"] = round(self.prefill_tokens), round(self.decode_tokens)
             out["mean_live_rows"] = round(self.mean_live_rows, 2)
@@ -149,8 +157,10 @@ class CostReport:
         computed_tokens: int,
         padded_tokens: int,
         requests_by_task: Mapping[str, int],
+        computed_by_task: Mapping[str, float] | None = None,
     ) -> None:
-        """Apportion one batch's cost to its tasks by their share of its useful tokens."""
+        """Apportion one batch's cost to its tasks by their share of its useful tokens
+        (computed tokens as ``computed_by_task`` says, when given)."""
         total_useful = sum(useful_by_task.values()) or 1
         for task, useful in useful_by_task.items():
             share = useful / total_useful
@@ -158,8 +168,18 @@ class CostReport:
             entry.num_requests += requests_by_task.get(task, 0)
             entry.useful_tokens += useful
             entry.wall_s += wall_s * share
-            entry.tokens_computed += computed_tokens * share
-            entry.padded_tokens += padded_tokens * share
+            if computed_by_task is None:
+                entry.tokens_computed += computed_tokens * share
+                entry.padded_tokens += padded_tokens * share
+            else:  # the padding (never negative) by useful tokens, on top of the task's own computed tokens
+                entry.tokens_computed += computed_by_task.get(task, 0.0)
+                entry.padded_tokens += computed_by_task.get(task, 0.0) + (padded_tokens - computed_tokens) * share
+
+    def set_estimate(self, task: str, request_type: str, *, tokens: float, seconds: float | None,
+                     source: str | None) -> None:
+        """The estimate this (task, request type) started from."""
+        entry = self.entry(task, request_type)
+        entry.estimated_tokens, entry.estimated_s, entry.estimate_source = tokens, seconds, source
 
     def add_generation(self, task: str, request_type: str, *, num_requests: int, useful_tokens: int,
                        computed_tokens: float, wall_s: float, prefill_tokens: float, decode_tokens: float,

@@ -74,6 +74,7 @@ class RequestFront:
     up. ``rank`` is ``(rank, world_size)``, for the log line that says what this rank got.
     ``sampling_seed(request)``: the seed a sampled request is drawn from when the backend draws it
     reproducibly (then it is cached under that seed and its occurrence), else None.
+    ``on_call_done(request_type, wall_s)`` hears each finished computation's seconds.
     """
 
     def __init__(self, cache: RequestCache, compute: Mapping[RequestType, Callable[[Call], list | None]], *,
@@ -82,10 +83,11 @@ class RequestFront:
                  any_rank: Callable[[bool], bool] = lambda flag: flag,
                  progress: Callable[[RequestType, int, bool], Progress] = _no_progress,
                  rank: Callable[[], tuple[int, int]] = lambda: (0, 1),
-                 sampling_seed: Callable[[Any], int | None] = lambda request: None) -> None:
+                 sampling_seed: Callable[[Any], int | None] = lambda request: None,
+                 on_call_done: Callable[[RequestType, float], None] = lambda request_type, wall_s: None) -> None:
         self.cache = cache
         self._sampling_seed = sampling_seed
-        self._compute, self._prepare = dict(compute), prepare
+        self._compute, self._prepare, self._on_call_done = dict(compute), prepare, on_call_done
         self._is_collective, self._any_rank, self._progress, self._rank = is_collective, any_rank, progress, rank
 
     def answer(self, request_type: RequestType | str, requests: list, *, disable_tqdm: bool = False,
@@ -130,7 +132,9 @@ class RequestFront:
             finally:
                 sink.flush()  # results that arrived before an exception are kept
                 call.progress.close()
-            self.cache.stats.add_computed(todo, request_type.value, time.perf_counter() - started_s)
+            wall_s = time.perf_counter() - started_s
+            self.cache.stats.add_computed(todo, request_type.value, wall_s)
+            self._on_call_done(request_type, wall_s)
             for index, value in zip(misses, values, strict=True):
                 results[index] = value
         if self.cache.mode.reads:

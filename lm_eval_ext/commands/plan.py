@@ -5,6 +5,12 @@ Examples::
     lm-eval-ext plan --model_args pretrained=Qwen/Qwen2.5-14B --gpus 24GiB,24GiB
     lm-eval-ext plan --model_args pretrained=./llama-70b,dtype=bfloat16 --gpus 8x80GiB --nodes 2 \\
         --backend vllm --json
+    lm-eval-ext plan --model_args pretrained=HuggingFaceTB/SmolLM2-135M --tasks mmlu,gsm8k --limit 100 \\
+        --time-limit 2h
+
+With ``--tasks`` the plan also carries the bill: every task's requests, tokens, time and memory on
+the planned layout (:mod:`lm_eval_ext.bill.estimate`; that needs the tokenizer, still no weights
+unless ``--measure``).
 """
 
 from __future__ import annotations
@@ -29,7 +35,8 @@ PASSED_KEYS = ("batch_size", "max_batch_size", "max_length", "device", "tokenize
                "softmax_dtype", "parallelize", "offload_folder", "peft", "delta", "gguf_file",
                "think_end_token", "enable_thinking", "attn_implementation", "seed", "swap_space",
                "enforce_eager", "max_num_seqs", "quantization", "lora_local_path", "distributed_executor_backend",
-               "enable_prefix_caching", "score_with_prefix_cache")
+               "enable_prefix_caching", "score_with_prefix_cache", "cache", "cache_dir", "share_contexts",
+               "max_batch_tokens", "prompt_lookup_num_tokens", "block_size")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -47,6 +54,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--activation_tokens", type=int, default=4096,
                         help="tokens in flight per forward pass, sizes the headroom (default 4096)")
     parser.add_argument("--json", action="store_true", help="print the plan as one JSON object")
+    parser.add_argument("--tasks", default=None,
+                        help="lm-eval tasks, comma-separated: also estimate their requests, tokens, time and memory")
+    parser.add_argument("--limit", default=None, help="documents per task (as lm_eval --limit; <1: a fraction)")
+    parser.add_argument("--num_fewshot", type=int, default=None, help="few-shot examples (as lm_eval --num_fewshot)")
+    parser.add_argument("--fewshot_seed", type=int, default=None,
+                        help="few-shot sampler seed (as the fourth value of lm_eval --seed; default lm-eval's 1234)")
+    parser.add_argument("--include_path", action="append", default=None,
+                        help="a folder of task YAMLs (repeat the flag for several)")
+    parser.add_argument("--measure", action="store_true",
+                        help="with --tasks: load the model once and time a few real batches (about 30 s)")
+    parser.add_argument("--time-limit", "--time_limit", dest="time_limit", default=None,
+                        help="with --tasks: does the run fit, e.g. 2h, 90m, 02:00:00 (a bare number is seconds)")
 
 
 def parse_model_args(text: str) -> dict[str, str]:
@@ -118,6 +137,7 @@ def main(args: argparse.Namespace) -> int:
     from lm_eval_ext.plan.planner import plan
 
     model_args = parse_model_args(args.model_args)
+    bill_request = build_bill_request(args)
     trust = model_args.get("trust_remote_code", "false").lower() in ("true", "1", "yes")
     facts = load_model_facts(model_args["pretrained"], model_args.get("dtype", "auto"),
                              revision=model_args.get("revision"), subfolder=model_args.get("subfolder", ""),
@@ -125,6 +145,11 @@ def main(args: argparse.Namespace) -> int:
     hardware = _hardware(args)
     request = build_request(args, model_args)
     result = plan(facts, hardware, request)
+    bill = None
+    if bill_request is not None:
+        from lm_eval_ext.bill.estimate import make_bill
+
+        bill = make_bill(bill_request, model_args=model_args, facts=facts, hardware=hardware, plan=result)
     if args.json:
         payload = {**result.to_json(), "model": facts.to_json(), "hardware": hardware.describe(),
                    "launch": launch_hint(result, model_args["pretrained"], hardware.num_nodes),
@@ -136,10 +161,49 @@ def main(args: argparse.Namespace) -> int:
             from lm_eval_ext.vllm.build import vllm_build_json
 
             payload["build"] = vllm_build_json(facts, hardware, model_args, request)
+        if bill is not None:
+            payload["estimate"] = bill
         _write(json.dumps(payload, indent=2) + "\n")
     else:
         _write(render(result, facts.name, hardware, model_args["pretrained"]))
+        if bill is not None:
+            from lm_eval_ext.bill.render import render_bill
+
+            _write(render_bill(bill))
     return 0
+
+
+def build_bill_request(args: argparse.Namespace):
+    """The bill's request from ``--tasks`` and its companions, checked before anything loads (None
+    without ``--tasks``)."""
+    from lm_eval_ext.units import parse_duration
+
+    time_limit_s = parse_duration(args.time_limit) if args.time_limit is not None else None
+    if not args.tasks:
+        given = [flag for flag, value in (("--measure", args.measure), ("--time-limit", args.time_limit),
+                                           ("--limit", args.limit), ("--num_fewshot", args.num_fewshot),
+                                           ("--fewshot_seed", args.fewshot_seed is not None)) if value]
+        if given:
+            raise UserError(f"{given[0]} estimates a workload: add --tasks TASK[,TASK...]")
+        return None
+    from lm_eval_ext.bill.estimate import BillRequest
+
+    tasks = tuple(t.strip() for t in args.tasks.split(",") if t.strip())
+    return BillRequest(tasks=tasks, limit=_limit(args.limit), num_fewshot=args.num_fewshot,
+                       fewshot_seed=args.fewshot_seed, include_paths=tuple(args.include_path or ()),
+                       measure=args.measure, time_limit_s=time_limit_s, activation_tokens=args.activation_tokens)
+
+
+def _limit(text: str | None) -> int | float | None:
+    if text is None:
+        return None
+    try:
+        value = float(text)
+    except ValueError:
+        raise UserError(f"--limit {text!r} must be a number of documents (or a fraction below 1)") from None
+    if value <= 0:
+        raise UserError(f"--limit {text} must be positive")
+    return value if value < 1 else int(value)
 
 
 def hf_build_descriptions(plan: Plan, hardware, model_args: dict[str, str]) -> list[dict[str, Any]]:

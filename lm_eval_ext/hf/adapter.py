@@ -17,11 +17,14 @@ from typing import Any
 
 from lm_eval_ext.backend.call import RequestType
 from lm_eval_ext.backend.front import RequestFront
+from lm_eval_ext.cache.fingerprint import fingerprint
 from lm_eval_ext.cache.request_cache import RequestCache
 from lm_eval_ext.compat import hflm_accelerator, require
+from lm_eval_ext.estimate.run_record import RunEstimate
 from lm_eval_ext.hf.config import HfExtConfig
 from lm_eval_ext.hf.dist import prefer_cpu_collectives, release_process_group_at_exit
 from lm_eval_ext.logs import share_lm_eval_handlers
+from lm_eval_ext.plan.hardware import Hardware
 from lm_eval_ext.plan.launch_env import export_torch_names
 from lm_eval_ext.plan.layout import build_layout
 
@@ -59,6 +62,10 @@ class ModelState(enum.Enum):
 class HfExtLM(HFLM):
     """Transformers backend for lm-eval-ext; a drop-in for ``hf`` (same model_args spellings)."""
 
+    #: the machine the layout is planned on; None: this one (``plan --tasks`` counts with a subclass
+    #: planned on a described CPU, so a model sized for GPUs elsewhere still tokenises here)
+    plan_hardware: Hardware | None = None
+
     def __init__(self, **model_args: Any) -> None:
         self._init_model_args = dict(model_args)  # as given: the fast path's memo key is made of them
         share_lm_eval_handlers()
@@ -72,7 +79,7 @@ class HfExtLM(HFLM):
         self._create_kwargs: dict = {}
         self._deferred_load: tuple[tuple, dict] | None = None
         self._cache_mode = cache.mode
-        self._layout = build_layout(config)  # the build description (plan.build); a dry run stops here
+        self._layout = build_layout(config, hardware=self.plan_hardware)  # the build description (plan.build); a dry run stops here
         if self._layout.launch is not None:  # hand-started ranks: a bounded, announced rendezvous
             join_process_group(self._layout.launch)
         super().__init__(**self._layout.hflm_kwargs)
@@ -82,6 +89,10 @@ class HfExtLM(HFLM):
             max_batch_tokens=config.max_batch_tokens, share_contexts=config.share_contexts,
             prompt_lookup_num_tokens=config.prompt_lookup_num_tokens, strategy=self._layout.strategy_name,
         ))
+        self.run_estimate = RunEstimate("hf", self._fingerprint_or_none, device=self._layout.device or "cpu",
+                                        num_replicas=self.world_size)
+        self.engine.on_counted = self.run_estimate.counted
+        self.engine.expected_generated = self.run_estimate.expected_generated
         self.front = RequestFront(cache, self._computations(), prepare=self.load_weights,
                                   is_collective=self._is_collective, any_rank=self._any_rank,
                                   progress=self._progress_bar, rank=lambda: (self.rank, self.world_size),
@@ -205,6 +216,10 @@ class HfExtLM(HFLM):
     def _model_identity(self):
         return hf_cache.model_identity(self, self._create_kwargs)
 
+    def _fingerprint_or_none(self) -> str | None:
+        """The request cache's fingerprint (computed here when the cache is off): the history's model key."""
+        return self.request_cache.fingerprint or fingerprint(self._model_identity())
+
     def request_cache_report(self) -> dict:
         report = self.request_cache.report(rank=self.rank, world_size=self.world_size)
         report["model_loaded"] = self.model_loaded
@@ -216,6 +231,7 @@ class HfExtLM(HFLM):
         info["data_parallel_size"] = self.world_size
         info.update(self._layout.model_info())
         info["request_cache"] = self.request_cache_report()
+        info["estimate_vs_actual"] = self.run_estimate.finish(self.engine.cost_report, rank=self.rank)
         info["cost_report"] = self.engine.cost_report.as_dict()
         self.engine.cost_report.log()
         hf_cache.write_fast_path_memo(self, self._init_model_args, info)

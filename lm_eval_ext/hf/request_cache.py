@@ -82,7 +82,8 @@ def write_fast_path_memo(lm: Any, model_args: dict, model_info: dict) -> None:
                       for kind in ("pad", "eos", "bos") for suffix in ("", "_id")},
         "eot_token_id": lm.eot_token_id,
         "max_length": int(lm.max_length),
-        "model_info": {k: v for k, v in model_info.items() if k not in {"request_cache", "cost_report"}},
+        "model_info": {k: v for k, v in model_info.items()
+                       if k not in {"request_cache", "cost_report", "estimate_vs_actual"}},
     })
 
 

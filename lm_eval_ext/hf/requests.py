@@ -57,7 +57,7 @@ def loglikelihood_rolling(lm: Any, call: Call) -> None:
 
 
 @dataclass(frozen=True)
-class _Generation:
+class Generation:
     """One request's generation settings, read the way stock ``HFLM.generate_until`` reads them."""
 
     prompt: list[int]
@@ -87,7 +87,7 @@ def generation_options(lm: Any, gen_kwargs: Any, eos: str) -> tuple[dict, list[s
     return kwargs, until, max_gen_toks
 
 
-def _prepare_generation(lm: Any, context: str, gen_kwargs: Any, eos: str) -> _Generation:
+def prepare_generation(lm: Any, context: str, gen_kwargs: Any, eos: str) -> Generation:
     kwargs, until, max_gen_toks = generation_options(lm, gen_kwargs, eos)
     max_ctx_len = lm.max_length - max_gen_toks
     if max_ctx_len <= 0:  # stock raises a ValueError with a traceback here
@@ -100,7 +100,7 @@ def _prepare_generation(lm: Any, context: str, gen_kwargs: Any, eos: str) -> _Ge
         logger.warning("`max_length` in generation kwargs. Please use `max_gen_toks` instead.")
     max_new = kwargs.pop("max_length", len(prompt) + max_gen_toks) - len(prompt)
     _check_generate_options(kwargs)
-    return _Generation(prompt, max_new, until, kwargs)
+    return Generation(prompt, max_new, until, kwargs)
 
 
 @functools.cache
@@ -141,7 +141,7 @@ def sampling_seed(lm: Any, instance: Any) -> int | None:
     return seed if isinstance(seed, int) and not isinstance(seed, bool) else torch.initial_seed()
 
 
-def _engine_request(lm: Any, call: Call, index: int, generation: _Generation) -> GenerationRequest:
+def _engine_request(lm: Any, call: Call, index: int, generation: Generation) -> GenerationRequest:
     sampling, seed = None, None
     if generation.options.get("do_sample"):
         config = lm.model.generation_config
@@ -173,7 +173,7 @@ def generated_text(lm: Any, tokens: Sequence[int], until: list[str]) -> str:
 
 def generate_until(lm: Any, call: Call) -> None:
     eos = end_of_text(lm)
-    prepared = [_prepare_generation(lm, instance.args[0], instance.args[1], eos) for instance in call.requests]
+    prepared = [prepare_generation(lm, instance.args[0], instance.args[1], eos) for instance in call.requests]
     engine_requests, stock = [], []
     for index, generation in enumerate(prepared):
         if lm.engine.handles_generation(generation.options):
@@ -195,7 +195,7 @@ def generate_until(lm: Any, call: Call) -> None:
         call.batch_done()
 
 
-def _stock_generate(lm: Any, generation: _Generation) -> list[int]:
+def _stock_generate(lm: Any, generation: Generation) -> list[int]:
     """Stock ``HFLM._model_generate`` on one prompt (stock at ``batch_size=1``)."""
     import torch
     from lm_eval.models.huggingface import HFLM

@@ -21,11 +21,14 @@ from lm_eval_ext.backend.call import Call, RequestType
 from lm_eval_ext.backend.cost_report import CostReport
 from lm_eval_ext.backend.front import RequestFront
 from lm_eval_ext.backend.lm_requests import encode_pairs
+from lm_eval_ext.cache.fingerprint import fingerprint
 from lm_eval_ext.cache.request_cache import RequestCache
 from lm_eval_ext.compat import require
 from lm_eval_ext.errors import ConfigError
+from lm_eval_ext.estimate.run_record import RunEstimate
 from lm_eval_ext.vllm.request_cache import vllm_identity, vllm_label
 from lm_eval_ext.lm_args import EvaluatorArgsChecked
+from lm_eval_ext.plan.hardware import Hardware
 from lm_eval_ext.plan.launch_env import read_launch_env
 from lm_eval_ext.vllm.build import VllmBuild
 from lm_eval_ext.vllm.config import AUTO, VllmExtConfig
@@ -35,6 +38,9 @@ from lm_eval_ext.vllm.prepare import (  # construction steps, moved there (tests
 )
 from lm_eval_ext.vllm.shards import NodeShards
 from lm_eval_ext.vllm.sizes import VllmSizes
+from lm_eval_ext.vllm.token_count import (
+    count_vllm_generation, count_vllm_scoring, documents_as_requests, scoring_settings,
+)
 
 require("vllm", "vllm")
 
@@ -65,6 +71,10 @@ class VllmExtLM(EvaluatorArgsChecked, VLLM):
     cache first; with a cache to read, the engine starts on the first miss, so a fully cached run
     starts none."""
 
+    #: the machine the sizes are planned on; None: this one (``plan --tasks`` counts with a subclass
+    #: planned on the plan's machine, described or detected, without starting an engine)
+    plan_hardware: Hardware | None = None
+
     def __init__(self, **model_args: Any) -> None:
         config = VllmExtConfig.from_model_args(model_args)
         cache = RequestCache(config.cache, config.cache_dir, identity=lambda: vllm_identity(self),
@@ -78,7 +88,7 @@ class VllmExtLM(EvaluatorArgsChecked, VLLM):
         if config.is_server_mode:
             self.sizes = _server_sizes(config)
         else:
-            self.build = plan_build(config)
+            self.build = plan_build(config, hardware=self.plan_hardware)
             self.sizes = self.build.sizes  # a dry run has stopped in plan_build, the description complete
             check_buildable_here(self.build)
         self.node_shards = NodeShards.join(read_launch_env())  # one lm_eval process per node
@@ -94,9 +104,14 @@ class VllmExtLM(EvaluatorArgsChecked, VLLM):
         else:
             self._planned_model_config = planned_model_config(config, self.sizes)
             self._max_length = self._checked_max_length(self._planned_model_config.max_model_len)
+        on_gpus = self.build is not None and self.build.plan is not None and self.build.plan.device == "cuda"
+        self.run_estimate = RunEstimate("vllm-server" if config.is_server_mode else "vllm", self._fingerprint_or_none,
+                                        device="cuda" if on_gpus else "cpu",
+                                        num_replicas=self.sizes.data_parallel_size * self.world_size)
         self.front = RequestFront(cache, {RequestType.LOGLIKELIHOOD: self._score, RequestType.ROLLING: self._score_rolling,
                                           RequestType.GENERATE: self._generate},
-                                  prepare=lambda: self.engine, rank=lambda: (self.rank, self.world_size))
+                                  prepare=lambda: self.engine, rank=lambda: (self.rank, self.world_size),
+                                  on_call_done=lambda kind, wall_s: self.run_estimate.call_done(kind.value, wall_s))
         if not cache.mode.reads:
             self.engine  # noqa: B018  (nothing to read first: start it now)
 
@@ -213,22 +228,41 @@ class VllmExtLM(EvaluatorArgsChecked, VLLM):
         from lm_eval_ext.vllm.scoring import score_requests
 
         pairs = encode_pairs(self, call.requests)
+        self.run_estimate.counted(call.request_type.value, count_vllm_scoring(
+            pairs, [call.task_of(i) for i in range(len(pairs))], max_length=self.max_length, **scoring_settings(self)))
         score_requests(self, [(r.args, ctx, cont) for r, (ctx, cont) in zip(call.requests, pairs)],
                        call.result, call.batch_done, tasks=[call.task_of(i) for i in range(len(call.requests))])
 
     def _score_rolling(self, call: Call) -> None:
         from lm_eval_ext.vllm.scoring import rolling_loglikelihoods
 
-        rolling_loglikelihoods(self, call)
+        def count(windows: list, owner: list[int]) -> None:
+            counts = count_vllm_scoring(windows, [call.task_of(d) for d in owner], max_length=self.max_length,
+                                        **scoring_settings(self))
+            self.run_estimate.counted(call.request_type.value, documents_as_requests(counts, call))
+
+        rolling_loglikelihoods(self, call, on_windows=count)
 
     def _generate(self, call: Call) -> None:
         from lm_eval_ext.vllm.generation import generate_texts
 
-        generate_texts(self, call)
+        def count(prepared: list) -> None:
+            tasks = [call.task_of(i) for i in range(len(prepared))]
+            budgets = [params.max_tokens for _, params, _ in prepared]
+            self.run_estimate.counted(call.request_type.value, count_vllm_generation(
+                [tokens for tokens, _, _ in prepared], budgets, tasks,
+                [self.run_estimate.expected_generated(t, b) for t, b in zip(tasks, budgets)],
+                block_size=scoring_settings(self)["block_size"], prefix_caching=self.ext_config.enable_prefix_caching))
+
+        generate_texts(self, call, on_prepared=count)
 
     @property
     def request_cache(self) -> RequestCache:
         return self.front.cache
+
+    def _fingerprint_or_none(self) -> str | None:
+        """The request cache's fingerprint (computed here when the cache is off): the history's model key."""
+        return self.request_cache.fingerprint or fingerprint(vllm_identity(self))
 
     def request_cache_report(self) -> dict:
         report = self.request_cache.report(rank=self.rank, world_size=self.world_size)
@@ -245,6 +279,7 @@ class VllmExtLM(EvaluatorArgsChecked, VLLM):
             "engine_starts": self.num_engine_starts,
             "model_name": self.ext_config.pretrained,
             "request_cache": self.request_cache_report(),
+            "estimate_vs_actual": self.run_estimate.finish(rank=self.rank),
             "cost_report": self.cost_report.as_dict(),
         }
         if self.ext_config.base_url:

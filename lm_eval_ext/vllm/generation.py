@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import time
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from lm_eval_ext.backend.gen_kwargs import check_gen_kwargs
@@ -54,7 +54,8 @@ def prepare_generation(lm: Any, encoding: list[int], gen_kwargs: dict, eos: str)
     return tokens, params, until
 
 
-def generate_texts(lm: Any, call: Any) -> None:
+def generate_texts(lm: Any, call: Any, on_prepared: Callable[[list], None] | None = None) -> None:
+    """``on_prepared`` sees each request's ``(prompt tokens, SamplingParams, stops)`` before the engine runs."""
     from lm_eval.models.utils import postprocess_generated_text
 
     requests = call.requests
@@ -62,6 +63,8 @@ def generate_texts(lm: Any, call: Any) -> None:
     encodings = lm.tok_encode(contexts) if contexts else []
     eos = end_of_text(lm)
     prepared = [prepare_generation(lm, enc, request.args[1], eos) for enc, request in zip(encodings, requests)]
+    if on_prepared is not None:
+        on_prepared(prepared)
     order = sorted(range(len(requests)), key=lambda i: (-len(encodings[i]), contexts[i]))  # stock's Collator
     for chunk in chunked(order, lm.batch_size):
         prompts, params = [prepared[i][0] for i in chunk], [prepared[i][1] for i in chunk]

@@ -232,14 +232,16 @@ def chunked(order: list[int], batch_size: int | str) -> list[list[int]]:
     return [order[start:start + size] for start in range(0, len(order), max(size, 1))]
 
 
-def rolling_loglikelihoods(lm: Any, call: Any) -> None:
+def rolling_loglikelihoods(lm: Any, call: Any, on_windows: Callable[[list, list[int]], None] | None = None) -> None:
     """Stock ``VLLM.loglikelihood_rolling``: disjoint windows of ``max_length - 2`` tokens (1 for
     context, 1 for generation), each document's window scores summed in window order; a document is
-    reported as soon as its last window is scored."""
+    reported as soon as its last window is scored. ``on_windows(windows, owner)`` sees them first."""
     from lm_eval_ext.backend.lm_requests import RollingDocuments, rolling_windows
 
     documents = RollingDocuments([rolling_windows(lm, instance.args[0], lm.max_length - 2)
                                   for instance in call.requests], on_total=call.result)
+    if on_windows is not None:
+        on_windows(documents.windows, documents.owner)
     documents.report_empty()
     tasks = [call.task_of(doc) for doc in documents.owner]
     score_requests(lm, [(None, *window) for window in documents.windows], documents.scored, call.batch_done,

@@ -43,3 +43,27 @@ def test_format_round_trips_within_rounding(num_bytes):
 def test_format_examples():
     assert format_bytes(24 * GiB) == "24.0 GiB"
     assert format_bytes(512) == "512 B"
+
+
+@pytest.mark.parametrize("text, seconds", [("2h", 7200), ("1h30m", 5400), ("90m", 5400), ("45s", 45), ("0.5h", 1800),
+                                           ("3600", 3600), ("02:00:00", 7200), ("30:00", 1800), ("1-00:00", 86400),
+                                           ("1-2", 93600)])
+def test_durations_in_the_spellings_people_and_slurm_use(text, seconds):
+    from lm_eval_ext.units import parse_duration
+
+    assert parse_duration(text) == seconds
+
+
+@pytest.mark.parametrize("text", ["soon", "2x", "", "0", "h", "1-", "::", "1:2:3:4", "-5"])
+def test_duration_garbage_is_one_line_naming_the_flag(text):
+    from lm_eval_ext.units import parse_duration
+
+    with pytest.raises(UserError) as failure:
+        parse_duration(text)
+    assert str(failure.value).startswith(f"--time-limit {text!r} is not a duration; write e.g. 2h")
+
+
+def test_format_duration_picks_the_unit():
+    from lm_eval_ext.units import format_duration
+
+    assert (format_duration(4.24), format_duration(720), format_duration(12600)) == ("4.2 s", "12.0 min", "3.5 h")

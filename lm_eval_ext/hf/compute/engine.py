@@ -29,6 +29,7 @@ import torch
 
 from lm_eval_ext.backend.call import Call
 from lm_eval_ext.backend.cost_report import CostReport
+from lm_eval_ext.backend.work import TokenCount
 from lm_eval_ext.hf.compute.budget import Budgets
 from lm_eval_ext.hf.compute.continuous import ContinuousGenerator, RowSampler
 from lm_eval_ext.hf.compute.generation import eos_token_ids, greedy_generate, is_plain_greedy, is_plain_sampling
@@ -39,11 +40,13 @@ from lm_eval_ext.hf.compute.probe import ProbeCache
 from lm_eval_ext.hf.compute.scoring import ModelParts, score_batch, split_model
 from lm_eval_ext.hf.policy.batching import (
     DEFAULT_ROW_TOKENS, Batch, GenerationRequest, ScoreRequest, lowered_budget, pack_batches, pack_generation,
-    pack_rows, split_batch,
+    split_batch,
 )
-from lm_eval_ext.hf.policy.families import Family, split_families
 from lm_eval_ext.hf.policy.gen_families import GenerationFamily, generation_families
 from lm_eval_ext.hf.policy.generation_rows import GenerationLedger, generation_rows
+from lm_eval_ext.hf.policy.token_count import (
+    count_generation, count_scoring, prefix_tokens_by_task, row_tokens_by_task, scoring_layout,
+)
 from lm_eval_ext.hf.policy.prompt_lookup import DEFAULT_DRAFT_TOKENS
 
 #: see ``continuous.py``: a prompt this long is prefilled in pieces between decode steps
@@ -77,6 +80,11 @@ class ScoringEngine:
         self.cost_report = CostReport()
         self.prefixes = PrefixStore()
         self._prefix_tokens_accounted = 0
+        self._prefix_by_task: dict[tuple[int, ...], dict[str, float]] = {}
+        #: told each call's counted work before it is computed (the run's estimate, ``estimate/ledger.py``)
+        self.on_counted: Callable[[str, dict[str, TokenCount]], None] = lambda kind, counts: None
+        #: a task's expected generation length for that count (the run history's, else half the budget)
+        self.expected_generated: Callable[[str, int], float] = lambda task, budget: budget / 2
         self._parts: ModelParts | None = None
         self._slots_refused: str | None = None
 
@@ -100,20 +108,9 @@ class ScoringEngine:
         if not requests:  # under data parallel an empty-handed rank still joins the budget agreement
             self.budgets.join_agreement(kind)
             return
-        share = self.settings.share_contexts and self.parts.supports_tree_mask
-        families = (split_families(requests) if share and supports_prefix(self.parts)
-                    else [Family((), tuple(requests))])
-        packed = [(f.prefix, pack_rows(f.requests, row_tokens=self.settings.row_tokens, share=share))
-                  for f in families]
-        rows = [row for _, family_rows in packed for row in family_rows]
-        scored = sum(len(r.continuation_tokens) for r in requests)
-        widest = max(packed, key=lambda entry: max(len(r) for r in entry[1]))
-        stats = {"rows": widest[1], "prefix": widest[0], "row_tokens": max(len(r) for r in rows),
-                 "scored_fraction": scored / max(1, sum(len(r) for r in rows))}
-        call.budget_tokens, call.max_batch_requests = self.budgets.limits(kind, stats, self.score_batch)
-        queue = deque(batch for prefix, family_rows in packed
-                      for batch in pack_batches(family_rows, max_batch_tokens=call.budget_tokens,
-                                                max_batch_requests=call.max_batch_requests, prefix=prefix))
+        share = self.sharing()[0]
+        batches, call.budget_tokens, call.max_batch_requests = self.pack_call(kind, requests, tasks)
+        queue = deque(batches)
         reset_peaks()
         try:
             num_ooms = drain(queue, self.score_batch, on_oom=functools.partial(self._split_scoring, call, share),
@@ -122,6 +119,31 @@ class ScoringEngine:
             self.prefixes.clear()  # a prefix's KV lives for its call only
         self.cost_report.finish_call(kind, sorted(set(tasks)), budget_tokens=call.budget_tokens,
                                      oom_retries=num_ooms, peak_memory_bytes=device_peaks_bytes())
+
+    def pack_call(self, kind: str, requests: Sequence[ScoreRequest], tasks: Sequence[str]
+                  ) -> tuple[list[Batch], int | None, int | None]:
+        """The call's batches, token budget and request cap; the call's count goes to ``on_counted``."""
+        share, families = self.sharing()
+        packed = scoring_layout(requests, share=share, families=families, row_tokens=self.settings.row_tokens)
+        self._prefix_by_task = {prefix: prefix_tokens_by_task(prefix, family_rows, tasks)
+                                for prefix, family_rows in packed if prefix}
+        self.on_counted(kind, count_scoring(requests, tasks, packed))
+        rows = [row for _, family_rows in packed for row in family_rows]
+        scored = sum(len(r.continuation_tokens) for r in requests)
+        widest = max(packed, key=lambda entry: max(len(r) for r in entry[1]))
+        stats = {"rows": widest[1], "prefix": widest[0], "row_tokens": max(len(r) for r in rows),
+                 "scored_fraction": scored / max(1, sum(len(r) for r in rows))}
+        budget, cap = self.budgets.limits(kind, stats, self.score_batch)
+        batches = [batch for prefix, family_rows in packed
+                   for batch in pack_batches(family_rows, max_batch_tokens=budget, max_batch_requests=cap,
+                                             prefix=prefix)]
+        return batches, budget, cap
+
+    def sharing(self) -> tuple[bool, bool]:
+        """(prefix-tree rows, few-shot families): what this model's scoring shares (``token_count``
+        counts a call with the same two flags)."""
+        share = self.settings.share_contexts and self.parts.supports_tree_mask
+        return share, share and supports_prefix(self.parts)
 
     def _split_scoring(self, call: Call, share: bool, batch: Batch, queue: deque, exc: BaseException) -> None:
         """Split the failed batch, lower the budget for the rest of the run, re-pack the rest."""
@@ -146,13 +168,19 @@ class ScoringEngine:
             on_scored(index, answer)
         prefix_tokens = self.prefixes.computed_tokens - self._prefix_tokens_accounted  # this batch's prefix, if it paid
         self._prefix_tokens_accounted = self.prefixes.computed_tokens
-        useful, counts = Counter(), Counter()
+        useful, counts, computed = Counter(), Counter(), Counter()
         for request in batch.requests():
             useful[tasks[request.index]] += request.useful_tokens
             counts[tasks[request.index]] += 1
+        for row in batch.rows:  # rows and prefixes attributed as token_count counts them
+            computed.update(row_tokens_by_task(row, tasks))
+        if prefix_tokens:
+            share = self._prefix_by_task.get(batch.prefix, {})
+            computed.update({task: tokens * prefix_tokens / max(1, len(batch.prefix)) for task, tokens in share.items()})
         self.cost_report.add_batch(call.request_type.value, useful, wall_s=wall_s,
                                    computed_tokens=batch.computed_tokens + prefix_tokens,
-                                   padded_tokens=batch.padded_tokens + prefix_tokens, requests_by_task=counts)
+                                   padded_tokens=batch.padded_tokens + prefix_tokens, requests_by_task=counts,
+                                   computed_by_task=computed)
         call.computed(batch.computed_tokens + prefix_tokens)
         call.batch_done()
 
@@ -218,6 +246,7 @@ class ScoringEngine:
         groups: dict[tuple, list[GenerationRequest]] = {}
         for request in requests:
             groups.setdefault((request.max_new_tokens, request.stop), []).append(request)
+        self._count_generation(kind, requests, tasks, families=False)
         widest = max(len(r.prompt_tokens) + r.max_new_tokens for r in requests)
         stats = {"width_tokens": widest, "scored_fraction": 1.0 / widest}
         call.budget_tokens, call.max_batch_requests = self.budgets.limits(kind, stats, self.score_batch)
@@ -238,6 +267,7 @@ class ScoringEngine:
         families = [GenerationFamily(f.prefix, tuple(requests[m].index for m in f.members))
                     for f in generation_families([r.prompt_tokens for r in requests])]
         family_of = {index: f for f, family in enumerate(families) for index in family.members}
+        self._count_generation(kind, requests, tasks, families=True)
         columns = max(len(r.prompt_tokens) - len(families[family_of[r.index]].prefix) + r.max_new_tokens
                       for r in requests)
         stats = {"width_tokens": columns, "scored_fraction": 1.0 / columns}
@@ -266,6 +296,14 @@ class ScoringEngine:
         ledger.report(self.cost_report, kind, wall_s=time.perf_counter() - started_s, stats=loop.stats)
         self.cost_report.finish_call(kind, sorted(set(tasks)), budget_tokens=call.budget_tokens,
                                      oom_retries=loop.stats.oom_retries, peak_memory_bytes=device_peaks_bytes())
+
+    def _count_generation(self, kind: str, requests: Sequence[GenerationRequest], tasks: Sequence[str], *,
+                          families: bool) -> None:
+        """The call's counted work to ``on_counted`` (``token_count.py``: the same families as the loop)."""
+        self.on_counted(kind, count_generation(
+            [r.prompt_tokens for r in requests], [r.max_new_tokens for r in requests], tasks,
+            [self.expected_generated(task, r.max_new_tokens) for r, task in zip(requests, tasks, strict=True)],
+            families=families))
 
     @staticmethod
     def _stepped(call: Call, tokens: int, stats) -> None:
