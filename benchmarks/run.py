@@ -52,6 +52,11 @@ SCENARIO_OPTIONS = {
     "rounds": "replay rounds (engine-ceiling)",
     "block_sizes": "KV block sizes, e.g. 128,32,16,8 (vllm-block-bound)",
     "data_parallel_size": "replicas of each side (compare-vllm; default 2)",
+    "repeats": "samples per question of gsm8k_cot_self_consistency (generation; lm-eval's 64 by default)",
+    "decode_rows": "live rows at which the decode rate is measured, e.g. 1,32; empty: none (generation)",
+    "sizes_gsm8k": "stock batch sizes on gsm8k (generation)",
+    "sizes_cot": "stock batch sizes on gsm8k_cot (generation)",
+    "sizes_sc": "stock batch sizes on gsm8k_cot_self_consistency (generation)",
 }
 
 

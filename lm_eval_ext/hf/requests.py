@@ -112,7 +112,7 @@ def _generate_option_names() -> frozenset[str]:
 
 def _check_generate_options(options: dict) -> None:
     """What ``model.generate`` would refuse deep inside (``model_kwargs are not used``), in one line."""
-    known = _generate_option_names()
+    known = _generate_option_names() | {"seed"}  # seed: a sampled request's own generator (policy/sampling.py)
     unknown = sorted(key for key in options if key not in known)
     if unknown:
         key = unknown[0]

@@ -28,15 +28,20 @@ def test_the_count_needs_no_engine_and_equals_what_a_run_counts(tiny_vllm_model_
     arith = counted.counts[("ext_arith_mc", "loglikelihood")]
     assert 0 < arith.computed_tokens <= arith.stock_tokens
 
-    runs = []
+    runs, reports = [], []
     for _ in range(2):
         lm = VllmExtLM(pretrained=tiny_vllm_model_path, cache="off", **ENGINE_ARGS)
         try:
             evaluate_samples(lm, task_manager, limit=LIMIT)
-            runs.append(lm.get_model_info()["estimate_vs_actual"])
+            info = lm.get_model_info()
+            runs.append(info["estimate_vs_actual"])
+            reports.append(info["cost_report"])
         finally:
             lm.close()
     first, second = runs
+    # the count models the scorer: what the engine computed (vLLM's num_cached_tokens) is what was counted
+    for task, kind in (("ext_arith_mc", "loglikelihood"), ("ext_prose_rolling", "loglikelihood_rolling")):
+        assert reports[0][f"{task}/{kind}"]["tokens_computed"] == round(counted.counts[(task, kind)].computed_tokens)
     for (task, kind), count in counted.counts.items():
         if kind != "generate_until":  # generation: the run expects half the budget, the plan the reference
             assert first[f"{task}/{kind}"]["estimated_tokens"] == pytest.approx(count.computed_tokens, abs=0.1)

@@ -46,7 +46,7 @@ _SAMPLER_FIELDS = {"typical_p": (None, 1.0), "epsilon_cutoff": (None, 0.0), "eta
 
 
 def is_plain_greedy(generation_config, kwargs: dict) -> bool:
-    if set(kwargs) - {"do_sample", "temperature"}:
+    if set(kwargs) - {"do_sample", "temperature", "seed"}:
         return False
     if kwargs.get("do_sample") or kwargs.get("temperature") not in (None, 0, 0.0):
         return False
