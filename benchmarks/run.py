@@ -57,6 +57,8 @@ SCENARIO_OPTIONS = {
     "sizes_gsm8k": "stock batch sizes on gsm8k (generation)",
     "sizes_cot": "stock batch sizes on gsm8k_cot (generation)",
     "sizes_sc": "stock batch sizes on gsm8k_cot_self_consistency (generation)",
+    "sample_checks": "self-consistency samples checked at a second token budget and/or under two ranks: "
+                     "budget,ranks (default) or empty (generation)",
 }
 
 

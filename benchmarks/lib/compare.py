@@ -118,8 +118,10 @@ def run(ctx: Context, comparison: Comparison) -> dict:
 
 
 def best_rows(comparison: Comparison, merged: dict, title: Callable[[Group], str], *,
-              timing: Timing = eval_time, candidate_label: str = "hf_ext") -> list[dict]:
-    """Per group: stock's best configuration against the candidate."""
+              timing: Timing = eval_time, candidate_label: str = "hf_ext",
+              compared: Callable[[Group], bool] = lambda group: True) -> list[dict]:
+    """Per group: stock's best configuration against the candidate; per-sample agreement where
+    ``compared(group)`` (not for sampled tasks: stock's samples follow its batch, see the notes)."""
     rows = []
     for group in comparison.groups:
         names = comparison.configs_of(group)
@@ -128,7 +130,7 @@ def best_rows(comparison: Comparison, merged: dict, title: Callable[[Group], str
             continue
         row = best_row(title(group), merged.get("steps", []), baselines=stock, candidate=comparison.candidate,
                        label_prefix=group.prefix, timing=timing, tasks=list(group.tasks), key=group.key or None,
-                       labels=("stock {best}", candidate_label))
+                       labels=("stock {best}", candidate_label), check_agreement=compared(group))
         row["baseline_label"] = f"stock {row['best_baseline'].removeprefix('hf ')}"  # stock batch_size=8
         rows.append(row)
     return rows

@@ -180,7 +180,7 @@ def estimate(ctx: Context) -> dict:
              "actual s: each task's model time in the second run; the history estimate comes from the first"]
     notes += [f"step {s['label']}: {s['error']}" for run in (first, merged) for s in run.get("steps", []) if "error" in s]
     return {"rows": [], "runs": {"run1": first, "run2": merged}, "notes": notes, "estimate_rows": rows,
-            "table_md": table,
+            "table_md": table, "figures": {"table": table},
             "verdicts": verdicts(rows, latency_s),
             "config": {"limits": task_limits, "fewshot_seed": FEWSHOT_SEED, "impl": ctx.hf_impl("hf_ext")}}
 
