@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import sys
 from pathlib import Path
 
@@ -165,6 +166,7 @@ def estimate(ctx: Context) -> dict:
     if not real_tasks.available(ctx.data_dir):
         raise Skip("real benchmark data not found (../shared/data or $BENCH_DATA_DIR)")
     work = ctx.work_dir / "estimate"
+    shutil.rmtree(work / "history", ignore_errors=True)  # a fresh history: a reused output folder keeps the last one
     include = str(real_tasks.write_tasks(ctx.data_dir, work / "tasks", subjects=SUBJECTS))
     env = dict(os.environ) | {"LM_EVAL_EXT_CACHE_DIR": str(work / "history"), "HF_HUB_OFFLINE": "1",
                               "HF_DATASETS_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "PYTHONPATH": str(ROOT)}
