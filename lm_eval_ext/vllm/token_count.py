@@ -64,11 +64,10 @@ class PrefixCache:
 
 
 def count_vllm_scoring(pairs: Sequence[tuple[Sequence[int], Sequence[int]]], tasks: Sequence[str], *,
-                       max_length: int, block_size: int, batch_size: Any = None, prefix_cache_scoring: bool
-                       ) -> dict[str, TokenCount]:
+                       max_length: int, block_size: int, prefix_cache_scoring: bool) -> dict[str, TokenCount]:
     """Per task: requests, context and scored tokens, stock and computed prompt tokens of one call
     of ``(context tokens, continuation tokens)`` pairs (``vllm/scoring.py::ScoringRun``: one engine
-    call in grouped order; ``batch_size`` is not used by that scorer and kept for the callers)."""
+    call in grouped order)."""
     counts: dict[str, TokenCount] = defaultdict(TokenCount)
     prepared = [truncate_for_scoring(ctx, cont, max_length) for ctx, cont in pairs]
     for (tokens, context_len), (_, cont), task in zip(prepared, pairs, tasks):
@@ -109,9 +108,9 @@ def count_vllm_generation(prompts: Sequence[Sequence[int]], max_new_tokens: Sequ
 
 def scoring_settings(lm: Any) -> dict[str, Any]:
     """What ``score_requests`` decides with, read from a ``VllmExtLM`` (its planned block size, else
-    vLLM's default; its ``batch_size``; whether choices read the prefix cache)."""
+    vLLM's default; whether choices read the prefix cache)."""
     block = getattr(lm.sizes, "block_size", None) or DEFAULT_BLOCK_TOKENS
-    return {"block_size": int(block), "batch_size": lm.batch_size,
+    return {"block_size": int(block),
             "prefix_cache_scoring": lm.ext_config.scores_with_prefix_cache and not lm.ext_config.is_server_mode}
 
 

@@ -79,11 +79,11 @@ def test_vllm_choices_read_their_items_context_and_a_scored_position_from_the_ca
     read from the cache is repaired by probes of one block each."""
     context = list(range(100, 140))  # 40 tokens, blocks of 16: 2 whole blocks reusable
     pairs = [(context, [1, 2]), (context, [3, 4]), (context, [5])]
-    counts = count_vllm_scoring(pairs, ["mc"] * 3, max_length=2048, block_size=16, batch_size="auto",
+    counts = count_vllm_scoring(pairs, ["mc"] * 3, max_length=2048, block_size=16,
                                 prefix_cache_scoring=True)["mc"]
     assert counts.computed_tokens == 42 + (42 - 32) + (41 - 32)
     assert counts.stock_tokens == 42 + 42 + 41
-    stock = count_vllm_scoring(pairs, ["mc"] * 3, max_length=2048, block_size=16, batch_size="auto",
+    stock = count_vllm_scoring(pairs, ["mc"] * 3, max_length=2048, block_size=16,
                                prefix_cache_scoring=False)["mc"]
     assert stock.computed_tokens == stock.stock_tokens == 125
     edge = list(range(200, 232))  # 32 tokens: the second choice reads both blocks, position 31 with them
