@@ -105,14 +105,15 @@ def prepare_generation(lm: Any, context: str, gen_kwargs: Any, eos: str) -> Gene
 
 @functools.cache
 def _generate_option_names() -> frozenset[str]:
+    """transformers' generation options, and ``seed``: a sampled request's own generator (policy/sampling.py)."""
     from transformers import GenerationConfig
 
-    return frozenset(GenerationConfig().to_dict())
+    return frozenset(GenerationConfig().to_dict()) | {"seed"}
 
 
 def _check_generate_options(options: dict) -> None:
     """What ``model.generate`` would refuse deep inside (``model_kwargs are not used``), in one line."""
-    known = _generate_option_names() | {"seed"}  # seed: a sampled request's own generator (policy/sampling.py)
+    known = _generate_option_names()
     unknown = sorted(key for key in options if key not in known)
     if unknown:
         key = unknown[0]
