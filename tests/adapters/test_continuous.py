@@ -84,6 +84,22 @@ def test_refills_stops_and_limits_equal_generate_one_at_a_time(model_and_tokeniz
         assert loop.stats.mean_live_rows > 1 and finished != sorted(finished)
 
 
+def test_long_prompts_prefill_in_chunks_beside_decoding_rows(model_and_tokenizer):
+    """Prompts of their own longer than the prefill chunk: each is prefilled over several steps
+    whose forward also carries the live rows' decode tokens (one packed sequence), and every row
+    still equals ``generate`` alone."""
+    model, tokenizer = model_and_tokenizer
+    words = "alpha beta gamma delta epsilon zeta eta theta iota kappa".split()
+    texts = [" ".join(words[(i + j) % len(words)] for j in range(60 + 45 * i)) + "\nCopy:" for i in range(6)]
+    requests = make_requests(tokenizer, texts, max_new=(24, 9, 17), stop=("\n\n",))
+    assert max(len(r.prompt_tokens) for r in requests) > 2 * 128
+    loop, out, finished = run_loop(model, tokenizer, requests, max_rows=3, chunk=128)
+    assert loop.stats.mixed_steps > 3 and sorted(finished) == list(range(len(requests)))
+    for request in requests:
+        assert cut(tokenizer.decode(out[request.index]), request.stop) == reference(model, tokenizer, request), \
+            request.index
+
+
 def test_a_few_shot_prefix_is_computed_once_and_never_copied_per_row(model_and_tokenizer):
     model, tokenizer = model_and_tokenizer
     requests = make_requests(tokenizer, TEXTS[:7])

@@ -28,7 +28,7 @@ import contextlib
 import contextvars
 import functools
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 from transformers import AttentionInterface, DynamicCache
@@ -159,7 +159,45 @@ class SlotForward:
         return keys[rows, :, : self.width], values[rows, :, : self.width]
 
 
-_FORWARD: contextvars.ContextVar[SlotForward | None] = contextvars.ContextVar("lm_eval_ext_slot_forward", default=None)
+@dataclass(eq=False)
+class PackedForward:
+    """Several :class:`SlotForward` parts in one forward, their tokens laid end to end in one row.
+
+    The continuous loop's mixed step: every live row's decode token (part 0, on the main slots) and
+    a chunk of the next prompt's prefill (part 1, on its staging slots) go through the model as one
+    sequence of ``sum(sizes)`` tokens, so the linear layers read every weight once for both (on a
+    CPU a decode step alone costs as much as ~35 prefill tokens: reading the weights). Each part's
+    tokens are its rows' queries row by row (``rows x query_length``, padding included); attention
+    is computed per part, exactly as that part alone would compute it.
+    """
+
+    parts: list[SlotForward]
+    views: dict = field(default_factory=dict)
+    """layer -> each part's (keys, values) views, written by :meth:`update`, read by the attention"""
+
+    @property
+    def sizes(self) -> list[int]:
+        return [part.num_rows * part.query_length for part in self.parts]
+
+    width = 0
+    """what the cache reports as its length: positions are given, so nothing reads it"""
+
+    def update(self, layer: int, key_states: torch.Tensor, value_states: torch.Tensor):
+        views, at = [], 0
+        for part, size in zip(self.parts, self.sizes, strict=True):
+            views.append(part.update(layer, _unpack(key_states, part, at, size), _unpack(value_states, part, at, size)))
+            at += size
+        self.views[layer] = views
+        return key_states, value_states
+
+
+def _unpack(states: torch.Tensor, part: SlotForward, at: int, size: int) -> torch.Tensor:
+    """``[1, heads, T, D]`` -> the part's ``[rows, heads, query_length, D]``."""
+    heads, head_dim = states.shape[1], states.shape[3]
+    return states[0, :, at : at + size].reshape(heads, part.num_rows, part.query_length, head_dim).transpose(0, 1)
+
+
+_FORWARD: contextvars.ContextVar[SlotForward | PackedForward | None] = contextvars.ContextVar("lm_eval_ext_slot_forward", default=None)
 
 
 class _SlotLayer(DynamicLayer):
@@ -201,9 +239,22 @@ def _check_call(module, dropout: float, kwargs: dict) -> None:
 
 def _slot_attention(module, query, key, value, attention_mask, dropout: float = 0.0, scaling=None,
                     is_causal=None, **kwargs):
-    """``query [rows, heads, queries, D]``; ``key``/``value``: the rows' own columns (the slots)."""
+    """``query [rows, heads, queries, D]``; ``key``/``value``: the rows' own columns (the slots).
+    A packed forward's parts attend apart; their outputs are laid end to end again."""
     _check_call(module, dropout, kwargs)
     forward = _FORWARD.get()
+    if not isinstance(forward, PackedForward):
+        return _attend(forward, module, query, key, value, scaling), None
+    outputs, at = [], 0
+    for part, size, (keys, values) in zip(forward.parts, forward.sizes, forward.views[module.layer_idx], strict=True):
+        out = _attend(part, module, _unpack(query, part, at, size), keys, values, scaling)
+        outputs.append(out.reshape(size, *out.shape[2:]))
+        at += size
+    return torch.cat(outputs)[None], None
+
+
+def _attend(forward: SlotForward, module, query, key, value, scaling) -> torch.Tensor:
+    """One part's attention, ``[rows, queries, heads, D]``."""
     rows, num_heads, num_queries, head_dim = query.shape
     num_kv_heads = key.shape[1]
     groups = num_heads // num_kv_heads
@@ -211,13 +262,13 @@ def _slot_attention(module, query, key, value, attention_mask, dropout: float = 
     if forward.causal_from_zero:  # exactly stock's call for a prompt alone
         out = torch.nn.functional.scaled_dot_product_attention(query, key, value, is_causal=num_queries > 1,
                                                                scale=scale, enable_gqa=groups > 1)
-        return out.transpose(1, 2).contiguous(), None
+        return out.transpose(1, 2).contiguous()
     if not forward.prefix_groups:  # own columns only: one fused call, each row masked to its length
         lone = forward.num_rows == 1 and num_queries == 1  # one row's decode step: every column is its own
         mask = None if lone else forward.allowed(query.device)
         out = torch.nn.functional.scaled_dot_product_attention(query, key, value, attn_mask=mask, scale=scale,
                                                                enable_gqa=groups > 1)
-        return out.transpose(1, 2).contiguous(), None
+        return out.transpose(1, 2).contiguous()
     dtype = query.dtype
     # the query axis holds groups x queries: a KV head's grouped query heads read it once
     q = query.float().reshape(rows, num_kv_heads, groups * num_queries, head_dim)
@@ -240,7 +291,7 @@ def _slot_attention(module, query, key, value, attention_mask, dropout: float = 
         else:
             out[members], lse[members] = _merge(out[members], lse[members], o_prefix, l_prefix)
     out = out.reshape(rows, num_kv_heads, groups, num_queries, head_dim).reshape(rows, num_heads, num_queries, head_dim)
-    return out.transpose(1, 2).contiguous().to(dtype), None
+    return out.transpose(1, 2).contiguous().to(dtype)
 
 
 @functools.cache
@@ -251,7 +302,7 @@ def _register() -> None:
 
 
 @contextlib.contextmanager
-def attending(model, forward: SlotForward) -> Iterator[None]:
+def attending(model, forward: SlotForward | PackedForward) -> Iterator[None]:
     """Within the block, ``model`` attends through the slots of ``forward``."""
     _register()
     config = model.config
