@@ -86,15 +86,16 @@ def actual_run(ctx: Context, env: dict, task_limits: dict[str, int], include: st
 
 
 def engine_counters(steps: list[dict]) -> dict[str, dict[str, float]]:
-    """Each step's own cost-report counters for its task: the worker's counters may accumulate over
-    the model's life (one model serves every step), so each is taken minus the previous step's."""
-    out, previous = {}, {}
+    """Each measured step's own cost-report counters for its task. The worker already reports a
+    step's counters as what the step added (``benchmarks/lib/probes.py`` ``counters_delta``: one
+    model serves every step); the warm-up step is not a task's run."""
+    out = {}
     for step in steps:
-        cumulative = (step.get("extension") or {}).get("by_task", {})
+        if step.get("measured") is False:
+            continue
+        by_task = (step.get("extension") or {}).get("by_task", {})
         for task in step.get("tasks") or [step["label"]]:
-            now, before = cumulative.get(task, {}), previous.get(task, {})
-            out[task] = {k: v - before.get(k, 0) for k, v in now.items() if isinstance(v, (int, float))}
-        previous = {task: dict(counters) for task, counters in cumulative.items()}
+            out[task] = {k: v for k, v in by_task.get(task, {}).items() if isinstance(v, (int, float))}
     return out
 
 

@@ -1,5 +1,6 @@
 """The estimate scenario's bookkeeping (benchmarks/scenarios/estimate.py): each step's own cost
-counters out of the worker's cumulative ones, and the verdicts against the issue's targets."""
+counters (the worker's per-step deltas, the warm-up left out), and the verdicts against the issue's
+targets."""
 
 from __future__ import annotations
 
@@ -8,12 +9,15 @@ from benchmarks.scenarios.estimate import engine_counters, markdown_table, verdi
 
 
 def test_each_step_counts_only_what_it_added():
-    steps = [{"label": "warmup", "extension": {"by_task": {"arc": {"tokens_computed": 10}}}},
-             {"label": "arc", "extension": {"by_task": {"arc": {"tokens_computed": 110}}}},
-             {"label": "mmlu", "extension": {"by_task": {"arc": {"tokens_computed": 110},
-                                                          "mmlu": {"tokens_computed": 50}}}}]
+    """The worker reports each step's counters as what that step added (a task not run shows
+    zeros); the warm-up step is left out, not subtracted a second time."""
+    steps = [{"label": "warmup", "measured": False, "tasks": ["arc"],
+              "extension": {"by_task": {"arc": {"tokens_computed": 10}}}},
+             {"label": "arc", "tasks": ["arc"], "extension": {"by_task": {"arc": {"tokens_computed": 110}}}},
+             {"label": "mmlu", "tasks": ["mmlu"], "extension": {"by_task": {"arc": {"tokens_computed": 0},
+                                                                             "mmlu": {"tokens_computed": 50}}}}]
     counters = engine_counters(steps)
-    assert counters["arc"] == {"tokens_computed": 100} and counters["mmlu"] == {"tokens_computed": 50}
+    assert counters["arc"] == {"tokens_computed": 110} and counters["mmlu"] == {"tokens_computed": 50}
 
 
 def test_verdicts_hold_estimates_to_the_targets():
