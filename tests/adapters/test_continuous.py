@@ -11,6 +11,7 @@ import torch
 
 from lm_eval_ext.hf.compute.continuous import ContinuousGenerator, RowSampler
 from lm_eval_ext.hf.compute.scoring import split_model
+from lm_eval_ext.hf.compute.slots import PackedForward
 from lm_eval_ext.hf.policy.batching import GenerationRequest
 from lm_eval_ext.hf.policy.gen_families import GenerationFamily, generation_families
 from lm_eval_ext.hf.policy.sampling import SamplingSettings
@@ -125,18 +126,22 @@ def test_repeats_share_their_prompt(model_and_tokenizer):
 def test_out_of_memory_mid_loop_requeues_rows_and_loses_nothing(model_and_tokenizer, monkeypatch):
     model, tokenizer = model_and_tokenizer
     requests = make_requests(tokenizer, TEXTS, max_new=(24, 5, 13), stop=("\n\n", "Copy"))
-    calls = {"n": 0}
+    calls = {"n": 0, "packed": 0}
     real = ContinuousGenerator._forward
 
     def sometimes_oom(self, ids, positions, forward):
         calls["n"] += 1
-        if calls["n"] in (4, 9, 15) and forward.num_rows > 1:
+        packed = isinstance(forward, PackedForward)  # decode rows and a prefill piece in one forward
+        rows = sum(part.num_rows for part in forward.parts) if packed else forward.num_rows
+        if (calls["n"] in (4, 9, 15) and rows > 1) or (packed and not calls["packed"]):
+            calls["packed"] += packed
             raise torch.OutOfMemoryError("CUDA out of memory (fake)")
         return real(self, ids, positions, forward)
 
     monkeypatch.setattr(ContinuousGenerator, "_forward", sometimes_oom)
     loop, out, finished = run_loop(model, tokenizer, requests, max_rows=6)
     assert loop.stats.oom_retries >= 1 and loop.stats.requeued_rows >= 1 and loop.max_rows < 6
+    assert calls["packed"] >= 1  # an out-of-memory in a mixed step re-queues its prefill and its rows
     assert sorted(finished) == list(range(len(requests)))
     for request in requests:
         assert cut(tokenizer.decode(out[request.index]), request.stop) == reference(model, tokenizer, request)
