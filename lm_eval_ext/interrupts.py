@@ -14,13 +14,21 @@ makes SIGTERM raise :class:`Terminated` in the main thread instead:
 A second SIGTERM while the store is written (:func:`shielded`) or after the line is ignored: torchrun
 forwards the scheduler's SIGTERM to ranks that already received it, and the store must finish. A
 SIGTERM that some code swallowed (a ``__del__`` running when it arrived) is raised again by the next.
+
+Only the process that installed the handler keeps it: a child forked from it (lm-eval's bootstrap
+``multiprocessing.Pool`` for the metrics' standard errors, a DataLoader worker) gets the default
+back at once. Otherwise ``Pool.terminate()`` waits forever on a worker stuck on a lock inherited
+mid-fork: a Python handler never runs there, the default kills at once (seen: an evaluation hung
+after its last request, in ``bootstrap_stderr``).
 """
 
 from __future__ import annotations
 
 import atexit
 import contextlib
+import functools
 import logging
+import os
 import signal
 import sys
 import threading
@@ -76,8 +84,25 @@ def install() -> bool:
         return False
     signal.signal(signal.SIGTERM, _on_sigterm)
     atexit.register(_say_at_exit)
+    _register_fork_reset()
     _state.installed = True
     return True
+
+
+@functools.cache
+def _register_fork_reset() -> None:
+    os.register_at_fork(after_in_child=_in_forked_child)
+
+
+def _in_forked_child() -> None:
+    """A forked child is not the run: SIGTERM ends it as by default (see the module docstring)."""
+    global _state
+    if signal.getsignal(signal.SIGTERM) is _on_sigterm:
+        try:
+            signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        except ValueError:  # forked from a thread other than the main one: it cannot set handlers
+            return
+    _state = _State()
 
 
 @contextlib.contextmanager
