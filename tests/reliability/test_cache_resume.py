@@ -11,6 +11,7 @@ import sqlite3
 import subprocess
 import sys
 import time
+import warnings
 from pathlib import Path
 
 import pytest
@@ -109,6 +110,24 @@ def test_kill_nine_ten_times_then_resume_gives_the_uninterrupted_results(tmp_pat
 
 
 def launch_two_ranks(cache_dir: Path, out: Path, extra_model_args: str = "") -> dict:
+    """Two accelerate ranks over ``cache_dir``. A launch that dies in gloo's transport (a peer's TCP
+    pair reset: seen once, in a fresh-clone suite run on 2026-12-06, rank 0 exiting 1 with its
+    error cut off; 4 runs alone and the next suite passed) is launched once
+    more, and what its first rank said is kept as a warning; results are checked as before."""
+    returncode, stderr = _launch_two_ranks(cache_dir, out, extra_model_args)
+    if returncode != 0 and "gloo/transport" in stderr:
+        warnings.warn("two-rank launch lost a gloo peer; launched again. Rank 0 said:\n" + _rank_lines(stderr, 0))
+        returncode, stderr = _launch_two_ranks(cache_dir, out, extra_model_args)
+    # each rank's own last lines: the first rank to fail is the cause, the other only lost its peer
+    assert returncode == 0, _rank_lines(stderr, 0) + "\n...\n" + stderr[-3000:]
+    return read(out)
+
+
+def _rank_lines(stderr: str, rank: int) -> str:
+    return "\n".join(line for line in stderr.splitlines() if line.startswith(f"[rank{rank}]"))[-3000:]
+
+
+def _launch_two_ranks(cache_dir: Path, out: Path, extra_model_args: str) -> tuple[int, str]:
     launch = [
         sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
         "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
@@ -127,8 +146,7 @@ def launch_two_ranks(cache_dir: Path, out: Path, extra_model_args: str = "") -> 
         os.killpg(launcher.pid, signal.SIGKILL)
         launcher.communicate()
         raise
-    assert launcher.returncode == 0, stderr[-4000:]
-    return read(out)
+    return launcher.returncode, stderr
 
 
 def forget_rolling_documents_of_rank_one(cache_dir: Path) -> int:
