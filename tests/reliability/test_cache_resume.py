@@ -112,8 +112,8 @@ def test_kill_nine_ten_times_then_resume_gives_the_uninterrupted_results(tmp_pat
 def launch_two_ranks(cache_dir: Path, out: Path, extra_model_args: str = "") -> dict:
     """Two accelerate ranks over ``cache_dir``. A launch that dies in gloo's transport (a peer's TCP
     pair reset: seen once, in a fresh-clone suite run on 2026-12-06, rank 0 exiting 1 with its
-    error cut off; 4 runs alone and the next suite passed) is launched once
-    more, and what its first rank said is kept as a warning; results are checked as before."""
+    error cut off; it passed in 4 runs alone) is launched once more, and what its first rank said is
+    kept as a warning; results are checked as before."""
     returncode, stderr = _launch_two_ranks(cache_dir, out, extra_model_args)
     if returncode != 0 and "gloo/transport" in stderr:
         warnings.warn("two-rank launch lost a gloo peer; launched again. Rank 0 said:\n" + _rank_lines(stderr, 0))
