@@ -232,7 +232,7 @@ class ContinuousGenerator:
         if decode is not None:
             self._decoded(hidden[0])
         if prefill is not None:
-            self._prefilled(prefill, hidden[-1])
+            self._prefilled(prefill[0], hidden[-1])
         self._finish(on_finished)
 
     def _decode_part(self) -> tuple[SlotForward, torch.Tensor, torch.Tensor]:
@@ -274,10 +274,10 @@ class ContinuousGenerator:
                               self._prefix_groups(rows))
         return forward, ids, positions
 
-    def _prefilled(self, part: tuple[SlotForward, torch.Tensor, torch.Tensor], hidden: torch.Tensor) -> None:
+    def _prefilled(self, forward: SlotForward, hidden: torch.Tensor) -> None:
         """The chunk is in; rows whose whole prompt is in take their first token and join the pool."""
         rows, staging = self.pending
-        take = [min(n, len(r.own) - r.prefilled) for r, n in zip(rows, part[0].valid)]
+        take = [min(n, len(r.own) - r.prefilled) for r, n in zip(rows, forward.valid)]  # valid: at least 1
         for i, (row, n) in enumerate(zip(rows, take)):
             row.prefilled += n
             staging.lengths[i] = row.prefilled

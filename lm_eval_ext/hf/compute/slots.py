@@ -175,19 +175,24 @@ class PackedForward:
     views: dict = field(default_factory=dict)
     """layer -> each part's (keys, values) views, written by :meth:`update`, read by the attention"""
 
-    @property
+    @functools.cached_property
     def sizes(self) -> list[int]:
         return [part.num_rows * part.query_length for part in self.parts]
+
+    @functools.cached_property
+    def spans(self) -> list[tuple[SlotForward, int, int]]:
+        """Each part with where its tokens start in the packed sequence and how many they are."""
+        starts = [sum(self.sizes[:i]) for i in range(len(self.parts))]
+        return list(zip(self.parts, starts, self.sizes, strict=True))
 
     width = 0
     """what the cache reports as its length: positions are given, so nothing reads it"""
 
     def update(self, layer: int, key_states: torch.Tensor, value_states: torch.Tensor):
-        views, at = [], 0
-        for part, size in zip(self.parts, self.sizes, strict=True):
-            views.append(part.update(layer, _unpack(key_states, part, at, size), _unpack(value_states, part, at, size)))
-            at += size
-        self.views[layer] = views
+        self.views[layer] = [
+            part.update(layer, _unpack(key_states, part, at, size), _unpack(value_states, part, at, size))
+            for part, at, size in self.spans
+        ]
         return key_states, value_states
 
 
@@ -197,7 +202,8 @@ def _unpack(states: torch.Tensor, part: SlotForward, at: int, size: int) -> torc
     return states[0, :, at : at + size].reshape(heads, part.num_rows, part.query_length, head_dim).transpose(0, 1)
 
 
-_FORWARD: contextvars.ContextVar[SlotForward | PackedForward | None] = contextvars.ContextVar("lm_eval_ext_slot_forward", default=None)
+_FORWARD: contextvars.ContextVar[SlotForward | PackedForward | None] = contextvars.ContextVar(
+    "lm_eval_ext_slot_forward", default=None)
 
 
 class _SlotLayer(DynamicLayer):
@@ -245,11 +251,10 @@ def _slot_attention(module, query, key, value, attention_mask, dropout: float = 
     forward = _FORWARD.get()
     if not isinstance(forward, PackedForward):
         return _attend(forward, module, query, key, value, scaling), None
-    outputs, at = [], 0
-    for part, size, (keys, values) in zip(forward.parts, forward.sizes, forward.views[module.layer_idx], strict=True):
+    outputs = []
+    for (part, at, size), (keys, values) in zip(forward.spans, forward.views[module.layer_idx], strict=True):
         out = _attend(part, module, _unpack(query, part, at, size), keys, values, scaling)
         outputs.append(out.reshape(size, *out.shape[2:]))
-        at += size
     return torch.cat(outputs)[None], None
 
 
