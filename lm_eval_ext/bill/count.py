@@ -217,7 +217,8 @@ def _hf_generation(lm: Any, instances: list, workload: Workload, generated: Mapp
                for instance, g in zip(instances, prepared)]
     prompts, budgets, tasks = [g.prompt for g in prepared], [g.max_new_tokens for g in prepared], \
         [i.task_name for i in instances]
-    return count_generation(prompts, budgets, tasks, lengths), (prompts, budgets, tasks, lengths)
+    stops = [tuple(g.until) for g in prepared]
+    return count_generation(prompts, budgets, tasks, lengths), (prompts, budgets, tasks, lengths, stops)
 
 
 def _central_length(encode, instance: Any, until: list[str], workload: Workload, generated: Mapping) -> float:

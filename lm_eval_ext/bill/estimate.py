@@ -67,7 +67,10 @@ def make_bill(request: BillRequest, *, model_args: Mapping[str, str], facts: Mod
     if request.measure:
         from lm_eval_ext.bill.measure import measure_rates
 
-        sources["measured"] = {**sources["paper"], **measure_rates(counter, counted)}
+        measured, lengths = measure_rates(counter, counted)
+        sources["measured"] = {**sources["paper"], **measured}
+        if set(lengths) - set(generated):  # the model's own lengths on tasks the history has not seen
+            counted = counter.count(workload, {**lengths, **generated})
     chosen = sources.get("measured") or sources.get("history") or sources["paper"]
     priced = _price(counted, chosen, plan, facts, hardware, request.activation_tokens)
     bill = _bill_json(counted, priced, chosen, plan)

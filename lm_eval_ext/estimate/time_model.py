@@ -25,7 +25,8 @@ efficiency of 0.25-0.6 that is 1.2-2.8M tokens/s, before per-forward overheads.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections import deque
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
 from lm_eval_ext.backend.work import TokenCount
@@ -160,3 +161,34 @@ def paper_rates(facts: ModelFacts, peak: Peak, *, kind: str, request_type: str, 
                   else f"{peak.flops_per_s / 1e9:.0f} GFLOP/s")
     note = f"{peak.name}: {flops_text}, {peak.bytes_per_s / 1e9:.0f} GB/s; efficiency {eff_low:.2f}-{eff_high:.2f}"
     return Rates("paper", prefill, decode, spread=(middle / eff_high, middle / eff_low), note=note)
+
+
+# ---- a continuous loop's decode, step by step ---------------------------------------------------
+
+def continuous_decode_seconds(lengths: Sequence[float], rows: int, *, step_s: float, row_s: float) -> float:
+    """Seconds of the decode a continuous loop of ``rows`` slots spends on requests that generate
+    ``lengths`` tokens each, in order (``hf/compute/continuous.py``). The first token comes from
+    the prompt's prefill, in the step where the prompt joins (one per step while a slot is free)
+    beside the live rows' decode; each further token is one decode step. A decode-only step costs
+    ``step_s`` for its first row and ``row_s`` for each further row; beside a prefill the rows add
+    ``row_s`` each (the prefill's forward carries the fixed cost, priced with the prompt tokens).
+    A call's last rows decode alone, so few requests or uneven lengths cost more steps than
+    ``sum(lengths) / rows``.
+
+    >>> continuous_decode_seconds([5, 5, 5, 5], 4, step_s=1.0, row_s=0.5)  # joins staggered
+    10.0
+    >>> continuous_decode_seconds([3, 9], 2, step_s=1.0, row_s=0.5)  # the long row's tail alone
+    9.0
+    """
+    waiting = deque(max(0, round(n) - 1) for n in lengths)  # decode steps each request needs
+    live: list[int] = []
+    seconds = 0.0
+    while waiting or live:
+        joining = waiting.popleft() if waiting and len(live) < max(1, rows) else None
+        if live:
+            fixed = 0.0 if joining is not None else step_s - row_s
+            seconds += fixed + row_s * len(live)
+            live = [n - 1 for n in live if n > 1]
+        if joining:
+            live.append(joining)
+    return seconds

@@ -10,7 +10,9 @@ from lm_eval_ext.backend.work import TokenCount
 from lm_eval_ext.estimate import history
 from lm_eval_ext.estimate.ledger import Ledger, rates_from_history
 from lm_eval_ext.estimate.run_record import RunEstimate
-from lm_eval_ext.estimate.time_model import Rates, estimate_seconds, flops_per_token, gpu_peak, paper_rates
+from lm_eval_ext.estimate.time_model import (
+    Rates, continuous_decode_seconds, estimate_seconds, flops_per_token, gpu_peak, paper_rates,
+)
 from tests.unit.planner_fixtures import facts
 
 
@@ -125,3 +127,17 @@ def test_a_run_remembers_its_rates_and_the_next_run_of_that_model_starts_from_th
     other_machine = RunEstimate("hf", lambda: "f" * 64, device="cpu")
     other_machine.counted("loglikelihood", {"a": scoring(1000)})
     assert other_machine.ledger.as_dict()["a/loglikelihood"]["estimated_s"] is None
+
+
+def test_a_continuous_loops_decode_priced_step_by_step():
+    """The loop's schedule (``hf/compute/continuous.py``): one prompt joins a step, beside the
+    live rows' decode; a decode-only step costs ``step_s`` + ``row_s`` per further row."""
+    one = dict(step_s=1.0, row_s=0.25)
+    assert continuous_decode_seconds([4, 3, 1], 1, **one) == 3 + 2 + 0  # one slot: each row's steps alone
+    # four rows joining one a step: 0.25 + 0.5 + 0.75 beside the prefills, then 4, 3, 2, 1 rows alone
+    assert continuous_decode_seconds([5] * 4, 4, **one) == pytest.approx(1.5 + 1.75 + 1.5 + 1.25 + 1.0)
+    # the long row's tail decodes alone: what a rate at the full pool would miss
+    tail = continuous_decode_seconds([3, 40], 2, **one)
+    assert tail == pytest.approx(0.25 + 1.25 + 38 * 1.0)
+    assert tail > (3 - 1 + 40 - 1) / 2 * (1.0 + 0.25)
+    assert continuous_decode_seconds([1, 1, 1], 8, **one) == 0.0  # the first token comes from the prefill

@@ -55,3 +55,22 @@ def test_a_model_without_a_tokenizer_is_one_line():
     assert done.returncode == 2
     assert "has no tokenizer that loads" in done.stderr and "pass tokenizer=PATH_OR_ID" in done.stderr
     assert "Traceback" not in done.stderr and len(done.stderr.strip().splitlines()) == 1
+
+
+def test_measure_times_the_continuous_loop_and_the_models_own_lengths(tiny_model_path):
+    """``--measure`` on a generation task: the engine's continuous loop is timed on real requests
+    run to their end, and the central generated length becomes the model's own (between the
+    one-token and the budget bounds), not the reference answer's."""
+    args = ["--model_args", f"pretrained={tiny_model_path}", "--gpus", "none", "--tasks", "ext_copy_gen",
+            "--limit", "6", "--json"]
+    on_paper = json.loads(run_cli(*args).stdout)["estimate"]
+    done = run_cli(*args, "--measure")
+    assert done.returncode == 0, done.stderr
+    estimate = json.loads(done.stdout)["estimate"]
+    rates = estimate["rates"]["generate_until"]
+    assert rates["source"] == "measured" and rates["decode_tokens_per_s"] > 0
+    assert rates["note"].startswith("engine's continuous loop on 4 real request(s)")
+    task = estimate["tasks"]["ext_copy_gen"]
+    assert task["source"] == "measured" and task["seconds_low"] <= task["seconds"] <= task["seconds_high"]
+    assert task["computed_tokens_low"] <= task["computed_tokens"] <= task["computed_tokens_high"]
+    assert task["computed_tokens_low"] == on_paper["tasks"]["ext_copy_gen"]["computed_tokens_low"]

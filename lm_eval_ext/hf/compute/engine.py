@@ -264,38 +264,45 @@ class ScoringEngine:
         from the generation budget: ``rows = budget // columns`` (a row's columns: its prompt after
         its family's prefix + ``max_new_tokens``), at most ``MAX_GENERATION_ROWS``."""
         kind = call.request_type.value
-        families = [GenerationFamily(f.prefix, tuple(requests[m].index for m in f.members))
-                    for f in generation_families([r.prompt_tokens for r in requests])]
+        families = call_families(requests)
         family_of = {index: f for f, family in enumerate(families) for index in family.members}
         self._count_generation(kind, requests, tasks, families=True)
-        columns = max(len(r.prompt_tokens) - len(families[family_of[r.index]].prefix) + r.max_new_tokens
-                      for r in requests)
+        columns = loop_columns(requests, families)
         stats = {"width_tokens": columns, "scored_fraction": 1.0 / columns}
         call.budget_tokens, call.max_batch_requests = self.budgets.limits(kind, stats, self.score_batch)
         rows = generation_rows(call.budget_tokens, call.max_batch_requests, columns, len(requests))
-        loop = ContinuousGenerator(
-            self.parts, self.host.device, eos_ids=eos_token_ids(self.host.model.generation_config),
-            decode=self.host.tok_decode, max_rows=rows, columns=columns,
-            prefill_chunk_tokens=self.settings.prefill_chunk_tokens,
-            samplers=lambda r: RowSampler(r.sampling, r.seed) if r.sampling is not None else None,
-        )
         ledger = GenerationLedger({r.index: t for r, t in zip(requests, tasks)},
                                   {r.index: len(r.prompt_tokens) for r in requests}, family_of,
                                   [len(f.prefix) for f in families])
         reset_peaks()
         started_s = time.perf_counter()
-        device_type = torch.device(self.host.device).type
-        dtype = self.host.mixed_precision_dtype
 
         def finished(index: int, tokens: list[int]) -> None:
             ledger.finished(index, len(tokens))
             on_generated(index, tokens)
 
-        with torch.autocast(device_type=device_type, dtype=dtype, enabled=dtype is not None):
-            loop.run(requests, families, on_finished=finished, on_step=functools.partial(self._stepped, call))
+        loop = self.run_loop(requests, families, max_rows=rows, on_finished=finished,
+                             on_step=functools.partial(self._stepped, call))
         ledger.report(self.cost_report, kind, wall_s=time.perf_counter() - started_s, stats=loop.stats)
         self.cost_report.finish_call(kind, sorted(set(tasks)), budget_tokens=call.budget_tokens,
                                      oom_retries=loop.stats.oom_retries, peak_memory_bytes=device_peaks_bytes())
+
+    def run_loop(self, requests: Sequence[GenerationRequest], families: Sequence[GenerationFamily], *,
+                 max_rows: int, on_finished: Callable[[int, list[int]], None],
+                 on_step: Callable[[int, Any], None] = lambda tokens, stats: None) -> ContinuousGenerator:
+        """``requests`` through one continuous loop of ``max_rows`` rows (the call's, and
+        ``plan --measure``'s timed sample); returns the finished loop (its ``stats``)."""
+        loop = ContinuousGenerator(
+            self.parts, self.host.device, eos_ids=eos_token_ids(self.host.model.generation_config),
+            decode=self.host.tok_decode, max_rows=max_rows, columns=loop_columns(requests, families),
+            prefill_chunk_tokens=self.settings.prefill_chunk_tokens,
+            samplers=lambda r: RowSampler(r.sampling, r.seed) if r.sampling is not None else None,
+        )
+        device_type = torch.device(self.host.device).type
+        dtype = self.host.mixed_precision_dtype
+        with torch.autocast(device_type=device_type, dtype=dtype, enabled=dtype is not None):
+            loop.run(requests, families, on_finished=on_finished, on_step=on_step)
+        return loop
 
     def _count_generation(self, kind: str, requests: Sequence[GenerationRequest], tasks: Sequence[str], *,
                           families: bool) -> None:
@@ -334,3 +341,15 @@ class ScoringEngine:
                                    requests_by_task=rows)
         call.computed(cost.computed_tokens)
         call.batch_done()
+
+
+def call_families(requests: Sequence[GenerationRequest]) -> list[GenerationFamily]:
+    """The call's prompt families (``policy/gen_families.py``), members named by request index."""
+    return [GenerationFamily(f.prefix, tuple(requests[m].index for m in f.members))
+            for f in generation_families([r.prompt_tokens for r in requests])]
+
+
+def loop_columns(requests: Sequence[GenerationRequest], families: Sequence[GenerationFamily]) -> int:
+    """A row's slot: the longest prompt after its family's prefix plus its ``max_new_tokens``."""
+    prefix_of = {index: len(f.prefix) for f in families for index in f.members}
+    return max(len(r.prompt_tokens) - prefix_of[r.index] + r.max_new_tokens for r in requests)
