@@ -2,8 +2,9 @@
 
 Real GSM8K questions (5-shot prompts as lm-eval builds them are ~1,000 tokens; here the question
 text repeated to ``context_tokens``) generate ``new_tokens`` each with no stop and no EOS, so every
-row decodes the same number of steps; the loop's own clock splits prefill from decode. Rows x steps
-decoded per second of decoding, per pool size: the batching itself, apart from prefill sharing.
+row decodes the same number of steps. Tokens per second of the decode-only steps that run the
+whole pool (``new_tokens`` must exceed the rows: rows join one a step): the batching itself,
+apart from prefill sharing.
 """
 
 from __future__ import annotations
@@ -37,10 +38,34 @@ def measure(model_path: str, data_dir: str, rows: list[int], new_tokens: int = 4
             loop = ContinuousGenerator(parts, "cpu", eos_ids=set(), decode=tokenizer.decode, max_rows=n,
                                        columns=context_tokens + new_tokens, prefill_chunk_tokens=4096,
                                        samplers=lambda r: None)
-            loop.run(requests, [GenerationFamily((), tuple(range(n)))], on_finished=lambda i, t: None)
-            rate = loop.stats.decode_tokens / loop.stats.decode_s
-            out["rows"].setdefault(str(n), []).append(round(rate, 2))
+            full = _FullPoolSteps(n)
+            loop.run(requests, [GenerationFamily((), tuple(range(n)))], on_finished=lambda i, t: None, on_step=full)
+            out["rows"].setdefault(str(n), []).append(round(full.rate(), 2))
     return out
+
+
+class _FullPoolSteps:
+    """Times the loop's decode-only steps with every one of ``rows`` rows live (rows join one a
+    step beside the others' decode, and finish one a step: those steps are left out)."""
+
+    def __init__(self, rows: int) -> None:
+        import time
+
+        self.rows, self.clock = rows, time.perf_counter
+        self.last, self.seen = self.clock(), (0, 0)
+        self.steps, self.seconds = 0, 0.0
+
+    def __call__(self, _tokens: int, stats) -> None:
+        now = self.clock()
+        decoded, prefilled = stats.decode_tokens - self.seen[0], stats.prefill_tokens - self.seen[1]
+        if decoded == self.rows and not prefilled:
+            self.steps, self.seconds = self.steps + 1, self.seconds + now - self.last
+        self.last, self.seen = now, (stats.decode_tokens, stats.prefill_tokens)
+
+    def rate(self) -> float:
+        if not self.steps:
+            raise RuntimeError(f"no decode step with all {self.rows} rows live: new_tokens must exceed the rows")
+        return self.rows * self.steps / self.seconds
 
 
 def versus_generate_batch(model_path: str, data_dir: str, num_prompts: int = 16, new_tokens: int = 32,

@@ -11,7 +11,7 @@ import torch
 
 from lm_eval_ext.hf.compute.continuous import ContinuousGenerator, RowSampler
 from lm_eval_ext.hf.compute.scoring import split_model
-from lm_eval_ext.hf.compute.slots import PackedForward
+from lm_eval_ext.hf.compute.slots import PackedForward, SlotKV
 from lm_eval_ext.hf.policy.batching import GenerationRequest
 from lm_eval_ext.hf.policy.gen_families import GenerationFamily, generation_families
 from lm_eval_ext.hf.policy.sampling import SamplingSettings
@@ -85,17 +85,36 @@ def test_refills_stops_and_limits_equal_generate_one_at_a_time(model_and_tokeniz
         assert loop.stats.mean_live_rows > 1 and finished != sorted(finished)
 
 
-def test_long_prompts_prefill_in_chunks_beside_decoding_rows(model_and_tokenizer):
+def test_long_prompts_prefill_in_chunks_beside_decoding_rows(model_and_tokenizer, monkeypatch):
     """Prompts of their own longer than the prefill chunk: each is prefilled over several steps
-    whose forward also carries the live rows' decode tokens (one packed sequence), and every row
-    still equals ``generate`` alone."""
+    whose forward also carries the live rows' decode tokens (one packed sequence), into the free
+    slots after the live rows; a live row that finishes meanwhile frees a slot below, and the
+    prompt's KV moves down when it joins. Every row still equals ``generate`` alone."""
     model, tokenizer = model_and_tokenizer
+    joining, moves = [False], []
+    copy_row, prefilled = SlotKV.copy_row, ContinuousGenerator._prefilled
+
+    def spy_copy(self, source, source_row, row):
+        if joining[0]:  # a move at a join, not the compaction after a row finishes
+            moves.append((source_row, row))
+        return copy_row(self, source, source_row, row)
+
+    def spy_prefilled(self, *args):
+        joining[0] = True
+        try:
+            return prefilled(self, *args)
+        finally:
+            joining[0] = False
+
+    monkeypatch.setattr(SlotKV, "copy_row", spy_copy)
+    monkeypatch.setattr(ContinuousGenerator, "_prefilled", spy_prefilled)
     words = "alpha beta gamma delta epsilon zeta eta theta iota kappa".split()
     texts = [" ".join(words[(i + j) % len(words)] for j in range(60 + 45 * i)) + "\nCopy:" for i in range(6)]
     requests = make_requests(tokenizer, texts, max_new=(24, 9, 17), stop=("\n\n",))
     assert max(len(r.prompt_tokens) for r in requests) > 2 * 128
     loop, out, finished = run_loop(model, tokenizer, requests, max_rows=3, chunk=128)
     assert loop.stats.mixed_steps > 3 and sorted(finished) == list(range(len(requests)))
+    assert moves and all(source_row > row for source_row, row in moves)  # joining prompts moved down
     for request in requests:
         assert cut(tokenizer.decode(out[request.index]), request.stop) == reference(model, tokenizer, request), \
             request.index

@@ -134,7 +134,8 @@ class ContinuousGenerator:
         self.live: list[_Row] = []
         self.main = SlotKV(self.num_layers, self.max_rows, self.columns, self.num_kv_heads, self.head_dim, self.dtype,
                            self.device)
-        self.pending: tuple[list[_Row], SlotKV] | None = None
+        self.pending: tuple[list[_Row], int] | None = None
+        """rows being prefilled, and the first of the free slots they are prefilled into"""
         while self.waiting or self.pending or self.live:
             before = self.stats.prefill_tokens + self.stats.decode_tokens
             self._guarded(lambda: self._step(on_finished))
@@ -189,9 +190,12 @@ class ContinuousGenerator:
                 batch.append(self.waiting.popleft())
         for row in batch:
             self._ensure_prefix(row.family)
-        staging = SlotKV(self.num_layers, len(batch), max(len(r.own) for r in batch), self.num_kv_heads,
-                         self.head_dim, self.dtype, self.device)
-        self.pending = (batch, staging)
+        # into the free slots right after the live rows: no staging copy of a prompt's KV (its
+        # bytes would add to the pool's at the peak), and no move when it joins in the same step
+        start = len(self.live)
+        for i in range(len(batch)):
+            self.main.lengths[start + i] = 0
+        self.pending = (batch, start)
 
     def _ensure_prefix(self, family: int) -> None:
         prefix = self.families[family].prefix
@@ -260,7 +264,7 @@ class ContinuousGenerator:
         documents: 256-token chunks 130 s, whole ~1,000-token prompts 109 s): the prefill is
         compute-bound either way, and a prompt in fewer steps starts decoding sooner, which
         shortens the tail of decode-only steps that the last long generations run alone."""
-        rows, staging = self.pending
+        rows, start = self.pending
         budget = max(self.chunk, SOLO_PREFILL_TOKENS)
         take = [min(len(r.own) - r.prefilled, budget) for r in rows]
         width = max(take)
@@ -268,25 +272,26 @@ class ContinuousGenerator:
         positions = torch.zeros((len(rows), width), dtype=torch.long)
         for i, (row, n) in enumerate(zip(rows, take)):
             ids[i, :n] = torch.tensor(row.own[row.prefilled : row.prefilled + n])
-            start = len(self.families[row.family].prefix) + row.prefilled
-            positions[i] = torch.arange(start, start + width)
-        forward = SlotForward(staging, 0, [r.prefilled for r in rows], [max(n, 1) for n in take],
+            at = len(self.families[row.family].prefix) + row.prefilled
+            positions[i] = torch.arange(at, at + width)
+        forward = SlotForward(self.main, start, [r.prefilled for r in rows], [max(n, 1) for n in take],
                               self._prefix_groups(rows))
         return forward, ids, positions
 
     def _prefilled(self, forward: SlotForward, hidden: torch.Tensor) -> None:
         """The chunk is in; rows whose whole prompt is in take their first token and join the pool."""
-        rows, staging = self.pending
+        rows, start = self.pending
         take = [min(n, len(r.own) - r.prefilled) for r, n in zip(rows, forward.valid)]  # valid: at least 1
         for i, (row, n) in enumerate(zip(rows, take)):
             row.prefilled += n
-            staging.lengths[i] = row.prefilled
+            self.main.lengths[start + i] = row.prefilled
         self.stats.prefill_tokens += sum(take)
         if any(r.prefilled < len(r.own) for r in rows):
             return
         last = hidden[torch.arange(len(rows)), torch.tensor([max(n, 1) - 1 for n in take])]
         for i, (row, token) in enumerate(zip(rows, self._pick(rows, last))):
-            self.main.copy_row(staging, i, len(self.live))
+            if start + i != len(self.live):  # live rows finished while a long prompt was prefilled
+                self.main.copy_row(self.main, start + i, len(self.live))  # down: never onto a pending row
             self.live.append(row)
             self._emit(row, token)
         self.pending = None

@@ -164,7 +164,7 @@ class PackedForward:
     """Several :class:`SlotForward` parts in one forward, their tokens laid end to end in one row.
 
     The continuous loop's mixed step: every live row's decode token (part 0, on the main slots) and
-    a chunk of the next prompt's prefill (part 1, on its staging slots) go through the model as one
+    a chunk of the next prompt's prefill (part 1, on the free slots after them) go through the model as one
     sequence of ``sum(sizes)`` tokens, so the linear layers read every weight once for both (on a
     CPU a decode step alone costs as much as ~35 prefill tokens: reading the weights). Each part's
     tokens are its rows' queries row by row (``rows x query_length``, padding included); attention

@@ -2,9 +2,9 @@
 
 Rows: the generation budget counts KV held, ``rows x columns`` tokens, where a row's columns are
 its prompt after its family's shared prefix plus ``max_new_tokens`` (a slot is allocated whole, so
-no row can run out mid-generation). Example: a 16,384-token budget and GSM8K 5-shot (~1,000-token
-prompts of their own, 256 new tokens) -> 13 rows; ``gsm8k_cot`` (an 8-shot prefix shared, ~60-token
-questions) -> 16,384 // 316 = 51 rows. A decode step reads every weight once whatever the rows, so
+no row can run out mid-generation). Example: a 15,360-token budget and GSM8K 5-shot (~1,000-token
+prompts of their own, 256 new tokens) -> 12 rows; ``gsm8k_cot`` (an 8-shot prefix shared, ~60-token
+questions) -> 15,360 // 316 = 48 rows. A decode step reads every weight once whatever the rows, so
 more rows are nearly free until the step turns compute-bound (:data:`MAX_GENERATION_ROWS`).
 With ``max_batch_tokens=off`` the rows are lm-eval's ``batch_size`` (stock's batching).
 
