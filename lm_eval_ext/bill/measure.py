@@ -106,10 +106,13 @@ def planned_rows(lm: Any, prompts: Sequence[Sequence[int]], budgets: Sequence[in
     return generation_rows(budget, cap, columns, len(requests))
 
 
-def _requests(prompts: Sequence[Sequence[int]], budgets: Sequence[int]) -> list:
+def _requests(prompts: Sequence[Sequence[int]], budgets: Sequence[int],
+              stops: Sequence[tuple[str, ...]] | None = None) -> list:
     from lm_eval_ext.hf.policy.batching import GenerationRequest
 
-    return [GenerationRequest(i, tuple(p), n, ()) for i, (p, n) in enumerate(zip(prompts, budgets, strict=True))]
+    stops = stops if stops is not None else [()] * len(prompts)
+    return [GenerationRequest(i, tuple(p), n, tuple(stop))
+            for i, (p, n, stop) in enumerate(zip(prompts, budgets, stops, strict=True))]
 
 
 def _generation_rates(lm: Any, prompts: Sequence[Sequence[int]], budgets: Sequence[int], tasks: Sequence[str],
@@ -170,10 +173,8 @@ def _timed_loop(lm: Any, prompts: Sequence[Sequence[int]], budgets: Sequence[int
     """The engine's continuous loop over ``prompts`` in one pool: ``(seconds, decoding rows,
     prefill tokens)`` of each step, and each request's generated token count."""
     from lm_eval_ext.hf.compute.engine import call_families
-    from lm_eval_ext.hf.policy.batching import GenerationRequest
 
-    requests = [GenerationRequest(i, tuple(p), n, tuple(stop))
-                for i, (p, n, stop) in enumerate(zip(prompts, budgets, stops, strict=True))]
+    requests = _requests(prompts, budgets, stops)
     steps: list[tuple[float, int, int]] = []
     generated = [0] * len(requests)
     last = [time.perf_counter(), 0, 0]  # time, decode tokens, prefill tokens so far
