@@ -22,9 +22,10 @@ CPU_MAX_BATCH_TOKENS = 4096
 #: Generation budgets count KV held, rows x columns (a row's prompt after its shared prefix +
 #: max_gen_toks: ``generation_rows.py``), not tokens per forward. A decode step reads every weight
 #: once whatever the rows, so more rows are nearly free in time; the cap bounds the memory instead:
-#: SmolLM2-135M holds 45 KiB per cached token, 0.66 GiB at the cap, next to 0.5 GiB of weights, so
-#: peak RSS stays within 1.5x of stock's fastest setting (one row at a time). GSM8K 5-shot: 12 rows
-#: (16,384 tokens gave 13 rows and 1.51x; 32 rows were 7 % faster at +1.1 GiB, measured on 32 docs).
+#: SmolLM2-135M holds 45 KiB per cached token, 0.66 GiB at the cap, next to 0.5 GiB of weights.
+#: GSM8K 5-shot with ~1,000-token own prompts: 12 rows. Measured on 32 GSM8K docs whose longest own
+#: prompt makes 1,695-column rows (9 rows): peak RSS 1.55x stock's fastest setting (one row at a
+#: time); 7 rows gave 1.34x but 17 % more time, 32 rows 7 % less time at +1.1 GiB (docs/engine.md).
 CPU_MAX_GENERATION_TOKENS = 15360
 #: Share of the RAM reported available that one batch may use; the rest is headroom for the
 #: allocator, the tokenizer, lm-eval's own data, and other processes on the machine.
