@@ -141,3 +141,14 @@ def test_a_continuous_loops_decode_priced_step_by_step():
     assert tail == pytest.approx(0.25 + 1.25 + 38 * 1.0)
     assert tail > (3 - 1 + 40 - 1) / 2 * (1.0 + 0.25)
     assert continuous_decode_seconds([1, 1, 1], 8, **one) == 0.0  # the first token comes from the prefill
+
+
+def test_a_measurement_without_decode_steps_is_one_line_and_a_flat_line_otherwise():
+    from lm_eval_ext.bill.measure import _fit_decode_steps
+    from lm_eval_ext.errors import UserError
+
+    with pytest.raises(UserError, match=r"--measure: the timed generation produced no decode step .* leave --measure "
+                                        r"out to use the history or the paper estimate"):
+        _fit_decode_steps([])
+    assert _fit_decode_steps([(1, 0.06), (3, 0.10), (5, 0.14)]) == pytest.approx((0.06, 0.02))
+    assert _fit_decode_steps([(4, 0.2), (4, 0.2)]) == pytest.approx((0.2, 0.0))  # one row count: flat
