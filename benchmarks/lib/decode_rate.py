@@ -36,7 +36,7 @@ def measure(model_path: str, data_dir: str, rows: list[int], new_tokens: int = 4
         for n in rows:
             requests = [GenerationRequest(i, prompts[i], new_tokens, ()) for i in range(n)]
             loop = ContinuousGenerator(parts, "cpu", eos_ids=set(), decode=tokenizer.decode, max_rows=n,
-                                       arena_tokens=n * (context_tokens + new_tokens), prefill_chunk_tokens=4096,
+                                       columns=context_tokens + new_tokens, prefill_chunk_tokens=4096,
                                        samplers=lambda r: None)
             full = _FullPoolSteps(n)
             loop.run(requests, [GenerationFamily((), tuple(range(n)))], on_finished=lambda i, t: None, on_step=full)
@@ -99,8 +99,7 @@ def versus_generate_batch(model_path: str, data_dir: str, num_prompts: int = 16,
         parts, found = split_model(ours), {}
         requests = [GenerationRequest(i, tuple(p), new_tokens, ()) for i, p in enumerate(prompts)]
         generator = ContinuousGenerator(parts, "cpu", eos_ids=set(), decode=tokenizer.decode, max_rows=len(prompts),
-                                        arena_tokens=sum(map(len, prompts)) + len(prompts) * new_tokens,
-                                        prefill_chunk_tokens=4096,
+                                        columns=max(map(len, prompts)) + new_tokens, prefill_chunk_tokens=4096,
                                         samplers=lambda r: None)
         generator.run(requests, [GenerationFamily((), tuple(range(len(prompts))))],
                       on_finished=lambda i, tokens: found.__setitem__(i, tokens))

@@ -11,7 +11,7 @@ in the whole call.
 Generation: the engine's own continuous loop on up to :data:`MAX_TIMED_ROWS` real prompts in one
 pool, each step timed: the prefill rate from the steps that take a prompt in, and a decode step's
 seconds as a line in its live rows (one row to the full pool). The whole counted work's decode is
-then priced step by step at the rows the engine would plan (``generation_pool``), with the
+then priced step by step at the rows the engine would plan (``generation_rows``), with the
 staggered joins and the tail that the last rows decode alone
 (``estimate.time_model.continuous_decode_seconds``): a call of few or uneven generations runs
 many steps at few rows, which a rate at the full pool would miss (GSM8K 5-shot, 4 documents:
@@ -95,16 +95,15 @@ def _scoring_rates(lm: Any, kind: str, requests: Sequence, tasks: Sequence[str],
 
 
 def planned_rows(lm: Any, prompts: Sequence[Sequence[int]], budgets: Sequence[int]) -> int:
-    """Rows decoding at once: the engine's own pool (``generation_pool``) for these prompts, at
-    their mean row."""
-    from lm_eval_ext.hf.compute.engine import call_families, loop_row_tokens
-    from lm_eval_ext.hf.policy.generation_rows import generation_pool
+    """Rows decoding at once: the engine's own pool size (``generation_rows``) for these prompts."""
+    from lm_eval_ext.hf.compute.engine import call_families, loop_columns
+    from lm_eval_ext.hf.policy.generation_rows import generation_rows
 
     requests = _requests(prompts, budgets)
-    row_tokens = loop_row_tokens(requests, call_families(requests))
-    stats = {"width_tokens": max(row_tokens), "scored_fraction": 1.0 / max(row_tokens)}
+    columns = loop_columns(requests, call_families(requests))
+    stats = {"width_tokens": columns, "scored_fraction": 1.0 / columns}
     budget, cap = lm.engine.budgets.limits("generate_until", stats, lm.engine.score_batch)
-    return generation_pool(budget, cap, row_tokens).typical_rows
+    return generation_rows(budget, cap, columns, len(requests))
 
 
 def _requests(prompts: Sequence[Sequence[int]], budgets: Sequence[int],

@@ -47,20 +47,14 @@ def cut(text: str, stops) -> str:
     return text
 
 
-def row_tokens(requests, families):
-    prefix = {i: len(f.prefix) for f in families for i in f.members}
-    return [len(r.prompt_tokens) - prefix[r.index] + r.max_new_tokens for r in requests]
-
-
-def run_loop(model, tokenizer, requests, *, max_rows, chunk=2048, families=None, samplers=lambda r: None,
-             arena_tokens=None):
-    """The loop over ``requests``; the arena holds any ``max_rows`` of them unless ``arena_tokens``."""
+def run_loop(model, tokenizer, requests, *, max_rows, chunk=2048, families=None, samplers=lambda r: None):
     families = families or [GenerationFamily(f.prefix, tuple(requests[m].index for m in f.members))
                             for f in generation_families([r.prompt_tokens for r in requests])]
-    arena_tokens = arena_tokens or sum(sorted(row_tokens(requests, families), reverse=True)[:max_rows])
+    prefix = {i: len(f.prefix) for f in families for i in f.members}
+    columns = max(len(r.prompt_tokens) - prefix[r.index] + r.max_new_tokens for r in requests)
     eos = model.generation_config.eos_token_id
     loop = ContinuousGenerator(split_model(model), "cpu", eos_ids={eos} if isinstance(eos, int) else set(eos or ()),
-                               decode=tokenizer.decode, max_rows=max_rows, arena_tokens=arena_tokens,
+                               decode=tokenizer.decode, max_rows=max_rows, columns=columns,
                                prefill_chunk_tokens=chunk, samplers=samplers)
     finished = []
     out = {}
@@ -93,60 +87,37 @@ def test_refills_stops_and_limits_equal_generate_one_at_a_time(model_and_tokeniz
 
 def test_long_prompts_prefill_in_chunks_beside_decoding_rows(model_and_tokenizer, monkeypatch):
     """Prompts of their own longer than the prefill chunk: each is prefilled over several steps
-    whose forward also carries the live rows' decode tokens (one packed sequence), straight into
-    its own region (nothing is copied when it joins). Every row still equals ``generate`` alone."""
+    whose forward also carries the live rows' decode tokens (one packed sequence), into the free
+    slots after the live rows; a live row that finishes meanwhile frees a slot below, and the
+    prompt's KV moves down when it joins. Every row still equals ``generate`` alone."""
     model, tokenizer = model_and_tokenizer
+    joining, moves = [False], []
+    copy_row, prefilled = SlotKV.copy_row, ContinuousGenerator._prefilled
+
+    def spy_copy(self, source, source_row, row):
+        if joining[0]:  # a move at a join, not the compaction after a row finishes
+            moves.append((source_row, row))
+        return copy_row(self, source, source_row, row)
+
+    def spy_prefilled(self, *args):
+        joining[0] = True
+        try:
+            return prefilled(self, *args)
+        finally:
+            joining[0] = False
+
+    monkeypatch.setattr(SlotKV, "copy_row", spy_copy)
+    monkeypatch.setattr(ContinuousGenerator, "_prefilled", spy_prefilled)
     words = "alpha beta gamma delta epsilon zeta eta theta iota kappa".split()
     texts = [" ".join(words[(i + j) % len(words)] for j in range(60 + 45 * i)) + "\nCopy:" for i in range(6)]
     requests = make_requests(tokenizer, texts, max_new=(24, 9, 17), stop=("\n\n",))
     assert max(len(r.prompt_tokens) for r in requests) > 2 * 128
     loop, out, finished = run_loop(model, tokenizer, requests, max_rows=3, chunk=128)
     assert loop.stats.mixed_steps > 3 and sorted(finished) == list(range(len(requests)))
+    assert moves and all(source_row > row for source_row, row in moves)  # joining prompts moved down
     for request in requests:
         assert cut(tokenizer.decode(out[request.index]), request.stop) == reference(model, tokenizer, request), \
             request.index
-
-
-def test_rows_of_different_lengths_share_the_arena_by_their_own_size(model_and_tokenizer):
-    """An arena of one long row's columns and a half: equal slots sized to the longest row would
-    hold one row at a time; regions sized to each row hold the long one beside short ones, and
-    when the free columns lie scattered the live regions are packed down (their KV moved, not
-    lost). Every row still equals ``generate`` alone."""
-    model, tokenizer = model_and_tokenizer
-    words = "alpha beta gamma delta epsilon zeta eta theta iota kappa".split()
-    long_text = " ".join(words[j % len(words)] for j in range(150)) + "\nCopy:"
-    texts = [long_text, "Hello there", "Words: red blue\nCopy:", long_text[:200], "The quick brown fox",
-             "Words: one two three\nCopy:", long_text[:90], "Say yes:"]
-    requests = make_requests(tokenizer, texts, max_new=(12, 5, 9, 7), stop=("\n\n",))
-    families = [GenerationFamily((), tuple(r.index for r in requests))]
-    sizes = row_tokens(requests, families)
-    arena = max(sizes) * 3 // 2
-    loop, out, finished = run_loop(model, tokenizer, requests, max_rows=8, families=families, arena_tokens=arena)
-    assert sorted(finished) == list(range(len(requests)))
-    assert loop.stats.mean_live_rows > arena // max(sizes)  # more rows than equal slots would hold
-    assert loop.kv.free_tokens == arena and not loop.kv.regions  # every region given back
-    for request in requests:
-        assert cut(tokenizer.decode(out[request.index]), request.stop) == reference(model, tokenizer, request), \
-            request.index
-
-
-def test_the_arena_packs_live_regions_down_only_when_the_free_columns_are_scattered():
-    kv = SlotKV(num_layers=2, capacity=10, num_kv_heads=1, head_dim=2, dtype=torch.float32, device="cpu")
-    a, b, c = kv.allocate(3), kv.allocate(3), kv.allocate(3)
-    assert (a.start, b.start, c.start) == (0, 3, 6) and kv.allocate(2) is None  # one column left
-    for region, value in ((b, 2.0), (c, 3.0)):
-        region.length = 2
-        for arena in kv.keys + kv.values:
-            arena[:, region.start : region.start + 2] = value
-    kv.release(a)
-    assert kv.allocate(3).start == 0 and kv.compactions == 0  # the freed run, first fit
-    kv.release(kv.regions[0])  # free again: columns 0-2 and 9, four only together
-    d = kv.allocate(4)
-    assert kv.compactions == 1 and (b.start, c.start, d.start) == (0, 3, 6)  # packed down, in order
-    for region, value in ((b, 2.0), (c, 3.0)):  # their written columns moved with them
-        assert all(torch.equal(arena[:, region.start : region.start + 2], torch.full((1, 2, 2), value))
-                   for arena in kv.keys + kv.values)
-    assert kv.allocate(1) is None and kv.free_tokens == 0
 
 
 def test_a_few_shot_prefix_is_computed_once_and_never_copied_per_row(model_and_tokenizer):
@@ -158,8 +129,7 @@ def test_a_few_shot_prefix_is_computed_once_and_never_copied_per_row(model_and_t
     loop, out, _ = run_loop(model, tokenizer, requests, max_rows=7)
     own = sum(len(r.prompt_tokens) - len(family.prefix) for r in requests)
     assert loop.stats.prefill_tokens == len(family.prefix) + own  # the prefix once, each row's own part
-    assert all(size < len(family.prefix) for size in row_tokens(requests, families))  # regions: what rows add
-    assert loop.kv.capacity == sum(row_tokens(requests, families))
+    assert loop.columns < len(family.prefix)  # the slots hold what each row adds, not the prefix
     for request in requests:
         assert cut(tokenizer.decode(out[request.index]), request.stop) == reference(model, tokenizer, request)
 

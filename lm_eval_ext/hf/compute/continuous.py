@@ -1,9 +1,7 @@
 """EDGE (torch): continuous batching: one generation loop that keeps every row busy.
 
-A pool of live rows decodes one token each per step. Each row holds a region of one KV arena
-sized to its own prompt (after its family's shared prefix) plus its ``max_new_tokens``
-(``slots.py``). When a row finishes (EOS, its first stop string, ``max_new_tokens``) its region is
-free at once: the next waiting request whose region fits is prefilled (in
+A pool of live rows decodes one token each per step. When a row finishes (EOS, its first stop
+string, ``max_new_tokens``) its slot is free at once: the next waiting request is prefilled (in
 chunks of at most ``prefill_chunk_tokens``, one chunk per step, so a long prompt never stalls the
 decoding rows for long) and joins the decode step after its prompt is in. Rows continuing a shared
 prefix (``policy/gen_families.py``: few-shot blocks, repeats of one prompt) read that prefix's KV
@@ -13,7 +11,7 @@ dropped when its last row finishes.
 Greedy rows take the argmax (the first of equal maxima, as ``generate``); sampled rows draw from
 their own generator (``policy/sampling.py``), so a request's sample does not depend on its
 neighbours, the pool size, the rank count or a resume. On out-of-memory the youngest rows give
-their regions back and wait again (their tokens so far are dropped: a re-run gives the same tokens),
+their slots back and wait again (their tokens so far are dropped: a re-run gives the same tokens),
 and the pool shrinks for the rest of the call.
 
 Per step, one forward: one token for every live row and, if a prompt is pending, its next chunk,
@@ -36,7 +34,7 @@ import torch
 from lm_eval_ext.hf.compute.oom import free_memory, is_out_of_memory
 from lm_eval_ext.hf.compute.scoring import ModelParts, execution_device
 from lm_eval_ext.hf.compute.slots import (
-    PackedForward, PrefixKV, Region, SlotForward, SlotKV, attending, prefix_kv_from_cache, slot_cache,
+    PackedForward, PrefixKV, SlotForward, SlotKV, attending, prefix_kv_from_cache, slot_cache,
 )
 from lm_eval_ext.hf.compute.kv_cache import plain_cache
 from lm_eval_ext.hf.policy.batching import GenerationRequest
@@ -76,8 +74,6 @@ class _Row:
     sampler: "RowSampler | None"
     stops: StopStrings
     prefilled: int = 0
-    region: Region | None = None
-    """the row's KV columns, from admission to its end"""
     output: list[int] = field(default_factory=list)
     pending_token: int | None = None
     """emitted, not yet in the KV: the next decode step feeds it"""
@@ -109,15 +105,14 @@ class RowSampler:
 
 
 class ContinuousGenerator:
-    """Generates a call's requests with at most ``max_rows`` rows live in an arena of
-    ``arena_tokens`` KV columns (at least the widest row's own prompt + ``max_new_tokens``)."""
+    """Generates a call's requests with a pool of ``max_rows`` slots of ``columns`` tokens each."""
 
     def __init__(self, parts: ModelParts, device, *, eos_ids: set[int], decode: Callable[[list[int]], str],
-                 max_rows: int, arena_tokens: int, prefill_chunk_tokens: int,
+                 max_rows: int, columns: int, prefill_chunk_tokens: int,
                  samplers: Callable[[GenerationRequest], RowSampler | None]) -> None:
         config = parts.model.config
         self.parts, self.device, self.eos_ids, self.decode_text = parts, device, eos_ids, decode
-        self.max_rows, self.arena_tokens, self.chunk = max_rows, arena_tokens, prefill_chunk_tokens
+        self.max_rows, self.columns, self.chunk = max_rows, columns, prefill_chunk_tokens
         self.samplers = samplers
         self.num_layers = config.num_hidden_layers
         heads = config.num_attention_heads
@@ -137,12 +132,10 @@ class ContinuousGenerator:
         self.family_left = {f: len(family.members) for f, family in enumerate(self.families)}
         self.waiting = deque(self._row(by_index[i], f) for f, family in enumerate(self.families) for i in family.members)
         self.live: list[_Row] = []
-        widest = max(len(row.own) + row.request.max_new_tokens for row in self.waiting)
-        if widest > self.arena_tokens:
-            raise ValueError(f"a row of {widest} tokens does not fit an arena of {self.arena_tokens}")
-        self.kv = SlotKV(self.num_layers, self.arena_tokens, self.num_kv_heads, self.head_dim, self.dtype, self.device)
-        self.pending: list[_Row] | None = None
-        """rows being prefilled, each into its own region"""
+        self.main = SlotKV(self.num_layers, self.max_rows, self.columns, self.num_kv_heads, self.head_dim, self.dtype,
+                           self.device)
+        self.pending: tuple[list[_Row], int] | None = None
+        """rows being prefilled, and the first of the free slots they are prefilled into"""
         while self.waiting or self.pending or self.live:
             before = self.stats.prefill_tokens + self.stats.decode_tokens
             self._guarded(lambda: self._step(on_finished))
@@ -165,19 +158,18 @@ class ContinuousGenerator:
             self._shrink(exc)
 
     def _shrink(self, exc: BaseException) -> None:
-        rows = len(self.live) + (len(self.pending) if self.pending else 0)
+        rows = len(self.live) + (len(self.pending[0]) if self.pending else 0)
         if rows <= 1:
             raise exc  # one row alone does not fit: nothing left to give back
         self.max_rows = max(1, rows // 2)
         back: list[_Row] = []
         if self.pending:
-            back, self.pending = self.pending, None
+            back, self.pending = self.pending[0], None
         while len(self.live) > self.max_rows:
             back.append(self.live.pop())
         free_memory()
         for row in reversed(back):  # in their original order, at the front
-            self.kv.release(row.region)
-            row.prefilled, row.output, row.pending_token, row.region = 0, [], None, None
+            row.prefilled, row.output, row.pending_token = 0, [], None
             row.sampler = self.samplers(row.request)  # the same draws again
             self.waiting.appendleft(row)
         self.stats.requeued_rows += len(back)
@@ -186,37 +178,24 @@ class ContinuousGenerator:
 
     # ---- prefill ---------------------------------------------------------------------------
     def _admit(self) -> None:
-        """The next prefill batch: one long own prompt alone, or the next short ones together,
-        each in a region of its own (in order: a row waits while the arena lacks room for it)."""
+        """The next prefill batch: one long own prompt alone, or the next short ones together."""
         room = self.max_rows - len(self.live)
         if self.pending or not self.waiting or room <= 0:
             return
-        batch: list[_Row] = []
-        while self.waiting and len(batch) < room and self._fits_batch(batch, self.waiting[0]):
-            row = self.waiting[0]
-            row.region = self.kv.allocate(len(row.own) + row.request.max_new_tokens)
-            if row.region is None:
-                break
-            batch.append(self.waiting.popleft())
-        if not batch:
-            if not self.live:  # the arena is empty and still too small: the caller sized it wrong
-                raise RuntimeError(f"no room for a row of {len(self.waiting[0].own)} prompt tokens in an arena of "
-                                   f"{self.arena_tokens}")
-            return
+        batch = [self.waiting.popleft()]
+        if len(batch[0].own) < SOLO_PREFILL_TOKENS:
+            while (self.waiting and len(batch) < room and len(self.waiting[0].own) < SOLO_PREFILL_TOKENS
+                   and (len(batch) + 1) * max(len(self.waiting[0].own), *(len(r.own) for r in batch)) <= max(
+                       self.chunk, SOLO_PREFILL_TOKENS)):
+                batch.append(self.waiting.popleft())
         for row in batch:
             self._ensure_prefix(row.family)
-        # straight into their regions: no staging copy of a prompt's KV (its bytes would add to
-        # the arena's at the peak), and no move when it joins
-        self.pending = batch
-
-    def _fits_batch(self, batch: Sequence[_Row], row: _Row) -> bool:
-        """A long own prompt is prefilled alone; short ones together, up to the prefill chunk."""
-        if not batch:
-            return True
-        if len(batch[0].own) >= SOLO_PREFILL_TOKENS or len(row.own) >= SOLO_PREFILL_TOKENS:
-            return False
-        widest = max(len(row.own), *(len(r.own) for r in batch))
-        return (len(batch) + 1) * widest <= max(self.chunk, SOLO_PREFILL_TOKENS)
+        # into the free slots right after the live rows: no staging copy of a prompt's KV (its
+        # bytes would add to the pool's at the peak), and no move when it joins in the same step
+        start = len(self.live)
+        for i in range(len(batch)):
+            self.main.lengths[start + i] = 0
+        self.pending = (batch, start)
 
     def _ensure_prefix(self, family: int) -> None:
         prefix = self.families[family].prefix
@@ -263,16 +242,15 @@ class ContinuousGenerator:
     def _decode_part(self) -> tuple[SlotForward, torch.Tensor, torch.Tensor]:
         rows = self.live
         ids = torch.tensor([[r.pending_token] for r in rows], dtype=torch.long)
-        positions = torch.tensor([[len(self.families[r.family].prefix) + r.region.length] for r in rows],
-                                 dtype=torch.long)
-        forward = SlotForward(self.kv, [r.region for r in rows], [r.region.length for r in rows], [1] * len(rows),
-                              self._prefix_groups(rows))
+        positions = torch.tensor([[len(self.families[r.family].prefix) + self.main.lengths[i]]
+                                  for i, r in enumerate(rows)], dtype=torch.long)
+        forward = SlotForward(self.main, 0, self.main.lengths[: len(rows)], [1] * len(rows), self._prefix_groups(rows))
         return forward, ids, positions
 
     def _decoded(self, hidden: torch.Tensor) -> None:
         rows = self.live
-        for row in rows:
-            row.region.length += 1
+        for i in range(len(rows)):
+            self.main.lengths[i] += 1
         self.stats.decode_tokens += len(rows)
         self.stats.decode_steps += 1
         self.stats.live_row_steps += len(rows)
@@ -286,7 +264,7 @@ class ContinuousGenerator:
         documents: 256-token chunks 130 s, whole ~1,000-token prompts 109 s): the prefill is
         compute-bound either way, and a prompt in fewer steps starts decoding sooner, which
         shortens the tail of decode-only steps that the last long generations run alone."""
-        rows = self.pending
+        rows, start = self.pending
         budget = max(self.chunk, SOLO_PREFILL_TOKENS)
         take = [min(len(r.own) - r.prefilled, budget) for r in rows]
         width = max(take)
@@ -296,22 +274,24 @@ class ContinuousGenerator:
             ids[i, :n] = torch.tensor(row.own[row.prefilled : row.prefilled + n])
             at = len(self.families[row.family].prefix) + row.prefilled
             positions[i] = torch.arange(at, at + width)
-        forward = SlotForward(self.kv, [r.region for r in rows], [r.prefilled for r in rows],
-                              [max(n, 1) for n in take], self._prefix_groups(rows))
+        forward = SlotForward(self.main, start, [r.prefilled for r in rows], [max(n, 1) for n in take],
+                              self._prefix_groups(rows))
         return forward, ids, positions
 
     def _prefilled(self, forward: SlotForward, hidden: torch.Tensor) -> None:
         """The chunk is in; rows whose whole prompt is in take their first token and join the pool."""
-        rows = self.pending
+        rows, start = self.pending
         take = [min(n, len(r.own) - r.prefilled) for r, n in zip(rows, forward.valid)]  # valid: at least 1
-        for row, n in zip(rows, take):
+        for i, (row, n) in enumerate(zip(rows, take)):
             row.prefilled += n
-            row.region.length = row.prefilled
+            self.main.lengths[start + i] = row.prefilled
         self.stats.prefill_tokens += sum(take)
         if any(r.prefilled < len(r.own) for r in rows):
             return
         last = hidden[torch.arange(len(rows)), torch.tensor([max(n, 1) - 1 for n in take])]
-        for row, token in zip(rows, self._pick(rows, last)):
+        for i, (row, token) in enumerate(zip(rows, self._pick(rows, last))):
+            if start + i != len(self.live):  # live rows finished while a long prompt was prefilled
+                self.main.copy_row(self.main, start + i, len(self.live))  # down: never onto a pending row
             self.live.append(row)
             self._emit(row, token)
         self.pending = None
@@ -337,11 +317,16 @@ class ContinuousGenerator:
             row.pending_token = token
 
     def _finish(self, on_finished: Callable[[int, list[int]], None]) -> None:
-        """Finished rows leave and give their regions back; the others keep their order."""
-        for row in [r for r in self.live if r.pending_token is None]:
-            self.live.remove(row)
-            self.kv.release(row.region)
-            row.region = None
+        """Finished rows leave; the last live row moves into each freed slot."""
+        for i in range(len(self.live) - 1, -1, -1):
+            row = self.live[i]
+            if row.pending_token is not None:
+                continue
+            last = len(self.live) - 1
+            if i != last:
+                self.main.copy_row(self.main, last, i)
+                self.live[i] = self.live[last]
+            self.live.pop()
             on_finished(row.request.index, row.output)
             self.family_left[row.family] -= 1
             if self.family_left[row.family] == 0:

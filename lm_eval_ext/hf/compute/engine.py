@@ -43,7 +43,7 @@ from lm_eval_ext.hf.policy.batching import (
     split_batch,
 )
 from lm_eval_ext.hf.policy.gen_families import GenerationFamily, generation_families
-from lm_eval_ext.hf.policy.generation_rows import GenerationLedger, generation_pool
+from lm_eval_ext.hf.policy.generation_rows import GenerationLedger, generation_rows
 from lm_eval_ext.hf.policy.token_count import (
     count_generation, count_scoring, prefix_tokens_by_task, row_tokens_by_task, scoring_layout,
 )
@@ -260,17 +260,17 @@ class ScoringEngine:
 
     def _generate_continuous(self, call: Call, requests: Sequence[GenerationRequest], tasks: Sequence[str],
                              on_generated: Callable[[int, list[int]], None]) -> None:
-        """Every request through one continuous loop (``continuous.py``) whose rows share a KV arena
-        of the generation budget (``generation_pool``: a row's columns are its prompt after its
-        family's prefix + ``max_new_tokens``), at most ``MAX_GENERATION_ROWS`` rows at once."""
+        """Every request through one continuous loop (``continuous.py``) over a pool of rows sized
+        from the generation budget: ``rows = budget // columns`` (a row's columns: its prompt after
+        its family's prefix + ``max_new_tokens``), at most ``MAX_GENERATION_ROWS``."""
         kind = call.request_type.value
         families = call_families(requests)
         family_of = {index: f for f, family in enumerate(families) for index in family.members}
         self._count_generation(kind, requests, tasks, families=True)
-        row_tokens = loop_row_tokens(requests, families)
-        stats = {"width_tokens": max(row_tokens), "scored_fraction": 1.0 / max(row_tokens)}
+        columns = loop_columns(requests, families)
+        stats = {"width_tokens": columns, "scored_fraction": 1.0 / columns}
         call.budget_tokens, call.max_batch_requests = self.budgets.limits(kind, stats, self.score_batch)
-        pool = generation_pool(call.budget_tokens, call.max_batch_requests, row_tokens)
+        rows = generation_rows(call.budget_tokens, call.max_batch_requests, columns, len(requests))
         ledger = GenerationLedger({r.index: t for r, t in zip(requests, tasks)},
                                   {r.index: len(r.prompt_tokens) for r in requests}, family_of,
                                   [len(f.prefix) for f in families])
@@ -281,24 +281,20 @@ class ScoringEngine:
             ledger.finished(index, len(tokens))
             on_generated(index, tokens)
 
-        loop = self.run_loop(requests, families, max_rows=pool.rows, arena_tokens=pool.arena_tokens,
-                             on_finished=finished,
+        loop = self.run_loop(requests, families, max_rows=rows, on_finished=finished,
                              on_step=functools.partial(self._stepped, call))
         ledger.report(self.cost_report, kind, wall_s=time.perf_counter() - started_s, stats=loop.stats)
         self.cost_report.finish_call(kind, sorted(set(tasks)), budget_tokens=call.budget_tokens,
                                      oom_retries=loop.stats.oom_retries, peak_memory_bytes=device_peaks_bytes())
 
     def run_loop(self, requests: Sequence[GenerationRequest], families: Sequence[GenerationFamily], *,
-                 max_rows: int, on_finished: Callable[[int, list[int]], None], arena_tokens: int | None = None,
+                 max_rows: int, on_finished: Callable[[int, list[int]], None],
                  on_step: Callable[[int, Any], None] = lambda tokens, stats: None) -> ContinuousGenerator:
-        """``requests`` through one continuous loop of at most ``max_rows`` rows in an arena of
-        ``arena_tokens`` KV columns (None: room for any ``max_rows`` of them) (the call's, and
+        """``requests`` through one continuous loop of ``max_rows`` rows (the call's, and
         ``plan --measure``'s timed sample); returns the finished loop (its ``stats``)."""
-        if arena_tokens is None:
-            arena_tokens = sum(sorted(loop_row_tokens(requests, families), reverse=True)[:max_rows])
         loop = ContinuousGenerator(
             self.parts, self.host.device, eos_ids=eos_token_ids(self.host.model.generation_config),
-            decode=self.host.tok_decode, max_rows=max_rows, arena_tokens=arena_tokens,
+            decode=self.host.tok_decode, max_rows=max_rows, columns=loop_columns(requests, families),
             prefill_chunk_tokens=self.settings.prefill_chunk_tokens,
             samplers=lambda r: RowSampler(r.sampling, r.seed) if r.sampling is not None else None,
         )
@@ -353,8 +349,7 @@ def call_families(requests: Sequence[GenerationRequest]) -> list[GenerationFamil
             for f in generation_families([r.prompt_tokens for r in requests])]
 
 
-def loop_row_tokens(requests: Sequence[GenerationRequest], families: Sequence[GenerationFamily]) -> list[int]:
-    """Each request's KV region in the loop: its prompt after its family's prefix plus its
-    ``max_new_tokens``."""
+def loop_columns(requests: Sequence[GenerationRequest], families: Sequence[GenerationFamily]) -> int:
+    """A row's slot: the longest prompt after its family's prefix plus its ``max_new_tokens``."""
     prefix_of = {index: len(f.prefix) for f in families for index in f.members}
-    return [len(r.prompt_tokens) - prefix_of[r.index] + r.max_new_tokens for r in requests]
+    return max(len(r.prompt_tokens) - prefix_of[r.index] + r.max_new_tokens for r in requests)

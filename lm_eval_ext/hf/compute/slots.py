@@ -1,20 +1,13 @@
-"""EDGE (torch, transformers): KV in one arena of row regions, and attention that reads a shared prefix in place.
+"""EDGE (torch, transformers): KV in fixed row slots, and attention that reads a shared prefix in place.
 
-The continuous generation loop (``continuous.py``) keeps every generating row in a *region* of
-one arena per layer (``[kv heads, arena tokens, head dim]``, allocated once per call): row ``r``'s
-own tokens (those after its family's shared prefix) sit in columns ``[start, start + length)``.
-A region is sized to its own row, its prompt after the prefix plus its ``max_new_tokens``, so
-rows of different lengths share the arena without the padding of equal slots (GSM8K 5-shot: own
-prompts of 724-1,439 tokens; equal slots sized to the longest held ~30 % of their columns idle). A
-finished row's region is free at once for the next row; nothing grows, and no live row's KV is
-copied unless the free columns are scattered too thinly for the next row (then the live regions are
-packed down, once). A family's prefix (``policy/gen_families.py``) is stored once,
-``[kv heads, P, head dim]``, and never copied per row.
+The continuous generation loop (``continuous.py``) keeps every generating row in a *slot*: per
+layer, row ``r``'s own tokens (those after its family's shared prefix) sit in columns
+``[0, length[r])`` of ``keys[r]`` / ``values[r]`` (``[rows, kv heads, columns, head dim]``,
+allocated once per call; a finished row's slot is reused, nothing grows). A family's prefix
+(``policy/gen_families.py``) is stored once, ``[kv heads, P, head dim]``, and never copied per row.
 
-Attention reads each row's own region (one fused call per row: a decode step's query against
-exactly its row's columns, stock's own call at ``batch_size=1``) and, where rows continue a prefix,
-is *cascaded*: for each query the softmax over the prefix and the softmax over the row's own
-columns are computed apart, each with its log-sum-exp, and merged exactly::
+Attention is *cascaded*: for each query the softmax over the prefix and the softmax over the row's
+own columns are computed apart, each with its log-sum-exp, and merged exactly::
 
     out = (e^{l1 - m} o1 + e^{l2 - m} o2) / (e^{l1 - m} + e^{l2 - m}),   m = max(l1, l2)
 
@@ -25,7 +18,7 @@ per step instead of 1.3 GB.
 
 The model runs its own forward: this module registers an attention function with transformers'
 ``AttentionInterface`` (used only inside :func:`attending`) and hands the model a cache whose layers
-write new keys and values into the regions. A prompt prefilled alone from position 0 without a prefix
+write new keys and values into the slots. A prompt prefilled alone from position 0 without a prefix
 goes through ``scaled_dot_product_attention(is_causal=True)``, the call stock's own forward makes.
 """
 
@@ -34,8 +27,8 @@ from __future__ import annotations
 import contextlib
 import contextvars
 import functools
-from collections.abc import Iterator
-from dataclasses import dataclass
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
 
 import torch
 from transformers import AttentionInterface, DynamicCache
@@ -53,74 +46,31 @@ class UnsupportedAttention(RuntimeError):
     sliding windows, dropout...): its generations go through the static path instead."""
 
 
-@dataclass(eq=False)
-class Region:
-    """One row's columns of the arena: ``[start, start + size)``, the first ``length`` written."""
-
-    start: int
-    size: int
-    length: int = 0
-
-
 class SlotKV:
-    """Per-layer key/value arenas of ``capacity`` token columns, handed out as row :class:`Region` s."""
+    """Per-layer key/value buffers of ``rows`` slots x ``columns`` tokens, and each slot's length."""
 
-    def __init__(self, num_layers: int, capacity: int, num_kv_heads: int, head_dim: int,
+    def __init__(self, num_layers: int, rows: int, columns: int, num_kv_heads: int, head_dim: int,
                  dtype: torch.dtype, device) -> None:
-        shape = (num_kv_heads, capacity, head_dim)
-        # zeros, not empty: no column is ever read before it is written, but a stray read of
-        # uninitialised memory would be a NaN, not a wrong digit, and NaNs spread
+        shape = (rows, num_kv_heads, columns, head_dim)
+        # zeros, not empty: a masked column's weight is 0, and 0 x NaN from uninitialised memory
+        # would still poison the row's output
         self.keys = [torch.zeros(shape, dtype=dtype, device=device) for _ in range(num_layers)]
         self.values = [torch.zeros(shape, dtype=dtype, device=device) for _ in range(num_layers)]
-        self.capacity = capacity
-        self.regions: list[Region] = []
-        """the live regions, by start"""
-        self.compactions = 0
+        self.lengths = [0] * rows
+        self.rows, self.columns = rows, columns
 
     @property
     def bytes(self) -> int:
         return sum(t.numel() * t.element_size() for t in self.keys + self.values)
 
-    @property
-    def free_tokens(self) -> int:
-        return self.capacity - sum(r.size for r in self.regions)
-
-    def allocate(self, size: int) -> Region | None:
-        """The first free run of ``size`` columns (the live regions packed down first if the free
-        columns suffice only together), or None while the arena is too full."""
-        if size > self.free_tokens:
-            return None
-        at = self._first_fit(size)
-        if at is None:
-            self._compact()
-            at = self.capacity - self.free_tokens
-        region = Region(at, size)
-        self.regions.append(region)
-        self.regions.sort(key=lambda r: r.start)
-        return region
-
-    def release(self, region: Region) -> None:
-        self.regions.remove(region)
-
-    def _first_fit(self, size: int) -> int | None:
-        at = 0
-        for region in self.regions:
-            if region.start - at >= size:
-                return at
-            at = region.start + region.size
-        return at if self.capacity - at >= size else None
-
-    def _compact(self) -> None:
-        """Every live region moved down to the lowest free columns, in order (its written columns
-        only); regions keep their identity, so the rows holding them see the new start."""
-        at = 0
-        for region in self.regions:
-            if region.start != at:
-                for arena in self.keys + self.values:
-                    arena[:, at : at + region.length] = arena[:, region.start : region.start + region.length].clone()
-                region.start = at
-            at += region.size
-        self.compactions += 1
+    def copy_row(self, source: SlotKV, source_row: int, row: int) -> None:
+        """Row ``source_row`` of ``source`` (another slot array, or this one) into slot ``row``."""
+        length = source.lengths[source_row]
+        if length > self.columns:
+            raise ValueError(f"a row of {length} tokens does not fit {self.columns} columns")
+        for mine, theirs in zip(self.keys + self.values, source.keys + source.values, strict=True):
+            mine[row, :, :length] = theirs[source_row, :, :length]
+        self.lengths[row] = length
 
 
 @dataclass(frozen=True)
@@ -136,15 +86,15 @@ class PrefixKV:
 
 @dataclass(eq=False)
 class SlotForward:
-    """What one forward over the rows holding ``regions`` of ``kv`` computes.
+    """What one forward over slots ``start .. start + num_rows`` of ``kv`` computes.
 
-    ``offsets[r]``: the row's tokens already in its region; ``valid[r]``: its new tokens in this
+    ``offsets[r]``: the row's tokens already in its slot; ``valid[r]``: its new tokens in this
     forward (inputs are right-padded to the longest); ``prefix_groups``: each shared prefix with
     the rows (positions in this forward) that continue it.
     """
 
     kv: SlotKV
-    regions: list[Region]
+    start: int
     offsets: list[int]
     valid: list[int]
     prefix_groups: list[tuple[PrefixKV, torch.Tensor]]
@@ -167,67 +117,63 @@ class SlotForward:
         return self.num_rows == 1 and self.offsets[0] == 0 and not self.prefix_groups
 
     @functools.cache  # noqa: B019 (one forward object per forward: the cache dies with it)
-    def allowed(self, row: int, device) -> torch.Tensor | None:
-        """``[1, 1, queries, own columns]`` for ``row``, or None where every query sees all of
-        them (a decode step): query ``i`` sees its row's columns up to its own position
-        ``offsets[row] + i``; padding queries see column 0 (their outputs are never read, and a
-        fully masked query would be NaN)."""
-        offset, valid = self.offsets[row], self.valid[row]
-        if self.query_length == 1:
-            return None
+    def allowed(self, device) -> torch.Tensor:
+        """``[rows, 1, queries, width]``: query ``i`` of row ``r`` sees own columns up to its own
+        position ``offsets[r] + i``; padding queries see column 0 (their outputs are never read,
+        and a fully masked query would be NaN)."""
         queries = torch.arange(self.query_length, device=device)
-        columns = torch.arange(offset + valid, device=device)
-        last = offset + torch.clamp(queries, max=max(valid - 1, 0))
-        return (columns[None, :] <= last[:, None])[None, None]
+        columns = torch.arange(self.width, device=device)
+        offsets = torch.tensor(self.offsets, device=device)
+        valid = torch.tensor(self.valid, device=device)
+        last = offsets[:, None] + torch.minimum(queries[None, :], (valid - 1).clamp(min=0)[:, None])
+        return (columns[None, None, :] <= last[:, :, None]).unsqueeze(1)
 
     @functools.cache  # noqa: B019 (one forward object per forward: the cache dies with it)
-    def additive_mask(self, row: int, device, groups: int) -> torch.Tensor | None:
-        """:meth:`allowed` as 0 / -inf in float32 (what the fused kernel adds to the scores), its
-        query axis repeated for the ``groups`` query heads that share a KV head."""
-        allowed = self.allowed(row, device)
-        if allowed is None:
-            return None
-        mask = torch.zeros(allowed.shape, device=device).masked_fill_(~allowed, float("-inf"))
-        return mask.repeat(1, 1, groups, 1) if groups > 1 else mask
+    def additive_mask(self, device) -> torch.Tensor:
+        """:meth:`allowed` as 0 / -inf, in float32 (what the fused kernel adds to the scores)."""
+        return torch.zeros(self.allowed(device).shape, device=device).masked_fill_(~self.allowed(device),
+                                                                                  float("-inf"))
 
     @functools.cache  # noqa: B019 (one forward object per forward: the cache dies with it)
-    def write_columns(self, device) -> torch.Tensor:
-        """A decode step's one arena column per row."""
-        return torch.tensor([r.start + o for r, o in zip(self.regions, self.offsets, strict=True)], device=device)
+    def write_index(self, device) -> tuple[torch.Tensor, torch.Tensor]:
+        rows = torch.arange(self.start, self.start + self.num_rows, device=device)
+        return rows, torch.tensor(self.offsets, dtype=torch.long, device=device)
 
-    def own(self, layer: int, row: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """``row``'s own keys and values written so far, ``[1, kv heads, columns, D]`` views."""
-        start, end = self.regions[row].start, self.regions[row].start + self.offsets[row] + self.valid[row]
-        return self.kv.keys[layer][None, :, start:end], self.kv.values[layer][None, :, start:end]
-
-    def update(self, layer: int, key_states: torch.Tensor, value_states: torch.Tensor) -> None:
-        """Write the forward's new keys/values (``[rows, kv heads, queries, D]``) into the regions."""
+    def update(self, layer: int, key_states: torch.Tensor, value_states: torch.Tensor):
+        """Write the forward's new keys/values into the slots; return this forward's views."""
         keys, values = self.kv.keys[layer], self.kv.values[layer]
-        if key_states.shape[2] == 1:  # a decode step: one token per row, each at its own column
-            columns = self.write_columns(keys.device)
-            keys[:, columns] = key_states[:, :, 0].transpose(0, 1)
-            values[:, columns] = value_states[:, :, 0].transpose(0, 1)
-            return
-        for r, (region, at, n) in enumerate(zip(self.regions, self.offsets, self.valid, strict=True)):
-            if at + n > region.size:
-                raise ValueError(f"a row of {at + n} tokens does not fit its region of {region.size}")
-            keys[:, region.start + at : region.start + at + n] = key_states[r, :, :n]
-            values[:, region.start + at : region.start + at + n] = value_states[r, :, :n]
+        rows = slice(self.start, self.start + self.num_rows)
+        if len(set(self.offsets)) == 1:  # every row writes the same columns (aligned prefill)
+            at = self.offsets[0]
+            keys[rows, :, at : at + key_states.shape[2]] = key_states
+            values[rows, :, at : at + value_states.shape[2]] = value_states
+        elif key_states.shape[2] == 1:  # a decode step: one token per row, each at its own column
+            index_rows, index_columns = self.write_index(keys.device)
+            keys[index_rows, :, index_columns] = key_states[:, :, 0]
+            values[index_rows, :, index_columns] = value_states[:, :, 0]
+        else:
+            for r, at in enumerate(self.offsets):
+                n = self.valid[r]
+                keys[self.start + r, :, at : at + n] = key_states[r, :, :n]
+                values[self.start + r, :, at : at + n] = value_states[r, :, :n]
+        return keys[rows, :, : self.width], values[rows, :, : self.width]
 
 
 @dataclass(eq=False)
 class PackedForward:
     """Several :class:`SlotForward` parts in one forward, their tokens laid end to end in one row.
 
-    The continuous loop's mixed step: every live row's decode token (part 0) and a chunk of the
-    next prompt's prefill (part 1) go through the model as one sequence of ``sum(sizes)`` tokens,
-    so the linear layers read every weight once for both (on a CPU a decode step alone costs as
-    much as ~35 prefill tokens: reading the weights). Each part's tokens are its rows' queries row
-    by row (``rows x query_length``, padding included); attention is computed per part, exactly as
-    that part alone would compute it.
+    The continuous loop's mixed step: every live row's decode token (part 0, on the main slots) and
+    a chunk of the next prompt's prefill (part 1, on the free slots after them) go through the model as one
+    sequence of ``sum(sizes)`` tokens, so the linear layers read every weight once for both (on a
+    CPU a decode step alone costs as much as ~35 prefill tokens: reading the weights). Each part's
+    tokens are its rows' queries row by row (``rows x query_length``, padding included); attention
+    is computed per part, exactly as that part alone would compute it.
     """
 
     parts: list[SlotForward]
+    views: dict = field(default_factory=dict)
+    """layer -> each part's (keys, values) views, written by :meth:`update`, read by the attention"""
 
     @functools.cached_property
     def sizes(self) -> list[int]:
@@ -242,9 +188,12 @@ class PackedForward:
     width = 0
     """what the cache reports as its length: positions are given, so nothing reads it"""
 
-    def update(self, layer: int, key_states: torch.Tensor, value_states: torch.Tensor) -> None:
-        for part, at, size in self.spans:
+    def update(self, layer: int, key_states: torch.Tensor, value_states: torch.Tensor):
+        self.views[layer] = [
             part.update(layer, _unpack(key_states, part, at, size), _unpack(value_states, part, at, size))
+            for part, at, size in self.spans
+        ]
+        return key_states, value_states
 
 
 def _unpack(states: torch.Tensor, part: SlotForward, at: int, size: int) -> torch.Tensor:
@@ -258,8 +207,7 @@ _FORWARD: contextvars.ContextVar[SlotForward | PackedForward | None] = contextva
 
 
 class _SlotLayer(DynamicLayer):
-    """A cache layer that writes into the current :class:`SlotForward`'s regions. What it returns
-    is not read: the slot attention reads each row's region itself."""
+    """A cache layer that writes into the current :class:`SlotForward`'s slots."""
 
     def __init__(self, index: int) -> None:
         super().__init__()
@@ -271,8 +219,7 @@ class _SlotLayer(DynamicLayer):
             raise RuntimeError("slot cache used outside lm_eval_ext.hf.compute.slots.attending")
         if not self.is_initialized:
             self.lazy_initialization(key_states, value_states)
-        forward.update(self.index, key_states, value_states)
-        return key_states, value_states
+        return forward.update(self.index, key_states, value_states)
 
     def get_seq_length(self) -> int:
         forward = _FORWARD.get()
@@ -298,50 +245,44 @@ def _check_call(module, dropout: float, kwargs: dict) -> None:
 
 def _slot_attention(module, query, key, value, attention_mask, dropout: float = 0.0, scaling=None,
                     is_causal=None, **kwargs):
-    """``query [rows, heads, queries, D]``; the keys and values are read from the regions (the
-    ``key``/``value`` given are this forward's new ones, already written there). A packed
-    forward's parts attend apart; their outputs are laid end to end again."""
+    """``query [rows, heads, queries, D]``; ``key``/``value``: the rows' own columns (the slots).
+    A packed forward's parts attend apart; their outputs are laid end to end again."""
     _check_call(module, dropout, kwargs)
     forward = _FORWARD.get()
     if not isinstance(forward, PackedForward):
-        return _attend(forward, module, query, scaling), None
+        return _attend(forward, module, query, key, value, scaling), None
     outputs = []
-    for part, at, size in forward.spans:
-        out = _attend(part, module, _unpack(query, part, at, size), scaling)
+    for (part, at, size), (keys, values) in zip(forward.spans, forward.views[module.layer_idx], strict=True):
+        out = _attend(part, module, _unpack(query, part, at, size), keys, values, scaling)
         outputs.append(out.reshape(size, *out.shape[2:]))
     return torch.cat(outputs)[None], None
 
 
-def _attend(forward: SlotForward, module, query, scaling) -> torch.Tensor:
-    """One part's attention, ``[rows, queries, heads, D]``: each row against its own region (one
-    fused call per row, no row's columns padded to another's), then the shared prefixes."""
-    layer = module.layer_idx
+def _attend(forward: SlotForward, module, query, key, value, scaling) -> torch.Tensor:
+    """One part's attention, ``[rows, queries, heads, D]``."""
     rows, num_heads, num_queries, head_dim = query.shape
-    num_kv_heads = forward.kv.keys[layer].shape[0]
+    num_kv_heads = key.shape[1]
     groups = num_heads // num_kv_heads
     scale = scaling if scaling is not None else head_dim ** -0.5
-    sdpa = torch.nn.functional.scaled_dot_product_attention
     if forward.causal_from_zero:  # exactly stock's call for a prompt alone
-        key, value = forward.own(layer, 0)
-        out = sdpa(query, key, value, is_causal=num_queries > 1, scale=scale, enable_gqa=groups > 1)
+        out = torch.nn.functional.scaled_dot_product_attention(query, key, value, is_causal=num_queries > 1,
+                                                               scale=scale, enable_gqa=groups > 1)
         return out.transpose(1, 2).contiguous()
-    if not forward.prefix_groups:  # own columns only: one fused call per row, masked to its length
-        out = torch.cat([sdpa(query[r : r + 1], *forward.own(layer, r), attn_mask=forward.allowed(r, query.device),
-                              scale=scale, enable_gqa=groups > 1) for r in range(rows)])
+    if not forward.prefix_groups:  # own columns only: one fused call, each row masked to its length
+        lone = forward.num_rows == 1 and num_queries == 1  # one row's decode step: every column is its own
+        mask = None if lone else forward.allowed(query.device)
+        out = torch.nn.functional.scaled_dot_product_attention(query, key, value, attn_mask=mask, scale=scale,
+                                                               enable_gqa=groups > 1)
         return out.transpose(1, 2).contiguous()
     dtype = query.dtype
     # the query axis holds groups x queries: a KV head's grouped query heads read it once
     q = query.float().reshape(rows, num_kv_heads, groups * num_queries, head_dim)
-    outs, lses = [], []
-    for r in range(rows):
-        key, value = forward.own(layer, r)
-        o, lse = attention_with_lse(q[r : r + 1], key.float(), value.float(),
-                                    forward.additive_mask(r, query.device, groups), scale)
-        outs.append(o)
-        lses.append(lse)
-    out, lse = torch.cat(outs), torch.cat(lses)
+    mask = forward.additive_mask(query.device)
+    if num_queries > 1 and groups > 1:
+        mask = mask.repeat(1, 1, groups, 1)
+    out, lse = attention_with_lse(q, key.float(), value.float(), mask, scale)
     for prefix, members in forward.prefix_groups:
-        prefix_keys, prefix_values = prefix.layers[layer]
+        prefix_keys, prefix_values = prefix.layers[module.layer_idx]
         every_row = len(members) == rows  # the usual case: one family's rows only, in order
         mine = q if every_row else q[members]
         # every query of every member row against the prefix: one product per KV head
@@ -383,6 +324,10 @@ def attending(model, forward: SlotForward | PackedForward) -> Iterator[None]:
 def prefix_kv_from_cache(cache: DynamicCache) -> PrefixKV:
     """A one-row plain cache (a prefix's forward) as a :class:`PrefixKV`."""
     return PrefixKV(tuple((layer.keys[0], layer.values[0]) for layer in cache.layers))
+
+
+def rows_of(members: Sequence[int], device) -> torch.Tensor:
+    return torch.tensor(list(members), dtype=torch.long, device=device)
 
 
 def supports_slots(parts) -> bool:

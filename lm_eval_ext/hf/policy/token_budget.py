@@ -19,14 +19,14 @@ from collections.abc import Callable
 #: On CPU the matmul throughput of a forward pass stops growing long before this many tokens
 #: per batch (see benchmarks/README.md, "peak forward"), while peak RSS keeps growing with it.
 CPU_MAX_BATCH_TOKENS = 4096
-#: Generation budgets count KV held: the token columns of the arena the rows share, each row a
-#: region of its own prompt after its shared prefix + max_gen_toks (``generation_rows.py``), not
-#: tokens per forward. A decode step reads every weight once whatever the rows, so more rows are
-#: nearly free in time; the cap bounds the memory instead: SmolLM2-135M holds 45 KiB per cached
-#: token, 0.53 GiB at the cap, next to 0.5 GiB of weights. GSM8K 5-shot (~1,300-column rows): ~9
-#: rows at once. Measured alone on 32 GSM8K docs (benchmarks/lib/alone.py): peak RSS 1,890 MiB at
-#: this cap, 1,997 MiB at 15,360, against 1,318 MiB for stock's fastest setting (one row at a time).
-CPU_MAX_GENERATION_TOKENS = 12288
+#: Generation budgets count KV held, rows x columns (a row's prompt after its shared prefix +
+#: max_gen_toks: ``generation_rows.py``), not tokens per forward. A decode step reads every weight
+#: once whatever the rows, so more rows are nearly free in time; the cap bounds the memory instead:
+#: SmolLM2-135M holds 45 KiB per cached token, 0.66 GiB at the cap, next to 0.5 GiB of weights.
+#: GSM8K 5-shot with ~1,000-token own prompts: 12 rows. Measured on 32 GSM8K docs whose longest own
+#: prompt makes 1,695-column rows (9 rows): peak RSS 1.55x stock's fastest setting (one row at a
+#: time); 7 rows gave 1.34x but 17 % more time, 32 rows 7 % less time at +1.1 GiB (docs/engine.md).
+CPU_MAX_GENERATION_TOKENS = 15360
 #: Share of the RAM reported available that one batch may use; the rest is headroom for the
 #: allocator, the tokenizer, lm-eval's own data, and other processes on the machine.
 CPU_RAM_FRACTION = 0.5
