@@ -2,9 +2,10 @@
 
 Rows: the generation budget counts KV held, ``rows x columns`` tokens, where a row's columns are
 its prompt after its family's shared prefix plus ``max_new_tokens`` (a slot is allocated whole, so
-no row can run out mid-generation). Example: a 15,360-token budget and GSM8K 5-shot (~1,000-token
-prompts of their own, 256 new tokens) -> 12 rows; ``gsm8k_cot`` (an 8-shot prefix shared, ~60-token
-questions) -> 15,360 // 316 = 48 rows. A decode step reads every weight once whatever the rows, so
+no row can run out mid-generation). Example: a 12,288-token budget and GSM8K 5-shot (~1,000-token
+prompts of their own, 256 new tokens) -> 12,288 // 1,256 = 9 rows (the benchmark's 32 documents,
+whose longest own prompt is 1,439 tokens: 7); ``gsm8k_cot`` (an 8-shot prefix shared, ~60-token
+questions) -> 12,288 // 316 = 38 rows. A decode step reads every weight once whatever the rows, so
 more rows are nearly free until the step turns compute-bound (:data:`MAX_GENERATION_ROWS`).
 With ``max_batch_tokens=off`` the rows are lm-eval's ``batch_size`` (stock's batching).
 
@@ -26,7 +27,10 @@ MAX_GENERATION_ROWS = 64
 
 def generation_rows(budget_tokens: int | None, max_batch_requests: int | None, columns: int,
                     num_requests: int) -> int:
-    """>>> generation_rows(16384, None, 1256, 32), generation_rows(None, 1, 1256, 32), generation_rows(10**6, None, 65, 128)
+    """Rows that fit ``budget_tokens`` at ``columns`` each (else lm-eval's ``batch_size``), at most
+    :data:`MAX_GENERATION_ROWS` and the requests.
+
+    >>> generation_rows(16384, None, 1256, 32), generation_rows(None, 1, 1256, 32), generation_rows(10**6, None, 65, 128)
     (13, 1, 64)
     """
     if budget_tokens is not None:

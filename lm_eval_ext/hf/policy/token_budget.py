@@ -22,11 +22,13 @@ CPU_MAX_BATCH_TOKENS = 4096
 #: Generation budgets count KV held, rows x columns (a row's prompt after its shared prefix +
 #: max_gen_toks: ``generation_rows.py``), not tokens per forward. A decode step reads every weight
 #: once whatever the rows, so more rows are nearly free in time; the cap bounds the memory instead:
-#: SmolLM2-135M holds 45 KiB per cached token, 0.66 GiB at the cap, next to 0.5 GiB of weights.
-#: GSM8K 5-shot with ~1,000-token own prompts: 12 rows. Measured on 32 GSM8K docs whose longest own
-#: prompt makes 1,695-column rows (9 rows): peak RSS 1.55x stock's fastest setting (one row at a
-#: time); 7 rows gave 1.34x but 17 % more time, 32 rows 7 % less time at +1.1 GiB (docs/engine.md).
-CPU_MAX_GENERATION_TOKENS = 15360
+#: SmolLM2-135M holds 45 KiB per cached token, 0.53 GiB at the cap, next to 0.5 GiB of weights.
+#: Measured alone on 32 GSM8K docs whose longest own prompt makes 1,695-column rows, against stock's
+#: fastest setting (one row at a time, 1,318 MiB): 7 rows (this cap) 1,769 MiB = 1.34x, 127.5 s;
+#: 8 rows 1,995 MiB = 1.51x, 120.4 s; 9 rows 2,040 MiB = 1.55x, 109.4 s (one run each; docs/engine.md).
+#: Peak RSS within 1.5x of stock's is the project's target, so the cap keeps 7; max_batch_tokens
+#: buys the speed back with memory.
+CPU_MAX_GENERATION_TOKENS = 12288
 #: Share of the RAM reported available that one batch may use; the rest is headroom for the
 #: allocator, the tokenizer, lm-eval's own data, and other processes on the machine.
 CPU_RAM_FRACTION = 0.5
