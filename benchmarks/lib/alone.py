@@ -8,7 +8,7 @@ scenario. Run it alone on the machine (it times)::
 
     python -m benchmarks.lib.alone --model hf --model-args batch_size=1,device=cpu
     python -m benchmarks.lib.alone --model hf_ext --model-args cache=off --steps
-    python -m benchmarks.lib.alone --model hf_ext --model-args cache=off,max_batch_tokens=12288
+    python -m benchmarks.lib.alone --model hf_ext --model-args cache=off,max_batch_tokens=15360
 """
 
 from __future__ import annotations

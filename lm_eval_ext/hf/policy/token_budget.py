@@ -24,8 +24,9 @@ CPU_MAX_BATCH_TOKENS = 4096
 #: once whatever the rows, so more rows are nearly free in time; the cap bounds the memory instead:
 #: SmolLM2-135M holds 45 KiB per cached token, 0.53 GiB at the cap, next to 0.5 GiB of weights.
 #: Measured alone on 32 GSM8K docs whose longest own prompt makes 1,695-column rows, against stock's
-#: fastest setting (one row at a time, 1,318 MiB): 7 rows (this cap) 1,769 MiB = 1.34x, 127.5 s;
-#: 8 rows 1,995 MiB = 1.51x, 120.4 s; 9 rows 2,040 MiB = 1.55x, 109.4 s (one run each; docs/engine.md).
+#: fastest setting (one row at a time, 1,286-1,321 MiB): 7 rows (this cap) 1,769-1,968 MiB over three
+#: runs, median 1.42x; 8 rows 1.51-1.54x; 9 rows 1.55x but 5-10 % faster (docs/engine.md). The pool
+#: is the difference (~75 MiB a row of 1,695 columns); single runs scatter by ~100 MiB.
 #: Peak RSS within 1.5x of stock's is the project's target, so the cap keeps 7; max_batch_tokens
 #: buys the speed back with memory.
 CPU_MAX_GENERATION_TOKENS = 12288
